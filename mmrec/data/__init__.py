@@ -1,0 +1,1 @@
+"""Catalogues and interactions: schema, readers, prepare, the demo generator."""
