@@ -1,0 +1,18 @@
+"""The method registry: one file per method, registered here by name."""
+
+from __future__ import annotations
+
+from mmrec.errors import ConfigError
+from mmrec.trainers.base import SequentialRecommender
+from mmrec.trainers.methods.gru4rec import GRU4Rec
+from mmrec.trainers.methods.pop import Pop
+from mmrec.trainers.methods.sasrec import SASRec
+
+METHODS: dict[str, type[SequentialRecommender]] = {cls.name: cls for cls in (Pop, SASRec, GRU4Rec)}
+
+
+def get_method(name: str) -> type[SequentialRecommender]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}") from None

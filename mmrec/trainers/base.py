@@ -1,0 +1,81 @@
+"""The contract every method follows, and the default next-item loss.
+
+A method is an ``nn.Module`` with a typed ``Config`` dataclass. The shared loop, evaluator and
+checkpointing only use:
+
+- ``loss(batch, train_cfg) -> scalar``: the training objective on a batch of windows
+  (``items``/``targets`` right-padded ``[B, L]``, ``lengths``, optional ``negatives``);
+- ``query(items, lengths) -> [B, d]``: the representation used to score the next item;
+- ``score(query, item_ids) -> [B, C]``: scores of the items ``item_ids`` (a 1-D range of ids shared
+  by the batch, or a ``[B, C]`` matrix of candidates per row).
+
+Class attributes declare what a method needs: ``uses_item_ids`` and ``modalities`` (feature
+modalities, e.g. ``("text", "image")``), ``losses`` (the values of ``train.loss`` it supports).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
+from mmrec.trainers.modules.sequence import gather_last
+
+
+class SequentialRecommender(nn.Module):
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    uses_item_ids: ClassVar[bool] = True
+    modalities: ClassVar[tuple[str, ...]] = ()
+    losses: ClassVar[tuple[str, ...]] = ("ce", "bce")
+
+    def __init__(self, cfg: Any, n_items: int, max_len: int):
+        super().__init__()
+        self.cfg = cfg
+        self.n_items = n_items
+        self.max_len = max_len
+
+    # --- to implement -------------------------------------------------------------------------
+    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """States ``[B, L, d]``; position t sees only positions <= t."""
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:
+        """Item representations ``[n_items + 1, d]`` used for scoring (row 0 = padding)."""
+        raise NotImplementedError
+
+    # --- defaults -----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
+        return self.loss(batch, train_cfg)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return gather_last(self.sequence_states(items, lengths), lengths)
+
+    def score(self, query: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        emb = self.item_embeddings()
+        if item_ids.dim() == 1:
+            return query @ emb[item_ids].T
+        return torch.einsum("bd,bcd->bc", query, emb[item_ids])
+
+    def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
+        h = self.sequence_states(batch["items"], batch["lengths"])
+        mask = batch["targets"] > 0
+        hs = h[mask]
+        emb = self.item_embeddings()
+        if train_cfg.loss == "ce":
+            return ce_all_items(hs, batch["targets"][mask], emb)
+        return bce_sampled(hs, batch["targets"][mask], batch["negatives"][mask], emb)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT-style initialisation used by SASRec implementations: N(0, std) weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

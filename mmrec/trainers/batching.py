@@ -1,0 +1,86 @@
+"""Vectorised batch building from the flat event array: no Python loop per sample.
+
+Every window is cut with one gather: ``flat[start[:, None] + arange(L)]`` under a validity mask,
+right-padded with 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmrec.data.prepared import PreparedDataset, _ranges
+
+
+def cut_windows(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``flat[max(start, end - width):end]``, right-padded with 0 to ``width``; returns (rows, lengths)."""
+    s = np.maximum(starts, ends - width)
+    n = (ends - s).astype(np.int64)
+    ar = np.arange(width)
+    idx = s[:, None] + ar[None, :]
+    valid = ar[None, :] < n[:, None]
+    rows = np.where(valid, np.asarray(flat)[np.minimum(idx, len(flat) - 1)], 0)
+    return rows.astype(np.int64), n
+
+
+class TrainSamples:
+    """Training windows: each sample is (user, end) and covers the targets before ``end``.
+
+    ``windows='last'`` (SASRec and S3-Rec): one window per user, the last ``max_len`` training
+    targets. ``windows='all'``: the user's training part cut into consecutive windows ending at the
+    end of the training part, so every training target appears exactly once per epoch.
+    """
+
+    def __init__(self, data: PreparedDataset, max_len: int, windows: str = "last"):
+        self.data = data
+        self.max_len = max_len
+        starts = data.offsets[:-1]
+        a = data.split[:, 0]
+        n_targets = np.maximum(a - 1, 0)
+        users = np.flatnonzero(n_targets > 0)
+        if windows == "last":
+            self.user = users.astype(np.int64)
+            self.end = (starts + a)[users]
+        elif windows == "all":
+            per = -(-n_targets[users] // max_len)  # ceil
+            self.user = np.repeat(users, per).astype(np.int64)
+            k = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+            self.end = np.repeat((starts + a)[users], per) - k * max_len
+        else:
+            raise ValueError(f"windows must be 'last' or 'all', not {windows!r}")
+        # sorted (user, item) keys of training events, for excluding a user's items from negatives
+        tr = _ranges(starts, starts + a)
+        self._n_items = data.n_items
+        user_of = np.repeat(np.arange(data.n_users, dtype=np.int64), np.maximum(a, 0))
+        self._keys = np.unique(user_of * (data.n_items + 1) + np.asarray(data.items)[tr])
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def batch(self, idx: np.ndarray, n_neg: int = 0, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        user, end = self.user[idx], self.end[idx]
+        start = self.data.offsets[user]
+        w, n = cut_windows(self.data.items, start, end, self.max_len + 1)
+        items = w[:, :-1].copy()
+        targets = w[:, 1:].copy()
+        lengths = np.maximum(n - 1, 0)
+        items[np.arange(self.max_len)[None, :] >= lengths[:, None]] = 0
+        out = {"user": user, "items": items, "lengths": lengths, "targets": targets}
+        if n_neg:
+            assert rng is not None
+            shape = targets.shape + ((n_neg,) if n_neg > 1 else ())
+            out["negatives"] = self.sample_negatives(user, shape, rng)
+        return out
+
+    def sample_negatives(self, user: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        """Uniform item ids the user has not interacted with in training (resampled on collision)."""
+        n = self._n_items
+        u = np.broadcast_to(user.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+        neg = rng.integers(1, n + 1, size=shape)
+        for _ in range(20):
+            keys = u * (n + 1) + neg
+            pos = np.searchsorted(self._keys, keys)
+            hit = self._keys[np.minimum(pos, len(self._keys) - 1)] == keys
+            if not hit.any():
+                break
+            neg[hit] = rng.integers(1, n + 1, size=int(hit.sum()))
+        return neg

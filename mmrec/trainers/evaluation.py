@@ -1,0 +1,251 @@
+"""Evaluation: full ranking over every item (default) or over seeded, saved sampled negatives.
+
+Protocol, as recorded in every ``results.json``:
+
+- A case is one target event; its history is every earlier event of the user (the model sees the
+  last ``max_len`` of them).
+- ``mode=full`` scores every item 1..n_items (never the padding id 0), in chunks of
+  ``item_chunk`` items so a large catalogue fits in memory; only the rank of the target is kept.
+- ``history_mask``: ``none`` ranks every item; ``input`` excludes the items of the model's input
+  window; ``whole`` excludes every item of the user's history. The target itself is never
+  excluded (a repeated item stays a reachable target).
+- Rank (0-based) = number of items scoring strictly higher than the target, plus ties resolved by
+  ``ties``: ``pessimistic`` (default: the target ranks below every item with an equal score, so a
+  model that gives everything the same score gets no credit), ``optimistic`` (above them),
+  ``random`` (a seeded uniform position among them).
+- ``mode=sampled``: the target competes with ``negatives`` items drawn (uniformly or by training
+  popularity) from items the user never interacted with, from a seed; the drawn ids are saved in
+  the run folder and reused by later evaluations of the run.
+- HR@K (= Recall@K with one target) = mean[rank < K]; NDCG@K = mean[rank < K] / log2(rank + 2);
+  MRR@K = mean[rank < K] / (rank + 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mmrec.config import to_dict
+from mmrec.data.prepared import EvalCases, PreparedDataset, _ranges
+from mmrec.errors import ConfigError
+from mmrec.trainers.batching import cut_windows
+
+
+@dataclass
+class EvalConfig:
+    mode: Literal["full", "sampled"] = "full"
+    negatives: int = 100
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    history_mask: Literal["none", "input", "whole"] = "none"
+    ties: Literal["pessimistic", "optimistic", "random"] = "pessimistic"
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    batch_size: int = 1024
+    item_chunk: int = 65536
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError("eval.ks must be positive integers, e.g. [5, 10, 20, 50]")
+        if self.negatives < 1:
+            raise ConfigError("eval.negatives must be at least 1")
+        if self.batch_size < 1 or self.item_chunk < 1:
+            raise ConfigError("eval.batch_size and eval.item_chunk must be positive")
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """HR, NDCG and MRR at each K from 0-based ranks."""
+    r = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = r < k
+        out[f"hr@{k}"] = float(hit.mean()) if len(r) else 0.0
+        out[f"ndcg@{k}"] = float((hit / np.log2(r + 2)).mean()) if len(r) else 0.0
+        out[f"mrr@{k}"] = float((hit / (r + 1)).mean()) if len(r) else 0.0
+    return out
+
+
+def rank_from_counts(greater: np.ndarray, equal: np.ndarray, ties: str, rng: np.random.Generator) -> np.ndarray:
+    """0-based rank from the counts of items scoring above and equal to the target (target excluded)."""
+    if ties == "pessimistic":
+        return greater + equal
+    if ties == "optimistic":
+        return greater.copy()
+    return greater + np.floor(rng.random(len(greater)) * (equal + 1)).astype(np.int64)
+
+
+class Evaluator:
+    """Ranks the targets of a dataset part with a model; see the module docstring for the protocol."""
+
+    def __init__(self, data: PreparedDataset, cfg: EvalConfig, max_len: int, device: torch.device,
+                 run_dir: str | Path | None = None):
+        self.data, self.cfg, self.max_len, self.device = data, cfg, max_len, device
+        self.run_dir = Path(run_dir) if run_dir else None
+        self._negatives: dict[str, np.ndarray] = {}
+
+    def protocol(self) -> dict[str, Any]:
+        p = to_dict(self.cfg)
+        p["max_len"] = self.max_len
+        if self.cfg.mode == "sampled" and self.run_dir:
+            p["negatives_files"] = {k: f"negatives_{k}.npy" for k in ("valid", "test")}
+        return p
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, part: str, cases: EvalCases | None = None,
+                 return_ranks: bool = False) -> dict[str, Any]:
+        cases = cases if cases is not None else self.data.eval_cases(part)
+        was_training = model.training
+        model.eval()
+        try:
+            if self.cfg.mode == "full":
+                ranks = self._rank_full(model, cases)
+            else:
+                ranks = self._rank_sampled(model, cases, part)
+        finally:
+            model.train(was_training)
+        out: dict[str, Any] = {"n_cases": len(cases), **metrics_from_ranks(ranks, self.cfg.ks)}
+        if return_ranks:
+            out["ranks"] = ranks
+        return out
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _inputs(self, cases: EvalCases, idx: np.ndarray):
+        start = self.data.offsets[cases.user[idx]]
+        pos = cases.pos[idx]
+        items, lengths = cut_windows(self.data.items, start, pos, self.max_len)
+        targets = np.asarray(self.data.items)[pos].astype(np.int64)
+        return start, pos, items, lengths, targets
+
+    def _history_pairs(self, start: np.ndarray, pos: np.ndarray, items: np.ndarray, lengths: np.ndarray,
+                       targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, item) pairs to exclude from the ranking, never the row's own target."""
+        if self.cfg.history_mask == "none":
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if self.cfg.history_mask == "input":
+            rows, cols = np.nonzero(np.arange(items.shape[1])[None, :] < lengths[:, None])
+            hist = items[rows, cols]
+        else:
+            lens = pos - start
+            rows = np.repeat(np.arange(len(pos)), lens)
+            hist = np.asarray(self.data.items)[_ranges(start, pos)].astype(np.int64)
+        keep = hist != targets[rows]
+        return rows[keep], hist[keep]
+
+    def _batches(self, cases: EvalCases) -> list[np.ndarray]:
+        """Case indices per batch. With several item chunks, cases are grouped by the chunk of their
+        target so the target's own score comes from the same computation as its competitors'."""
+        n = len(cases)
+        bs = self.cfg.batch_size
+        chunk = self.cfg.item_chunk
+        if self.data.n_items <= chunk or self.cfg.mode == "sampled":
+            return [np.arange(i, min(i + bs, n)) for i in range(0, n, bs)]
+        targets = np.asarray(self.data.items)[cases.pos]
+        order = np.argsort(targets, kind="stable")
+        group = (targets[order] - 1) // chunk
+        out = []
+        for g in np.unique(group):
+            members = order[group == g]
+            out += [members[i:i + bs] for i in range(0, len(members), bs)]
+        return out
+
+    def _rank_full(self, model: torch.nn.Module, cases: EvalCases) -> np.ndarray:
+        n_items, chunk, dev = self.data.n_items, self.cfg.item_chunk, self.device
+        ranks = np.zeros(len(cases), dtype=np.int64)
+        rng = np.random.default_rng(self.cfg.seed)
+        for idx in self._batches(cases):
+            start, pos, items, lengths, targets = self._inputs(cases, idx)
+            q = model.query(torch.as_tensor(items, device=dev), torch.as_tensor(lengths, device=dev))
+            h_rows, h_items = self._history_pairs(start, pos, items, lengths, targets)
+            b = len(idx)
+            t_chunk = (targets - 1) // chunk
+            first = int(t_chunk[0])
+            n_chunks = -(-n_items // chunk)
+            order = [first] + [c for c in range(n_chunks) if c != first]
+            tscore = None
+            greater = torch.zeros(b, dtype=torch.long, device=dev)
+            equal = torch.zeros(b, dtype=torch.long, device=dev)
+            for c in order:
+                lo, hi = 1 + c * chunk, min(n_items, (c + 1) * chunk) + 1
+                s = model.score(q, torch.arange(lo, hi, device=dev)).float()
+                sel = (h_items >= lo) & (h_items < hi)
+                if sel.any():
+                    s[torch.as_tensor(h_rows[sel], device=dev), torch.as_tensor(h_items[sel] - lo, device=dev)] = -torch.inf
+                if tscore is None:  # the first chunk holds every target of this batch
+                    tscore = s[torch.arange(b, device=dev), torch.as_tensor(targets - lo, device=dev)].clone()
+                t = tscore[:, None]
+                greater += (s > t).sum(1)
+                equal += (s == t).sum(1)
+            equal -= 1  # the target itself
+            ranks[idx] = rank_from_counts(greater.cpu().numpy(), equal.cpu().numpy(), self.cfg.ties, rng)
+        return ranks
+
+    def negatives_for(self, cases: EvalCases, part: str) -> np.ndarray:
+        """Seeded sampled negatives for ``part`` (loaded from the run folder when saved before)."""
+        if part in self._negatives:
+            return self._negatives[part]
+        path = self.run_dir / f"negatives_{part}.npy" if self.run_dir else None
+        if path is not None and path.exists():
+            neg = np.load(path)
+            if neg.shape != (len(cases), self.cfg.negatives):
+                raise ConfigError(f"{path} holds negatives of shape {neg.shape}, expected "
+                                  f"{(len(cases), self.cfg.negatives)}; delete it to draw new ones")
+        else:
+            neg = self._draw_negatives(cases, part)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, neg)
+        self._negatives[part] = neg
+        return neg
+
+    def _draw_negatives(self, cases: EvalCases, part: str) -> np.ndarray:
+        d = self.data
+        n = d.n_items
+        if self.cfg.negatives > n - 1:
+            raise ConfigError(f"eval.negatives={self.cfg.negatives} but the catalogue has only {n} items")
+        rng = np.random.default_rng([self.cfg.seed, 0 if part == "valid" else 1])
+        u = np.repeat(np.arange(d.n_users, dtype=np.int64), d.lengths)
+        keys = np.unique(u * (n + 1) + np.asarray(d.items))  # every item of every user
+        if self.cfg.negative_sampling == "popularity":
+            p = d.item_popularity[1:].astype(np.float64) + 1e-12
+            p /= p.sum()
+            draw = lambda size: rng.choice(np.arange(1, n + 1), size=size, p=p)  # noqa: E731
+        else:
+            draw = lambda size: rng.integers(1, n + 1, size=size)  # noqa: E731
+        shape = (len(cases), self.cfg.negatives)
+        neg = draw(shape)
+        users = np.broadcast_to(cases.user[:, None], shape)
+        for _ in range(100):
+            k = users * (n + 1) + neg
+            hit = keys[np.minimum(np.searchsorted(keys, k), len(keys) - 1)] == k
+            # duplicates within a row are also redrawn
+            srt = np.sort(neg, axis=1)
+            dup_rows = (np.diff(srt, axis=1) == 0).any(axis=1)
+            if dup_rows.any():
+                for r in np.flatnonzero(dup_rows):
+                    _, first = np.unique(neg[r], return_index=True)
+                    m = np.ones(shape[1], bool)
+                    m[first] = False
+                    hit[r] |= m
+            if not hit.any():
+                break
+            neg[hit] = draw(int(hit.sum()))
+        return neg.astype(np.int64)
+
+    def _rank_sampled(self, model: torch.nn.Module, cases: EvalCases, part: str) -> np.ndarray:
+        neg = self.negatives_for(cases, part)
+        dev = self.device
+        ranks = np.zeros(len(cases), dtype=np.int64)
+        rng = np.random.default_rng(self.cfg.seed)
+        for idx in self._batches(cases):
+            _, _, items, lengths, targets = self._inputs(cases, idx)
+            q = model.query(torch.as_tensor(items, device=dev), torch.as_tensor(lengths, device=dev))
+            cand = torch.as_tensor(np.concatenate([targets[:, None], neg[idx]], axis=1), device=dev)
+            s = model.score(q, cand).float()
+            t = s[:, :1]
+            greater = (s[:, 1:] > t).sum(1).cpu().numpy()
+            equal = (s[:, 1:] == t).sum(1).cpu().numpy()
+            ranks[idx] = rank_from_counts(greater, equal, self.cfg.ties, rng)
+        return ranks

@@ -1,0 +1,282 @@
+"""The training loop shared by every method: Accelerate for devices, early stopping on a
+validation metric, the test part evaluated once at the best checkpoint, resumable.
+
+Run folder::
+
+    config.json         the resolved configuration (every default filled in)
+    metrics.jsonl       one JSON line per epoch: loss, seconds, validation metrics
+    last/               model.safetensors, optimizer.pt (tensors only), state.json: resume point
+    best.safetensors    weights of the best validation epoch
+    results.json        best epoch, validation and test metrics, the protocol, timings
+    negatives_*.npy     sampled-evaluation negatives (mode=sampled only)
+
+Randomness is derived from (seed, epoch, batch number), so a run resumed from ``last/`` takes
+the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmrec.config import to_dict
+from mmrec.data.prepared import PreparedDataset
+from mmrec.errors import ConfigError
+from mmrec.trainers.batching import TrainSamples
+from mmrec.trainers.evaluation import EvalConfig, Evaluator
+from mmrec.trainers.methods import get_method
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    loss: Literal["ce", "bce"] = "ce"
+    negatives: int = 1
+    max_len: int = 50
+    windows: Literal["last", "all"] = "last"
+    patience: int = 10
+    valid_metric: str = "ndcg@10"
+    eval_every: int = 1
+    grad_clip: float | None = None
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    threads: int | None = None
+    log_every_s: float = 30.0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.max_len < 1:
+            raise ConfigError("train.epochs, train.batch_size and train.max_len must be positive")
+        if self.lr <= 0:
+            raise ConfigError("train.lr must be positive")
+        name, _, k = self.valid_metric.partition("@")
+        if name not in ("hr", "ndcg", "mrr") or not k.isdigit():
+            raise ConfigError(f"train.valid_metric {self.valid_metric!r} must look like ndcg@10, hr@20 or mrr@10")
+
+
+@dataclass
+class RunConfig:
+    dataset: str
+    method: str = "sasrec"
+    out: str = "runs"
+    name: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        k = int(self.train.valid_metric.split("@")[1])
+        if k not in self.eval.ks:
+            raise ConfigError(f"train.valid_metric uses K={k}, which is not in eval.ks={self.eval.ks}")
+
+
+def build_model(run: RunConfig, data: PreparedDataset):
+    from mmrec.config import from_dict
+
+    cls = get_method(run.method)
+    mcfg = from_dict(cls.Config, run.model, prefix="model.")
+    if run.train.loss not in cls.losses:
+        raise ConfigError(f"method {run.method} does not support train.loss={run.train.loss}; use one of {cls.losses}")
+    return cls(mcfg, data.n_items, run.train.max_len), mcfg
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, run_dir: str | Path, *, log: Callable[[str], None] = print):
+        self.run = run
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.data = PreparedDataset(run.dataset)
+        tc = run.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        from accelerate import Accelerator
+
+        cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
+        if tc.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+        self.accel = Accelerator(cpu=cpu, mixed_precision=tc.mixed_precision if not cpu else "no")
+        torch.manual_seed(tc.seed)
+        model, self.model_cfg = build_model(run, self.data)
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        self.model, self.opt = self.accel.prepare(model, opt)
+        self.samples = TrainSamples(self.data, tc.max_len, tc.windows)
+        self.evaluator = Evaluator(self.data, run.eval, tc.max_len, self.accel.device, self.run_dir)
+
+    @property
+    def raw_model(self) -> torch.nn.Module:
+        return self.accel.unwrap_model(self.model)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _save_last(self, state: dict[str, Any]) -> None:
+        if not self.accel.is_main_process:
+            return
+        d = self.run_dir / "last"
+        d.mkdir(parents=True, exist_ok=True)
+        _save_weights(self.raw_model, d / "model.safetensors")
+        tmp = d / "optimizer.pt.tmp"
+        torch.save(self.opt.state_dict(), tmp)
+        os.replace(tmp, d / "optimizer.pt")
+        _atomic_json(d / "state.json", state)
+
+    def _load_last(self) -> dict[str, Any] | None:
+        d = self.run_dir / "last"
+        if not (d / "state.json").exists():
+            return None
+        self.raw_model.load_state_dict(load_file(str(d / "model.safetensors"), device="cpu"))
+        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location="cpu"))
+        return json.loads((d / "state.json").read_text())
+
+    # -- training ---------------------------------------------------------------------------------
+    def _epoch(self, epoch: int) -> tuple[float, int]:
+        tc = self.run.train
+        n = len(self.samples)
+        perm = np.random.default_rng([tc.seed, epoch]).permutation(n)
+        n_batches = math.ceil(n / tc.batch_size)
+        rank, world = self.accel.process_index, self.accel.num_processes
+        torch.manual_seed(tc.seed * 100003 + epoch)
+        self.model.train()
+        total, count = 0.0, 0
+        dev = self.accel.device
+        n_neg = tc.negatives if tc.loss == "bce" else 0
+        last_log = time.monotonic()
+        for b in range(rank, n_batches - (n_batches % world if world > 1 else 0), world):
+            idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
+            rng = np.random.default_rng([tc.seed, epoch, b])
+            batch = self.samples.batch(idx, n_neg, rng)
+            batch = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
+            with self.accel.autocast():
+                loss = self.model(batch, tc)  # forward() is the loss; through DDP when distributed
+            self.opt.zero_grad(set_to_none=True)
+            self.accel.backward(loss)
+            if tc.grad_clip:
+                self.accel.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.opt.step()
+            total += float(loss.detach())
+            count += 1
+            if time.monotonic() - last_log > tc.log_every_s:
+                self.log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {total / count:.4f}")
+                last_log = time.monotonic()
+        return total / max(count, 1), count
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        tc, run = self.run.train, self.run
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.run_dir / "config.json"
+        resolved = to_dict(run)
+        resolved["model"] = to_dict(self.model_cfg)
+        if resume and cfg_path.exists():
+            old = json.loads(cfg_path.read_text())
+            if old != resolved:
+                raise ConfigError(f"{cfg_path} differs from this run's configuration; resume with the same "
+                                  "settings, or start a new run folder")
+        if self.accel.is_main_process:
+            _atomic_json(cfg_path, resolved)
+        state = self._load_last() if resume else None
+        if resume and state is None:
+            self.log(f"no checkpoint in {self.run_dir / 'last'}; starting from scratch")
+        if state is None:
+            state = {"epoch": 0, "best_epoch": 0, "best_value": -1.0, "bad_epochs": 0,
+                     "epoch_seconds": [], "done": False}
+            if self.accel.is_main_process:
+                (self.run_dir / "metrics.jsonl").write_text("")
+        else:
+            self.log(f"resuming after epoch {state['epoch']} (best {tc.valid_metric} "
+                     f"{state['best_value']:.4f} at epoch {state['best_epoch']})")
+        metric = tc.valid_metric
+        while not state["done"] and state["epoch"] < tc.epochs:
+            epoch = state["epoch"] + 1
+            t0 = time.perf_counter()
+            loss, steps = self._epoch(epoch)
+            train_s = time.perf_counter() - t0
+            row: dict[str, Any] = {"epoch": epoch, "loss": loss, "steps": steps, "train_seconds": round(train_s, 3)}
+            state["epoch_seconds"].append(train_s)
+            if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+                t1 = time.perf_counter()
+                valid = self.evaluator.evaluate(self.raw_model, "valid")
+                row["eval_seconds"] = round(time.perf_counter() - t1, 3)
+                row["valid"] = {k: v for k, v in valid.items()}
+                value = valid[metric]
+                if value > state["best_value"]:
+                    state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
+                    if self.accel.is_main_process:
+                        _save_weights(self.raw_model, self.run_dir / "best.safetensors")
+                else:
+                    state["bad_epochs"] += 1
+                    if state["bad_epochs"] >= tc.patience:
+                        state["done"] = True
+                self.log(f"epoch {epoch:3d}  loss {loss:.4f}  {train_s:6.1f}s  valid {metric} {value:.4f}"
+                         f"  (best {state['best_value']:.4f} @ {state['best_epoch']})")
+            else:
+                self.log(f"epoch {epoch:3d}  loss {loss:.4f}  {train_s:6.1f}s")
+            state["epoch"] = epoch
+            if self.accel.is_main_process:
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            self._save_last(state)
+        return self.finish(state)
+
+    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        best = self.run_dir / "best.safetensors"
+        if best.exists():
+            self.raw_model.load_state_dict(load_file(str(best), device="cpu"))
+        t0 = time.perf_counter()
+        valid = self.evaluator.evaluate(self.raw_model, "valid")
+        test = self.evaluator.evaluate(self.raw_model, "test")
+        eval_s = time.perf_counter() - t0
+        secs = state["epoch_seconds"]
+        results = {
+            "method": self.run.method,
+            "dataset": self.data.name,
+            "dataset_path": str(self.data.root),
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"],
+            "valid": valid,
+            "test": test,
+            "protocol": {
+                "split": self.data.meta["split"],
+                "filters": self.data.meta["filters"],
+                "loss": self.run.train.loss,
+                "train_negatives": self.run.train.negatives if self.run.train.loss == "bce" else None,
+                "train_windows": self.run.train.windows,
+                "evaluation": self.evaluator.protocol(),
+                "valid_metric": self.run.train.valid_metric,
+            },
+            "timing": {
+                "seconds_per_epoch_mean": float(np.mean(secs)) if secs else None,
+                "seconds_per_epoch_median": float(np.median(secs)) if secs else None,
+                "final_eval_seconds": round(eval_s, 3),
+                "device": str(self.accel.device),
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+            },
+            "n_parameters": sum(p.numel() for p in self.raw_model.parameters()),
+        }
+        if self.accel.is_main_process:
+            _atomic_json(self.run_dir / "results.json", results)
+        return results

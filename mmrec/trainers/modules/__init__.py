@@ -1,0 +1,1 @@
+"""Shared neural blocks, written once and reused by every method."""

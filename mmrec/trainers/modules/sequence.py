@@ -1,0 +1,143 @@
+"""Sequence encoders over right-padded item sequences (padding id 0 at the end of each row).
+
+Inputs are ``x: [B, L, d]`` embeddings plus ``lengths: [B]``; outputs are ``[B, L, d]`` states where
+position t only depends on positions <= t (causal), so every position can be a training target.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FeedForward(nn.Module):
+    def __init__(self, hidden: int, inner: int, dropout: float, act: str = "gelu", eps: float = 1e-12):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, inner)
+        self.fc2 = nn.Linear(inner, hidden)
+        self.act = {"gelu": F.gelu, "relu": F.relu}[act]
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.dropout(self.fc2(self.act(self.fc1(x)))))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a post-residual LayerNorm, on ``scaled_dot_product_attention``."""
+
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, dropout: float, eps: float = 1e-12):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not a multiple of the number of heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.attn_dropout = attn_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+        b, l, d = x.shape
+        q, k, v = self.qkv(x).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=is_causal and mask is None,
+        )
+        h = h.transpose(1, 2).reshape(b, l, d)
+        return self.norm(x + self.dropout(self.out(h)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, inner: int, dropout: float, attn_dropout: float,
+                 act: str = "gelu", eps: float = 1e-12):
+        super().__init__()
+        self.attn = SelfAttention(hidden, heads, attn_dropout, dropout, eps)
+        self.ffn = FeedForward(hidden, inner, dropout, act, eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = True) -> torch.Tensor:
+        return self.ffn(self.attn(x, mask, is_causal))
+
+
+class TransformerEncoder(nn.Module):
+    """SASRec's encoder: learned positions, LayerNorm + dropout on the input, N post-LN blocks.
+
+    Right padding with a causal mask needs no key-padding mask: a real position never sees a later
+    (padding) one, and padding positions are ignored by the losses and the read-out.
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 2, heads: int = 2, inner: int = 256,
+                 dropout: float = 0.5, attn_dropout: float = 0.5, max_len: int = 50,
+                 act: str = "gelu", eps: float = 1e-12):
+        super().__init__()
+        self.position = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(hidden, heads, inner, dropout, attn_dropout, act, eps) for _ in range(layers)
+        )
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        l = x.shape[1]
+        pos = torch.arange(l, device=x.device)
+        h = self.dropout(self.norm(x + self.position(pos)[None]))
+        for block in self.blocks:
+            h = block(h, None, True)
+        return h
+
+
+class GRUEncoder(nn.Module):
+    """GRU4Rec's encoder (as in RecBole): dropout on the input, a GRU, a linear map back to ``out``."""
+
+    def __init__(self, hidden: int = 64, gru_hidden: int = 128, layers: int = 1, dropout: float = 0.3,
+                 out: int | None = None):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden, gru_hidden, num_layers=layers, batch_first=True, bias=False)
+        self.proj = nn.Linear(gru_hidden, out or hidden)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.dropout(x), lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        h, _ = self.gru(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
+        return self.proj(h)
+
+
+class NextItNetEncoder(nn.Module):
+    """NextItNet: stacked residual blocks of dilated causal 1-D convolutions."""
+
+    def __init__(self, hidden: int = 64, dilations: tuple[int, ...] = (1, 2, 4, 1, 2, 4), kernel: int = 3,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.kernel = kernel
+        self.blocks = nn.ModuleList()
+        for d in dilations:
+            self.blocks.append(nn.ModuleDict({
+                "conv1": nn.Conv1d(hidden, hidden, kernel, dilation=d),
+                "norm1": nn.LayerNorm(hidden),
+                "conv2": nn.Conv1d(hidden, hidden, kernel, dilation=2 * d),
+                "norm2": nn.LayerNorm(hidden),
+            }))
+        self.dilations = dilations
+        self.dropout = nn.Dropout(dropout)
+
+    def _causal(self, conv: nn.Conv1d, x: torch.Tensor, dilation: int) -> torch.Tensor:
+        pad = (self.kernel - 1) * dilation
+        return conv(F.pad(x.transpose(1, 2), (pad, 0))).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(x)
+        for d, blk in zip(self.dilations, self.blocks):
+            r = F.relu(blk["norm1"](self._causal(blk["conv1"], h, d)))
+            r = F.relu(blk["norm2"](self._causal(blk["conv2"], r, 2 * d)))
+            h = h + r
+        return h
+
+
+def gather_last(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The state at each row's last real position: ``h[b, lengths[b] - 1]``."""
+    idx = (lengths.clamp(min=1) - 1).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
+    return h.gather(1, idx).squeeze(1)
