@@ -169,10 +169,11 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
     while True:
         rounds += 1
         changed = False
-        for who, codes, vocab_n, k in (("user", u, len(user_vocab), cfg.min_user_interactions),
-                                        ("item", it, len(item_vocab), cfg.min_item_interactions)):
+        for who, vocab_n, k in (("user", len(user_vocab), cfg.min_user_interactions),
+                                ("item", len(item_vocab), cfg.min_item_interactions)):
             if k <= 1:
                 continue
+            codes = u if who == "user" else it
             counts = np.bincount(codes, minlength=vocab_n)
             keep = counts[codes] >= k
             if not keep.all():
@@ -189,7 +190,6 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
                         hint=f"lower min_{who}_interactions (and min_user/item_interactions), "
                              "or check that the reader found the right files",
                     )
-                codes = u if who == "user" else it
         if not changed or not cfg.kcore_iterative:
             break
 

@@ -56,6 +56,32 @@ class TrainSamples:
     def __len__(self) -> int:
         return len(self.user)
 
+    def lengths(self) -> np.ndarray:
+        start = self.data.offsets[self.user]
+        return np.minimum(self.end - start - 1, self.max_len)
+
+    def epoch_batches(self, batch_size: int, rng: np.random.Generator, bucket: bool) -> list[np.ndarray]:
+        """Sample indices per batch for one epoch.
+
+        ``bucket=False``: a random permutation cut into batches. ``bucket=True`` ("sortish"): the
+        permutation is cut into pools of 50 batches, each pool sorted by window length and cut into
+        batches, and the batch order shuffled; batches are then trimmed to their longest window,
+        which removes most padding when lengths are skewed (same samples, same targets per epoch).
+        """
+        n = len(self)
+        perm = rng.permutation(n)
+        if not bucket:
+            return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+        lens = self.lengths()
+        pool = 50 * batch_size
+        batches = []
+        for i in range(0, n, pool):
+            chunk = perm[i:i + pool]
+            chunk = chunk[np.argsort(lens[chunk], kind="stable")]
+            batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        order = rng.permutation(len(batches))
+        return [batches[k] for k in order]
+
     def batch(self, idx: np.ndarray, n_neg: int = 0, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         user, end = self.user[idx], self.end[idx]
         start = self.data.offsets[user]
@@ -64,6 +90,8 @@ class TrainSamples:
         targets = w[:, 1:].copy()
         lengths = np.maximum(n - 1, 0)
         items[np.arange(self.max_len)[None, :] >= lengths[:, None]] = 0
+        width = max(int(lengths.max()) if len(lengths) else 1, 1)
+        items, targets = items[:, :width], targets[:, :width]
         out = {"user": user, "items": items, "lengths": lengths, "targets": targets}
         if n_neg:
             assert rng is not None

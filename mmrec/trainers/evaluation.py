@@ -116,6 +116,7 @@ class Evaluator:
         start = self.data.offsets[cases.user[idx]]
         pos = cases.pos[idx]
         items, lengths = cut_windows(self.data.items, start, pos, self.max_len)
+        items = items[:, :max(int(lengths.max()), 1)]  # right padding: trailing columns are all padding
         targets = np.asarray(self.data.items)[pos].astype(np.int64)
         return start, pos, items, lengths, targets
 
@@ -140,10 +141,14 @@ class Evaluator:
         n = len(cases)
         bs = self.cfg.batch_size
         chunk = self.cfg.item_chunk
+        # cases of similar history length share a batch, so batches trim well (results do not
+        # depend on the order)
+        hist = np.minimum(cases.pos - self.data.offsets[cases.user], self.max_len)
         if self.data.n_items <= chunk or self.cfg.mode == "sampled":
-            return [np.arange(i, min(i + bs, n)) for i in range(0, n, bs)]
+            order = np.argsort(hist, kind="stable")
+            return [order[i:i + bs] for i in range(0, n, bs)]
         targets = np.asarray(self.data.items)[cases.pos]
-        order = np.argsort(targets, kind="stable")
+        order = np.lexsort((hist, (targets - 1) // chunk))
         group = (targets[order] - 1) // chunk
         out = []
         for g in np.unique(group):
@@ -208,6 +213,14 @@ class Evaluator:
         rng = np.random.default_rng([self.cfg.seed, 0 if part == "valid" else 1])
         u = np.repeat(np.arange(d.n_users, dtype=np.int64), d.lengths)
         keys = np.unique(u * (n + 1) + np.asarray(d.items))  # every item of every user
+        avail = n - np.bincount(keys // (n + 1), minlength=d.n_users)
+        short = np.flatnonzero(avail[cases.user] < self.cfg.negatives)
+        if len(short):
+            u0 = int(cases.user[short[0]])
+            raise ConfigError(
+                f"eval.negatives={self.cfg.negatives}, but {len(short)} evaluation case(s) belong to users who "
+                f"interacted with all but {int(avail[u0])} items (e.g. user {d.raw_user_ids[u0]!r}); "
+                "lower eval.negatives or use eval.mode=full")
         if self.cfg.negative_sampling == "popularity":
             p = d.item_popularity[1:].astype(np.float64) + 1e-12
             p /= p.sum()
@@ -232,6 +245,9 @@ class Evaluator:
             if not hit.any():
                 break
             neg[hit] = draw(int(hit.sum()))
+        else:
+            raise ConfigError("could not draw distinct negatives for every case in 100 rounds; "
+                              "lower eval.negatives")
         return neg.astype(np.int64)
 
     def _rank_sampled(self, model: torch.nn.Module, cases: EvalCases, part: str) -> np.ndarray:

@@ -48,6 +48,7 @@ class TrainConfig:
     negatives: int = 1
     max_len: int = 50
     windows: Literal["last", "all"] = "last"
+    bucket_batches: bool = True
     patience: int = 10
     valid_metric: str = "ndcg@10"
     eval_every: int = 1
@@ -155,9 +156,9 @@ class Trainer:
     # -- training ---------------------------------------------------------------------------------
     def _epoch(self, epoch: int) -> tuple[float, int]:
         tc = self.run.train
-        n = len(self.samples)
-        perm = np.random.default_rng([tc.seed, epoch]).permutation(n)
-        n_batches = math.ceil(n / tc.batch_size)
+        batches = self.samples.epoch_batches(tc.batch_size, np.random.default_rng([tc.seed, epoch]),
+                                             tc.bucket_batches)
+        n_batches = len(batches)
         rank, world = self.accel.process_index, self.accel.num_processes
         torch.manual_seed(tc.seed * 100003 + epoch)
         self.model.train()
@@ -166,7 +167,7 @@ class Trainer:
         n_neg = tc.negatives if tc.loss == "bce" else 0
         last_log = time.monotonic()
         for b in range(rank, n_batches - (n_batches % world if world > 1 else 0), world):
-            idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
+            idx = batches[b]
             rng = np.random.default_rng([tc.seed, epoch, b])
             batch = self.samples.batch(idx, n_neg, rng)
             batch = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}

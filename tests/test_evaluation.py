@@ -1,0 +1,136 @@
+"""The evaluator against hand-computed ranks, with a stub model whose scores are fixed."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmrec.data.prepare import PrepareConfig, prepare
+from mmrec.data.prepared import PreparedDataset
+from mmrec.trainers.evaluation import EvalConfig, Evaluator, metrics_from_ranks
+
+from conftest import raw_from_sequences
+
+
+class TableModel(torch.nn.Module):
+    """Scores depend only on the last input item: score(item j | last i) = table[i, j]."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.as_tensor(table, dtype=torch.float32)
+
+    def query(self, items, lengths):
+        last = items.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+        return self.table[last]
+
+    def score(self, q, ids):
+        if ids.dim() == 1:
+            return q[:, ids]
+        return q.gather(1, ids)
+
+
+@pytest.fixture
+def data(tmp_path):
+    # items 1..6 (raw ids = internal ids, numeric order). user u0: 1 2 3 4 5; user u1: 2 6 2 4 3
+    raw = raw_from_sequences({"u0": ["1", "2", "3", "4", "5"], "u1": ["2", "6", "2", "4", "3"]})
+    return PreparedDataset(prepare(raw, tmp_path / "p", PrepareConfig(min_user_interactions=1, min_item_interactions=1)))
+
+
+def table():
+    t = np.zeros((7, 7))
+    # after item 4 (test inputs of both users end with 4):
+    t[4] = [0, 9, 8, 7, 6, 5, 5]  # item1=9 item2=8 item3=7 item4=6 item5=5 item6=5
+    return t
+
+
+def test_full_ranking_hand_computed(data):
+    ev = Evaluator(data, EvalConfig(history_mask="none", ks=[1, 2, 5]), 50, torch.device("cpu"))
+    out = ev.evaluate(TableModel(table()), "test", return_ranks=True)
+    # u0 target 5 (score 5): above it 1,2,3,4 -> 4; tie with 6 -> pessimistic +1 => rank 5
+    # u1 target 3 (score 7): above it 1,2 => rank 2
+    assert out["ranks"].tolist() == [5, 2]
+    assert out["hr@5"] == 0.5 and out["hr@2"] == 0.0
+    assert out["ndcg@5"] == pytest.approx(0.5 / np.log2(4))
+    assert out["mrr@5"] == pytest.approx(0.5 / 3)
+
+
+def test_ties_policies(data):
+    m = TableModel(table())
+    opt = Evaluator(data, EvalConfig(ties="optimistic"), 50, torch.device("cpu")).evaluate(m, "test", return_ranks=True)
+    assert opt["ranks"].tolist() == [4, 2]
+    flat = TableModel(np.ones((7, 7)))  # every item scores the same
+    pess = Evaluator(data, EvalConfig(), 50, torch.device("cpu")).evaluate(flat, "test", return_ranks=True)
+    assert pess["ranks"].tolist() == [5, 5]  # no credit for constant scores
+    rnd = Evaluator(data, EvalConfig(ties="random", seed=3), 50, torch.device("cpu")).evaluate(flat, "test", return_ranks=True)
+    assert all(0 <= r <= 5 for r in rnd["ranks"])
+    rnd2 = Evaluator(data, EvalConfig(ties="random", seed=3), 50, torch.device("cpu")).evaluate(flat, "test", return_ranks=True)
+    assert rnd["ranks"].tolist() == rnd2["ranks"].tolist()
+
+
+def test_history_masking(data):
+    m = TableModel(table())
+    whole = Evaluator(data, EvalConfig(history_mask="whole"), 50, torch.device("cpu")).evaluate(m, "test", return_ranks=True)
+    # u0 history {1,2,3,4} masked: only 6 ties with target 5 -> rank 1
+    # u1 history {2,6,4} masked (target 3 not in it): item 1 above -> rank 1
+    assert whole["ranks"].tolist() == [1, 1]
+    inp = Evaluator(data, EvalConfig(history_mask="input"), 2, torch.device("cpu")).evaluate(m, "test", return_ranks=True)
+    # max_len 2: u0 input (3, 4) -> 1, 2 above target, 6 ties -> 3; u1 input (2, 4) -> 1 above -> 1
+    assert inp["ranks"].tolist() == [3, 1]
+
+
+def test_target_repeating_history_is_never_masked(tmp_path):
+    raw = raw_from_sequences({"u": ["1", "2", "4", "1"]})
+    d = PreparedDataset(prepare(raw, tmp_path / "p", PrepareConfig(min_user_interactions=1, min_item_interactions=1)))
+    t = np.zeros((4, 4))
+    t[3] = [0, 1, 5, 0]  # after item "4" (internal 3): item 1 scores 1, item 2 scores 5
+    out = Evaluator(d, EvalConfig(history_mask="whole"), 50, torch.device("cpu")).evaluate(TableModel(t), "test", return_ranks=True)
+    assert out["ranks"].tolist() == [0]  # 2 and 4 are history, masked; the target 1 stays
+
+
+def test_chunked_ranking_equals_unchunked(tmp_path):
+    rng = np.random.default_rng(1)
+    seqs = {f"u{u}": [str(x) for x in rng.integers(1, 60, size=8)] for u in range(40)}
+    d = PreparedDataset(prepare(raw_from_sequences(seqs), tmp_path / "p",
+                                PrepareConfig(min_user_interactions=1, min_item_interactions=1)))
+    t = np.round(rng.normal(size=(d.n_items + 1, d.n_items + 1)), 1)  # rounding creates ties
+    m = TableModel(t)
+    for mask in ("none", "whole"):
+        a = Evaluator(d, EvalConfig(history_mask=mask), 5, torch.device("cpu")).evaluate(m, "test", return_ranks=True)
+        b = Evaluator(d, EvalConfig(history_mask=mask, item_chunk=7, batch_size=3), 5,
+                      torch.device("cpu")).evaluate(m, "test", return_ranks=True)
+        assert a["ranks"].tolist() == b["ranks"].tolist()
+        # brute force
+        cases = d.eval_cases("test")
+        expect = []
+        for u, p in zip(cases.user, cases.pos):
+            hist = np.asarray(d.items[d.offsets[u]:p])
+            s = t[hist[-1]].copy()
+            s[0] = -np.inf
+            tgt = int(d.items[p])
+            if mask == "whole":
+                s[[h for h in hist if h != tgt]] = -np.inf
+            expect.append(int((s > s[tgt]).sum() + (s == s[tgt]).sum() - 1))
+        assert a["ranks"].tolist() == expect
+
+
+def test_sampled_negatives_are_seeded_saved_and_valid(data, tmp_path):
+    with pytest.raises(Exception, match=r"interacted with all but 1 items \(e.g. user 'u0'\)"):
+        Evaluator(data, EvalConfig(mode="sampled", negatives=2), 50, torch.device("cpu")).evaluate(TableModel(table()), "test")
+    cfg = EvalConfig(mode="sampled", negatives=1, seed=5)
+    ev = Evaluator(data, cfg, 50, torch.device("cpu"), tmp_path / "run")
+    ev.evaluate(TableModel(table()), "test")
+    neg = np.load(tmp_path / "run" / "negatives_test.npy")
+    assert neg.shape == (2, 1)
+    cases = data.eval_cases("test")
+    for u, row in zip(cases.user, neg):
+        assert not set(row) & set(data.sequence(u).tolist())  # never an item of the user
+    # a new evaluator on the same run folder reuses the saved file
+    ev2 = Evaluator(data, EvalConfig(mode="sampled", negatives=1, seed=99), 50, torch.device("cpu"), tmp_path / "run")
+    assert (ev2.negatives_for(cases, "test") == neg).all()
+
+
+def test_metrics_from_ranks_values():
+    m = metrics_from_ranks(np.array([0, 1, 9, 10]), [1, 10])
+    assert m["hr@1"] == 0.25 and m["hr@10"] == 0.75
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(11)) / 4)
+    assert m["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 10) / 4)
+    assert m["hr@1"] <= m["hr@10"]
