@@ -258,6 +258,8 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
         "catalogue": {
             "items_in_catalogue": len(catalogue) if catalogue is not None else None,
             "text_fields": catalogue.text_fields if catalogue is not None else [],
+            # relative image paths in items.parquet are relative to this folder
+            "image_root": str(Path(catalogue.image_root).resolve()) if catalogue is not None and catalogue.image_root else None,
             "items_without_catalogue_row": int(n_unknown) if cfg.unknown_items == "keep" else 0,
         },
         "seconds": round(time.perf_counter() - t0, 3),
