@@ -29,6 +29,9 @@ class SASRecConfig:
     attn_dropout: float = 0.5
     act: Literal["gelu", "relu"] = "gelu"
     init_std: float = 0.02
+    # "reverse": the most recent item always has the last position (left padding, as Kang's and
+    # S3-Rec's code); "forward": positions count from the oldest item (RecBole).
+    position: Literal["forward", "reverse"] = "reverse"
 
 
 class SASRec(SequentialRecommender):
@@ -39,7 +42,8 @@ class SASRec(SequentialRecommender):
         super().__init__(cfg, n_items, max_len)
         self.item = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.encoder = TransformerEncoder(cfg.hidden, cfg.layers, cfg.heads, cfg.inner, cfg.dropout,
-                                          cfg.attn_dropout, max_len, cfg.act)
+                                          cfg.attn_dropout, max_len, cfg.act,
+                                          position=cfg.position)
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()

@@ -69,8 +69,12 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, hidden: int = 64, layers: int = 2, heads: int = 2, inner: int = 256,
                  dropout: float = 0.5, attn_dropout: float = 0.5, max_len: int = 50,
-                 act: str = "gelu", eps: float = 1e-12):
+                 act: str = "gelu", eps: float = 1e-12, position: str = "forward"):
         super().__init__()
+        if position not in ("forward", "reverse"):
+            raise ValueError(f"position must be 'forward' or 'reverse', not {position!r}")
+        self.max_len = max_len
+        self.position_mode = position
         self.position = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden, eps=eps)
         self.dropout = nn.Dropout(dropout)
@@ -78,10 +82,17 @@ class TransformerEncoder(nn.Module):
             TransformerBlock(hidden, heads, inner, dropout, attn_dropout, act, eps) for _ in range(layers)
         )
 
+    def positions(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """Position ids ``[B, width]``. ``forward``: 0 for the oldest item (RecBole). ``reverse``:
+        ``max_len - 1`` for the most recent item, as with left padding (Kang's SASRec, S3-Rec)."""
+        ar = torch.arange(width, device=lengths.device)
+        if self.position_mode == "forward":
+            return ar[None, :].expand(len(lengths), -1)
+        return (self.max_len - lengths[:, None] + ar[None, :]).clamp(0, self.max_len - 1)
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        l = x.shape[1]
-        pos = torch.arange(l, device=x.device)
-        h = self.dropout(self.norm(x + self.position(pos)[None]))
+        pos = self.positions(lengths, x.shape[1])
+        h = self.dropout(self.norm(x + self.position(pos)))
         for block in self.blocks:
             h = block(h, None, True)
         return h
