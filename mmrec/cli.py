@@ -24,6 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mmrec: multi-modal sequential recommendation on frozen features.")
 data_app = typer.Typer(no_args_is_help=True, help="Read public dataset formats and prepare them for training.")
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(no_args_is_help=True, help="Inspect and check feature store entries.")
+app.add_typer(features_app, name="features")
 
 EXIT_USER_ERROR = 2
 
@@ -157,8 +159,10 @@ def train(
             name = run.name or f"{Path(run.dataset).name}-{run.method}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = Path(run.out) / name
         typer.echo(f"run folder: {run_dir}")
-        results = Trainer(run, run_dir).fit(resume=resume)
-        _print_results([results])
+        trainer = Trainer(run, run_dir)
+        results = trainer.fit(resume=resume)
+        if trainer.accel.is_main_process:
+            _print_results([results])
     except MMRecError as e:
         _fail(e)
 
@@ -241,6 +245,95 @@ def demo(
         typer.echo("")
         _print_results(rows)
         typer.echo(f"demo finished in {time.perf_counter() - t0:.0f}s; runs in {out / 'runs'}")
+    except MMRecError as e:
+        _fail(e)
+
+
+@app.command()
+def extract(
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="bert, minilm, swin, vit, effnet, clip, price."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id or local folder/name of the model."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Local weights file (timm/open_clip)."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="cls, mean, pooled or tokens (per encoder)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prepared dataset folder whose items to encode."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="Or: a reader format ..."),
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="... and the raw dataset path."),
+    store: Optional[str] = typer.Option(None, "--store", help="Feature store root (default: features)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Entry name (default from encoder/model/pooling)."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Encoder option key=value (repeatable), e.g. template='{title}. {genres}.'"),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace features made from another catalogue or settings."),
+) -> None:
+    """Encode an item catalogue with a frozen encoder into a sharded, resumable feature store.
+
+    Run under `accelerate launch --num_processes N` to split the shards over N processes (GPUs).
+    Re-running the same command resumes: finished shards are skipped. Settings (--set): out_format
+    h5|parquet, dtype float16|float32, shard_size, batch_size, num_workers, device, mixed_precision,
+    threads, limit.
+    """
+    try:
+        from mmrec.pipeline.extract import ExtractConfig, extract as run_extract
+
+        base: dict[str, Any] = read_config_file(config) if config else {}
+        for k, v in (("encoder", encoder), ("model", model), ("weights", weights), ("pooling", pooling),
+                     ("dataset", dataset), ("format", format), ("input", input), ("store", store), ("name", name)):
+            if v is not None:
+                base[k] = v
+        if overwrite:
+            base["overwrite"] = True
+        base = apply_overrides(base, list(set_ or []) + [f"options.{o}" for o in (option or [])])
+        cfg = from_dict(ExtractConfig, base)
+        res = run_extract(cfg, log=lambda m: typer.echo(m, err=True))
+        if res.manifest is not None:
+            m = res.manifest
+            reasons: dict[str, int] = {}
+            for r in m["missing"].values():
+                reasons[r] = reasons.get(r, 0) + 1
+            typer.echo(f"{res.entry_dir}: {m['n_rows']:,} of {m['n_items']:,} items encoded "
+                       f"({m['encoder'].get('key', cfg.encoder)}, shape {m['shape_per_item']}, {m['dtype']}, {m['format']}); "
+                       f"{len(m['missing']):,} missing")
+            for r, c in sorted(reasons.items(), key=lambda x: -x[1])[:10]:
+                typer.echo(f"  missing: {c:,} x {r}")
+            typer.echo(f"this process: {res.items_encoded + res.items_missing:,} items in {res.seconds:.1f}s "
+                       f"({res.items_per_s:,.1f} items/s); shards written {res.shards_written}, skipped {res.shards_skipped}")
+    except MMRecError as e:
+        _fail(e)
+
+
+@features_app.command("info")
+def features_info(entry: str = typer.Argument(..., help="Entry folder, or its name under --store."),
+                  store: Path = typer.Option(Path("features"), "--store")) -> None:
+    """Describe a feature store entry: encoder, shape, rows, missing items and why."""
+    try:
+        from mmrec.features.store import find_entry, format_info
+
+        typer.echo(format_info(find_entry(entry, store)))
+    except MMRecError as e:
+        _fail(e)
+
+
+@features_app.command("validate")
+def features_validate(entry: str = typer.Argument(..., help="Entry folder, or its name under --store."),
+                      store: Path = typer.Option(Path("features"), "--store"),
+                      dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Also check alignment to this prepared dataset."),
+                      no_checksums: bool = typer.Option(False, "--no-checksums")) -> None:
+    """Check an entry: shard files, checksums, shapes, duplicate ids, NaN; optionally alignment to a dataset."""
+    try:
+        from mmrec.features.store import find_entry
+
+        e = find_entry(entry, store)
+        problems = e.validate(check_checksums=not no_checksums)
+        if dataset is not None:
+            from mmrec.data.prepared import PreparedDataset
+
+            rep = e.alignment_report(list(PreparedDataset(dataset).raw_item_ids))
+            typer.echo("alignment: " + json.dumps(rep))
+        if problems:
+            for p in problems:
+                typer.echo(f"problem: {p}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{e.name}: ok")
     except MMRecError as e:
         _fail(e)
 

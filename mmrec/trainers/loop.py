@@ -122,6 +122,8 @@ class Trainer:
         if tc.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
         self.accel = Accelerator(cpu=cpu, mixed_precision=tc.mixed_precision if not cpu else "no")
+        if not self.accel.is_main_process:  # one process speaks
+            self.log = lambda msg: None
         torch.manual_seed(tc.seed)
         model, self.model_cfg = build_model(run, self.data)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
