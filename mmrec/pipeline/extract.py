@@ -1,0 +1,444 @@
+"""``mmrec extract``: the batch encoder stage.
+
+catalogue -> shard plan -> per-process shards -> DataLoader workers (decode, resize, tokenise) ->
+encoder (main process of each rank) -> shard writer -> manifest.
+
+- **Deterministic plan.** Items are sorted by raw id and cut into shards of ``shard_size``; shard i
+  belongs to process ``i % num_processes``. Each process writes only its own shards: nothing is
+  gathered, so no padded duplicates.
+- **Atomic, resumable.** A shard file is written under a temporary name and renamed when complete;
+  its sidecar ``part-XXXXX.json`` (checksum, rows, missing items) is written after it and is the
+  commit point. A re-run skips every shard with a sidecar. The manifest is written, by the main
+  process, once every shard is committed.
+- **Stale features refused.** ``plan.json`` records a hash of the encoder configuration and one
+  fingerprint per shard of its catalogue rows (ids, text fields, price, image paths with their size
+  and modification time). A changed catalogue, model or setting is refused unless ``overwrite``.
+- **Bad input.** An item the encoder cannot encode (no image, corrupt image, empty text, bad price)
+  is recorded as missing with its reason (manifest, ``errors.jsonl``); the run goes on; nothing is
+  invented for it.
+- **Throughput.** Items in a shard are batched by the encoder's ``sort_key`` (text length) to cut
+  padding; DataLoader workers prepare inputs while the model runs; autocast on GPU; the batch size is
+  halved (with a message) on out-of-memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mmrec.config import to_dict
+from mmrec.errors import ConfigError, DataError, MMRecError
+
+
+@dataclass
+class ExtractConfig:
+    encoder: str
+    model: str | None = None
+    weights: str | None = None
+    pooling: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None  # a prepared dataset folder (its items.parquet is the catalogue)
+    format: str | None = None  # or a reader format + input
+    input: str | None = None
+    reader: dict[str, Any] = field(default_factory=dict)
+    store: str = "features"
+    name: str | None = None
+    out_format: Literal["h5", "parquet"] = "h5"
+    dtype: Literal["float16", "float32"] = "float16"
+    shard_size: int = 2048
+    batch_size: int = 64
+    num_workers: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    threads: int | None = None
+    overwrite: bool = False
+    limit: int | None = None  # encode only the first N items (smoke tests)
+    log_every_s: float = 30.0
+
+    def validate(self) -> None:
+        if (self.dataset is None) == (self.format is None):
+            raise ConfigError("give the catalogue either as dataset=<prepared folder> or as format=<reader> "
+                              "with input=<path>")
+        if self.format is not None and self.input is None:
+            raise ConfigError("format is set but input (the dataset path) is not")
+        if self.shard_size < 1 or self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("shard_size and batch_size must be positive, num_workers >= 0")
+
+    def entry_name(self) -> str:
+        if self.name:
+            return self.name
+        parts = [self.encoder]
+        if self.model:
+            parts.append(Path(self.model).name.replace("/", "-"))
+        if self.pooling:
+            parts.append(self.pooling)
+        if self.options.get("tower"):
+            parts.append(str(self.options["tower"]))
+        return "-".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# catalogue
+
+
+def load_catalogue(cfg: ExtractConfig) -> pa.Table:
+    """The catalogue as a table sorted by item_id, with image paths made absolute."""
+    if cfg.dataset is not None:
+        root = Path(cfg.dataset)
+        meta_path = root / "dataset.json"
+        if not meta_path.exists():
+            raise DataError("not a prepared dataset (no dataset.json)", path=str(root),
+                            hint="run `mmrec data prepare` first, or give format= and input= to read a catalogue")
+        meta = json.loads(meta_path.read_text())
+        table = pq.read_table(root / "items.parquet")
+        if "iid" in table.column_names:
+            table = table.drop(["iid"])
+        image_root = (meta.get("catalogue") or {}).get("image_root")
+    else:
+        from mmrec.data.readers import read_dataset
+
+        raw = read_dataset(cfg.format, cfg.input, **cfg.reader)
+        if raw.catalogue is None:
+            raise DataError(f"the {cfg.format} reader found no item catalogue", path=cfg.input,
+                            hint="extraction needs item text, images or prices")
+        table = raw.catalogue.table
+        image_root = raw.catalogue.image_root
+    table = table.sort_by("item_id")
+    if image_root and "images" in table.column_names:
+        imgs = table["images"].to_pylist()
+        fixed = [[p if p is None or os.path.isabs(p) else os.path.join(image_root, p) for p in (row or [])]
+                 for row in imgs]
+        table = table.set_column(table.column_names.index("images"), "images", pa.array(fixed, pa.list_(pa.string())))
+    if cfg.limit is not None:
+        table = table.slice(0, cfg.limit)
+    return table
+
+
+def _shard_fingerprint(rows: list[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        rec = dict(r)
+        imgs = []
+        for p in rec.get("images") or []:
+            try:
+                st = os.stat(p)
+                imgs.append([p, st.st_size, st.st_mtime_ns])
+            except OSError:
+                imgs.append([p, None, None])
+        rec["images"] = imgs
+        h.update(json.dumps(rec, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-shard work
+
+
+class _ShardInputs(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict[str, Any]], make_input: Callable[[dict[str, Any]], Any]):
+        self.rows, self.make_input = rows, make_input
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        try:
+            return i, self.make_input(self.rows[i])
+        except Exception as e:  # an encoder bug must not kill a long run: record it as missing
+            from mmrec.features.base import Missing
+
+            return i, Missing(f"could not prepare input: {type(e).__name__}: {e}")
+
+
+class _Collate:
+    """Runs in the workers: splits off Missing inputs, collates the rest."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any]):
+        self.collate = collate
+
+    def __call__(self, pairs: list[tuple[int, Any]]):
+        from mmrec.features.base import Missing
+
+        ok = [(i, x) for i, x in pairs if not isinstance(x, Missing)]
+        missing = [(i, x.reason) for i, x in pairs if isinstance(x, Missing)]
+        batch = self.collate([x for _, x in ok]) if ok else None
+        return [i for i, _ in ok], batch, missing
+
+
+def _batches_by_cost(costs: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+class _Progress:
+    """A carriage-return progress line on a terminal; a plain log line every ``every_s`` otherwise."""
+
+    def __init__(self, total: int, log: Callable[[str], None], every_s: float, prefix: str):
+        self.total, self.log, self.every_s, self.prefix = total, log, every_s, prefix
+        self.done = 0
+        self.t0 = self.last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        rate = self.done / max(now - self.t0, 1e-9)
+        msg = f"{self.prefix}{self.done:,}/{self.total:,} items  {rate:,.1f} items/s"
+        if self.tty and now - self.last > 0.2:
+            sys.stderr.write("\r" + msg)
+            sys.stderr.flush()
+            self.last = now
+        elif not self.tty and now - self.last > self.every_s:
+            self.log(msg)
+            self.last = now
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+@dataclass
+class ExtractResult:
+    entry_dir: Path
+    manifest: dict[str, Any] | None
+    shards_written: int
+    shards_skipped: int
+    items_encoded: int
+    items_missing: int
+    seconds: float
+
+    @property
+    def items_per_s(self) -> float:
+        n = self.items_encoded + self.items_missing
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+
+def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
+            encoder: Any = None, on_shard_done: Callable[[int], None] | None = None) -> ExtractResult:
+    """Run the extraction for this process (see the module docstring). Returns this process's result."""
+    from accelerate import PartialState
+
+    from mmrec.features.store import MANIFEST_VERSION, write_manifest, write_shard
+
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or auto")
+    state = PartialState(cpu=cpu)
+    rank, world = state.process_index, state.num_processes
+    device = state.device
+
+    if encoder is None:
+        from mmrec.features.encoders import build_encoder
+
+        opts = dict(cfg.options)
+        if cfg.weights is not None:
+            opts["weights"] = cfg.weights
+        encoder = build_encoder(cfg.encoder, model=cfg.model, pooling=cfg.pooling, **opts)
+    table = load_catalogue(cfg)
+    n = table.num_rows
+    if n == 0:
+        raise DataError("the catalogue is empty", path=cfg.dataset or cfg.input)
+    entry = Path(cfg.store) / cfg.entry_name()
+    shard_dir = entry / "shards"
+    ext = {"h5": "h5", "parquet": "parquet"}[cfg.out_format]
+    n_shards = -(-n // cfg.shard_size)
+    spans = [(s * cfg.shard_size, min(n, (s + 1) * cfg.shard_size)) for s in range(n_shards)]
+
+    config_key = {"encoder": encoder.config_key(), "out_format": cfg.out_format, "dtype": cfg.dtype,
+                  "shard_size": cfg.shard_size}
+    config_hash = hashlib.sha256(json.dumps(config_key, sort_keys=True, default=str).encode()).hexdigest()
+    # fingerprints: every process computes them (cheap: text and file stats), so each can check its own shards
+    def shard_rows(a: int, b: int) -> list[dict[str, Any]]:
+        return table.slice(a, b - a).to_pylist()
+
+    fingerprints = [_shard_fingerprint(shard_rows(a, b)) for a, b in spans]
+    catalogue_hash = hashlib.sha256("".join(fingerprints).encode()).hexdigest()
+    plan = {"config_hash": config_hash, "config": config_key, "catalogue_hash": catalogue_hash,
+            "n_items": n, "shards": [{"span": list(sp), "fingerprint": fp} for sp, fp in zip(spans, fingerprints)]}
+
+    plan_path = entry / "plan.json"
+    if state.is_main_process:
+        if plan_path.exists():
+            old = json.loads(plan_path.read_text())
+            if old.get("config_hash") != config_hash or old.get("catalogue_hash") != catalogue_hash:
+                what = []
+                if old.get("config_hash") != config_hash:
+                    what.append("encoder or settings")
+                if old.get("catalogue_hash") != catalogue_hash:
+                    changed = sum(1 for a, b in zip(old.get("shards", []), plan["shards"])
+                                  if a.get("fingerprint") != b["fingerprint"])
+                    what.append(f"catalogue ({changed} of {n_shards} shards differ"
+                                f"{', item count ' + str(old.get('n_items')) + ' -> ' + str(n) if old.get('n_items') != n else ''})")
+                if not cfg.overwrite:
+                    raise ConfigError(f"{entry} holds features from another {' and '.join(what)}; pass --overwrite "
+                                      "to replace them, or --name to write a new entry")
+                log(f"overwriting {entry}: the {' and '.join(what)} changed")
+                shutil.rmtree(entry)
+        elif entry.exists() and any(entry.iterdir()) and not cfg.overwrite:
+            raise ConfigError(f"{entry} exists but has no plan.json; pass --overwrite or choose another --name")
+        elif entry.exists() and cfg.overwrite:
+            shutil.rmtree(entry)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        tmp = plan_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(plan, indent=1))
+        os.replace(tmp, plan_path)
+    state.wait_for_everyone()
+
+    encoder.load(device)
+    mine = [s for s in range(n_shards) if s % world == rank]
+    todo = [s for s in mine if not (shard_dir / f"part-{s:05d}.json").exists()]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        log(f"[rank {rank}] resuming: {skipped} of {len(mine)} shards already done")
+    total_todo = sum(spans[s][1] - spans[s][0] for s in todo)
+    progress = _Progress(total_todo, log, cfg.log_every_s, f"[rank {rank}] " if world > 1 else "")
+    encoded = missing_count = 0
+    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+    batch_size = cfg.batch_size
+    for s in todo:
+        a, b = spans[s]
+        rows = shard_rows(a, b)
+        while True:
+            try:
+                ids, feats, miss, secs = _encode_shard(encoder, rows, batch_size, cfg, device, autocast_dtype, progress)
+                break
+            except RuntimeError as e:
+                if not _is_oom(e) or batch_size == 1:
+                    raise
+                batch_size = max(1, batch_size // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log(f"out of memory: retrying shard {s} with batch_size={batch_size}")
+        name = f"part-{s:05d}.{ext}"
+        entry_info = write_shard(shard_dir / name, ids, feats, fmt=cfg.out_format, dtype=cfg.dtype,
+                                 attrs={"encoder": cfg.encoder, "shard": s, "config_hash": config_hash})
+        sidecar = {"shard": s, "entry": entry_info, "missing": miss, "fingerprint": fingerprints[s],
+                   "seconds": round(secs, 3), "items": b - a}
+        tmp = shard_dir / f".part-{s:05d}.json.tmp"
+        tmp.write_text(json.dumps(sidecar))
+        os.replace(tmp, shard_dir / f"part-{s:05d}.json")
+        encoded += len(ids)
+        missing_count += len(miss)
+        if on_shard_done is not None:
+            on_shard_done(s)
+    progress.close()
+    state.wait_for_everyone()
+
+    manifest = None
+    if state.is_main_process:
+        manifest = _finish(entry, cfg, encoder, plan, spans, ext, MANIFEST_VERSION, write_manifest, log)
+    secs = time.perf_counter() - t_start
+    return ExtractResult(entry, manifest, len(todo), skipped, encoded, missing_count, secs)
+
+
+def _encode_shard(encoder, rows, batch_size, cfg, device, autocast_dtype, progress):
+    t0 = time.perf_counter()
+    costs = [encoder.sort_key(r) for r in rows]
+    batches = _batches_by_cost(costs, batch_size)
+    loader = torch.utils.data.DataLoader(
+        _ShardInputs(rows, encoder.make_input), batch_sampler=batches, collate_fn=_Collate(encoder.collate),
+        num_workers=cfg.num_workers, persistent_workers=False,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
+    out: dict[int, np.ndarray] = {}
+    missing: dict[str, str] = {}
+    for idx, batch, miss in loader:
+        for i, reason in miss:
+            missing[rows[i]["item_id"]] = reason
+        if batch is not None:
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.no_grad():
+                if autocast_dtype is not None and device.type == "cuda":
+                    with torch.autocast("cuda", dtype=autocast_dtype):
+                        f = encoder.encode(batch)
+                else:
+                    f = encoder.encode(batch)
+            f = f.float().cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = f[j]
+        progress.update(len(idx) + len(miss))
+    order = sorted(out)
+    ids = [rows[i]["item_id"] for i in order]
+    if order:
+        feats = np.stack([out[i] for i in order])
+    else:
+        shape = [encoder.dim] if encoder.pooling != "tokens" else [encoder.tokens, encoder.dim]
+        feats = np.zeros([0] + shape, dtype=np.float32)
+    return ids, feats, missing, time.perf_counter() - t0
+
+
+def _finish(entry: Path, cfg, encoder, plan, spans, ext, version, write_manifest, log) -> dict[str, Any] | None:
+    shard_dir = entry / "shards"
+    sidecars = []
+    absent = []
+    for s in range(len(spans)):
+        p = shard_dir / f"part-{s:05d}.json"
+        if not p.exists():
+            absent.append(s)
+            continue
+        sidecars.append(json.loads(p.read_text()))
+    if absent:
+        log(f"{len(absent)} shard(s) are not finished (e.g. {absent[:5]}); run the same command again to resume")
+        return None
+    missing: dict[str, str] = {}
+    for sc in sidecars:
+        missing.update(sc["missing"])
+    with open(entry / ".errors.jsonl.tmp", "w") as f:
+        for item_id, reason in sorted(missing.items()):
+            f.write(json.dumps({"item_id": item_id, "reason": reason}) + "\n")
+    os.replace(entry / ".errors.jsonl.tmp", entry / "errors.jsonl")
+    import importlib.metadata as md
+
+    versions = {}
+    for lib in ("torch", "transformers", "timm", "open_clip_torch", "h5py", "pyarrow", "accelerate", "mmrec"):
+        try:
+            versions[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            pass
+    desc = encoder.describe()
+    shape = [encoder.dim] if encoder.pooling != "tokens" else [encoder.tokens, encoder.dim]
+    secs = sum(sc["seconds"] for sc in sidecars)
+    manifest = {
+        "version": version,
+        "name": entry.name,
+        "encoder": desc,
+        "modality": encoder.modality,
+        "format": cfg.out_format,
+        "dtype": cfg.dtype,
+        "shape_per_item": shape,
+        "catalogue_hash": plan["catalogue_hash"],
+        "config_hash": plan["config_hash"],
+        "catalogue_source": cfg.dataset or cfg.input,
+        "n_items": plan["n_items"],
+        "n_rows": sum(sc["entry"]["rows"] for sc in sidecars),
+        "shards": [sc["entry"] for sc in sidecars],
+        "missing": missing,
+        "library_versions": versions,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "stats": {"encode_seconds_sum": round(secs, 3),
+                  "items_per_s": round(plan["n_items"] / secs, 2) if secs > 0 else None,
+                  "machine": platform.machine()},
+    }
+    write_manifest(entry, manifest)
+    return manifest
