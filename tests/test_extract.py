@@ -108,3 +108,144 @@ def test_changed_catalogue_is_detected(catalogue_ds, tmp_path):
                    catalogue_ds / "items.parquet")
     with pytest.raises(ConfigError, match=r"catalogue \(1 of 3 shards differ\)"):
         extract(cfg, encoder=HashText(), log=lambda m: None)
+
+
+class NaNForSome(HashText):
+    """Like HashText, but item titles containing '5' encode to NaN, and '9' to a value beyond float16."""
+
+    def encode(self, batch):
+        x = batch["x"] / 100.0
+        return x
+
+    def collate(self, inputs):
+        out = super().collate(inputs)
+        for j, t in enumerate(inputs):
+            if "5" in t:
+                out["x"][j, 0] = float("nan")
+            if "9" in t:
+                out["x"][j, 1] = 1e9
+        return out
+
+
+def test_non_finite_features_are_recorded_as_missing(catalogue_ds, tmp_path):
+    res = extract(_cfg(catalogue_ds, tmp_path), encoder=NaNForSome(), log=lambda m: None)
+    miss = res.manifest["missing"]
+    assert sorted(miss) == ["15", "19", "25", "5", "7", "9"]
+    assert miss["5"].startswith("the encoder gave a non-finite feature") and "float16" in miss["9"]
+    feats, present = FeatureEntry(res.entry_dir).aligned(["", "5", "9", "4"])
+    assert present.tolist() == [False, False, False, True] and np.isfinite(feats).all()
+    # in float32 the large value fits: only the NaNs are missing
+    res = extract(_cfg(catalogue_ds, tmp_path, dtype="float32", name="f32"), encoder=NaNForSome(), log=lambda m: None)
+    assert sorted(res.manifest["missing"]) == ["15", "25", "5", "7"]
+
+
+# ---------------------------------------------------------------------------------------------
+# real processes: the CLI under `accelerate launch`, and SIGKILL mid-run
+
+
+import os
+import signal
+import subprocess
+import sys
+
+from mmrec.data.prepare import PrepareConfig as _PC
+
+
+@pytest.fixture
+def priced_ds(tmp_path):
+    """60 items with prices (two invalid), for the weightless price encoder."""
+    ids = [str(i) for i in range(1, 61)]
+    raw = raw_from_sequences({f"u{u}": [str((3 * u + k) % 60 + 1) for k in range(5)] for u in range(80)})
+    prices = [round(1.5 * i, 2) for i in range(1, 61)]
+    prices[10], prices[20] = None, -3.0
+    raw.catalogue = Catalogue.build(ids, price=prices)
+    return prepare(raw, tmp_path / "ds", _PC(min_user_interactions=1, min_item_interactions=1))
+
+
+def _env():
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _cli_args(ds, store, fmt="h5"):
+    return ["extract", "--encoder", "price", "--dataset", str(ds), "--store", str(store),
+            "--set", "shard_size=7", "--set", "batch_size=4", "--set", "num_workers=0",
+            "--set", f"out_format={fmt}", "--set", "threads=1"]
+
+
+def _shard_bytes(entry: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((entry / "shards").iterdir())
+            if p.name.startswith("part-") and not p.name.endswith(".json")}
+
+
+@pytest.mark.parametrize("fmt", ["h5", "parquet"])
+def test_two_processes_write_the_same_store_as_one(priced_ds, tmp_path, fmt):
+    one = subprocess.run([sys.executable, "-m", "mmrec.cli", *_cli_args(priced_ds, tmp_path / "one", fmt)],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--main_process_port", "0", "-m", "mmrec.cli", *_cli_args(priced_ds, tmp_path / "two", fmt)],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "over 2 process(es)" in two.stderr
+    a, b = tmp_path / "one" / "price", tmp_path / "two" / "price"
+    sidecars = [json.loads(p.read_text()) for p in sorted((b / "shards").glob("part-*.json"))]
+    # 60 items in shards of 7: 9 shards; shard i was written by process i % 2, and only by it
+    assert [s["process"] for s in sidecars] == [i % 2 for i in range(9)]
+    assert {s["processes"] for s in sidecars} == {2}
+    assert _shard_bytes(a) == _shard_bytes(b) and len(_shard_bytes(a)) == 9
+    ma, mb = (json.loads((e / "manifest.json").read_text()) for e in (a, b))
+    assert ma["shards"] == mb["shards"] and ma["missing"] == mb["missing"]
+    assert mb["missing"] == {"11": "no price", "21": "price is negative: -3.0"}
+    assert FeatureEntry(b).validate() == []
+
+
+_KILLER = r'''
+import os, signal, sys
+from mmrec.pipeline.extract import ExtractConfig, extract
+import mmrec.features.store as store
+
+ds, root, mode, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+written = []
+if mode == "during":  # die inside a shard write, after part of the file is on disk
+    real = store._write_h5
+    def torn(tmp, ids, feats, attrs):
+        real(tmp, ids, feats, attrs)
+        written.append(1)
+        if len(written) == at:
+            with open(tmp, "r+b") as f:
+                f.truncate(os.path.getsize(tmp) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    store._write_h5 = torn
+def after(s):
+    if mode == "after" and s == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+cfg = ExtractConfig(encoder="price", dataset=ds, store=root, shard_size=7, batch_size=4, num_workers=0,
+                    device="cpu", threads=1)
+extract(cfg, log=lambda m: None, on_shard_done=after)
+'''
+
+
+@pytest.mark.parametrize("mode,at", [("after", 3), ("during", 5)])
+def test_sigkill_then_resume_is_byte_identical(priced_ds, tmp_path, mode, at):
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    clean = subprocess.run([sys.executable, str(script), str(priced_ds), str(tmp_path / "clean"), "none", "0"],
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr
+    killed = subprocess.run([sys.executable, str(script), str(priced_ds), str(tmp_path / "killed"), mode, str(at)],
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    entry = tmp_path / "killed" / "price"
+    assert not (entry / "manifest.json").exists()
+    done = sorted(p.name for p in (entry / "shards").glob("part-*.json"))
+    assert len(done) == (at + 1 if mode == "after" else at - 1)
+    if mode == "during":  # the torn write never became a shard
+        assert list((entry / "shards").glob(".part-*.tmp")) and not (entry / "shards" / f"part-{at - 1:05d}.h5").exists()
+    res = extract(ExtractConfig(encoder="price", dataset=str(priced_ds), store=str(tmp_path / "killed"), shard_size=7,
+                                batch_size=4, num_workers=0, device="cpu", threads=1), log=lambda m: None)
+    assert res.shards_skipped == len(done) and res.shards_written == 9 - len(done)
+    assert not list((entry / "shards").glob(".*tmp"))
+    assert _shard_bytes(entry) == _shard_bytes(tmp_path / "clean" / "price")
+    assert FeatureEntry(entry).validate() == []

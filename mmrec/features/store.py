@@ -242,10 +242,13 @@ def _write_h5(tmp: Path, ids: list[str], feats: np.ndarray, attrs: dict[str, Any
     row_bytes = feats[0:1].nbytes if n else int(np.prod(feats.shape[1:])) * feats.itemsize
     chunk_rows = max(1, min(n, _H5_CHUNK_ROWS_MAX, _H5_CHUNK_BYTES // row_bytes))
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("item_id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("item_id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"),
+                         track_times=False)
         # chunked by rows, no compression filter: embeddings do not compress. A zero-row dataset
-        # cannot be chunked with a zero-sized chunk, so it stays contiguous.
-        f.create_dataset("features", data=feats, chunks=(chunk_rows, *feats.shape[1:]) if n else None)
+        # cannot be chunked with a zero-sized chunk, so it stays contiguous. No modification times:
+        # the same features give the same bytes (a resumed run is byte-identical to an uninterrupted one).
+        f.create_dataset("features", data=feats, chunks=(chunk_rows, *feats.shape[1:]) if n else None,
+                         track_times=False)
         f.attrs["mmrec_shard_version"] = SHARD_VERSION
         for k, v in attrs.items():
             f.attrs[str(k)] = _h5_attr(v)

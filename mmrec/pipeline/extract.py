@@ -309,6 +309,11 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
     mine = [s for s in range(n_shards) if s % world == rank]
     todo = [s for s in mine if not (shard_dir / f"part-{s:05d}.json").exists()]
     skipped = len(mine) - len(todo)
+    for s in todo:  # debris of a run killed mid-write (never visible as a shard: no sidecar)
+        for junk in shard_dir.glob(f".part-{s:05d}.*.tmp"):
+            junk.unlink(missing_ok=True)
+    if state.is_main_process:
+        log(f"{entry}: {n:,} items in {n_shards} shards over {world} process(es) on {device}")
     if skipped:
         log(f"[rank {rank}] resuming: {skipped} of {len(mine)} shards already done")
     total_todo = sum(spans[s][1] - spans[s][0] for s in todo)
@@ -334,7 +339,8 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
         entry_info = write_shard(shard_dir / name, ids, feats, fmt=cfg.out_format, dtype=cfg.dtype,
                                  attrs={"encoder": cfg.encoder, "shard": s, "config_hash": config_hash})
         sidecar = {"shard": s, "entry": entry_info, "missing": miss, "fingerprint": fingerprints[s],
-                   "seconds": round(secs, 3), "items": b - a}
+                   "seconds": round(secs, 3), "items": b - a,
+                   "process": rank, "processes": world}
         tmp = shard_dir / f".part-{s:05d}.json.tmp"
         tmp.write_text(json.dumps(sidecar))
         os.replace(tmp, shard_dir / f"part-{s:05d}.json")
@@ -375,8 +381,16 @@ def _encode_shard(encoder, rows, batch_size, cfg, device, autocast_dtype, progre
                 else:
                     f = encoder.encode(batch)
             f = f.float().cpu().numpy()
+            # a feature that is not finite once stored (NaN, inf, or beyond float16's range) is missing
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = np.isfinite(f.astype(cfg.dtype)).reshape(len(idx), -1).all(axis=1)
             for j, i in enumerate(idx):
-                out[i] = f[j]
+                if finite[j]:
+                    out[i] = f[j]
+                else:
+                    missing[rows[i]["item_id"]] = ("the encoder gave a non-finite feature (NaN or inf"
+                                                   + (", or beyond float16's range; try dtype=float32)"
+                                                      if cfg.dtype == "float16" else ")"))
         progress.update(len(idx) + len(miss))
     order = sorted(out)
     ids = [rows[i]["item_id"] for i in order]
