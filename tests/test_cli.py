@@ -58,15 +58,28 @@ def test_errors_are_messages_with_exit_code_2(tmp_path):
 
 def test_help_on_every_command():
     for cmd in (["--help"], ["data", "prepare", "--help"], ["train", "--help"], ["evaluate", "--help"],
-                ["demo", "--help"], ["data", "info", "--help"]):
+                ["demo", "--help"], ["data", "info", "--help"], ["extract", "--help"], ["features", "info", "--help"],
+                ["features", "validate", "--help"]):
         r = runner.invoke(app, cmd)
         assert r.exit_code == 0 and "Usage" in r.output
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--methods", "pop,sasrec"])
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--methods", "pop,sasrec",
+                            "--encoders", "price"])
     assert r.exit_code == 0, r.output
+    # the demo extracts features of the prepared catalogue: every item with a usable price has one
+    import pyarrow.parquet as pq
+
+    from mmrec.features.store import FeatureEntry
+
+    items = pq.read_table(tmp_path / "demo" / "prepared" / "items.parquet").to_pydict()
+    priced = sum(1 for p in items["price"] if p is not None and p == p and p >= 0)
+    entry = FeatureEntry(tmp_path / "demo" / "features" / "price")
+    assert entry.validate() == []
+    assert entry.manifest["n_rows"] == priced and len(entry.manifest["missing"]) == len(items["item_id"]) - priced
+    assert f"{priced:>8,} {len(items['item_id']) - priced:>8,}" in r.output
     assert "demo: 1,500 users" in r.output or "demo:" in r.output
     table = r.output.split("method")[-1]
     assert "pop" in table and "sasrec" in table

@@ -320,11 +320,17 @@ class HFTextEncoder(Encoder):
 
     def load(self, device: torch.device) -> None:
         transformers = require("transformers", dist="transformers")
+        tlog = transformers.utils.logging
+        bar = tlog.is_progress_bar_enabled()
+        tlog.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise in extraction logs
         try:
             model = transformers.AutoModel.from_pretrained(self._source(), **_float32_kwarg(transformers.__version__),
                                                            **self._hub_kwargs())
         except Exception as e:  # noqa: BLE001
             raise self._load_failure("model", e) from e
+        finally:
+            if bar:
+                tlog.enable_progress_bar()
         self._get_tokenizer()
         self._dim = int(model.config.hidden_size)
         self._model = model.to(device).eval()
