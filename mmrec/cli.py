@@ -317,6 +317,7 @@ def extract(
             m = res.manifest
             reasons: dict[str, int] = {}
             for r in m["missing"].values():
+                r = ": ".join(r.split(": ")[:2])  # the kind of failure, without the file it names
                 reasons[r] = reasons.get(r, 0) + 1
             typer.echo(f"{res.entry_dir}: {m['n_rows']:,} of {m['n_items']:,} items encoded "
                        f"({m['encoder'].get('key', cfg.encoder)}, shape {m['shape_per_item']}, {m['dtype']}, {m['format']}); "

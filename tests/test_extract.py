@@ -249,3 +249,18 @@ def test_sigkill_then_resume_is_byte_identical(priced_ds, tmp_path, mode, at):
     assert not list((entry / "shards").glob(".*tmp"))
     assert _shard_bytes(entry) == _shard_bytes(tmp_path / "clean" / "price")
     assert FeatureEntry(entry).validate() == []
+
+
+def test_relative_image_paths_without_a_root_are_refused(tmp_path):
+    from mmrec.errors import DataError
+
+    raw = raw_from_sequences({f"u{u}": ["1", "2", "3"] for u in range(3)})
+    raw.catalogue = Catalogue.build(["1", "2", "3"], images=[["a.jpg"], None, ["c.jpg"]])
+    ds = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    cfg = ExtractConfig(encoder="hashtext", dataset=str(ds), store=str(tmp_path / "s"))
+    with pytest.raises(DataError, match=r"(?s)image paths are relative \(e.g. 'a.jpg'\).*--set image_root=DIR"):
+        extract(cfg, encoder=HashText(), log=lambda m: None)
+    from mmrec.pipeline.extract import load_catalogue
+
+    cfg.image_root = str(tmp_path / "imgs")
+    assert load_catalogue(cfg)["images"].to_pylist() == [[str(tmp_path / "imgs" / "a.jpg")], [], [str(tmp_path / "imgs" / "c.jpg")]]

@@ -54,13 +54,14 @@ class ExtractConfig:
     format: str | None = None  # or a reader format + input
     input: str | None = None
     reader: dict[str, Any] = field(default_factory=dict)
+    image_root: str | None = None  # folder that relative image paths are under (default: the catalogue's)
     store: str = "features"
     name: str | None = None
     out_format: Literal["h5", "parquet"] = "h5"
     dtype: Literal["float16", "float32"] = "float16"
     shard_size: int = 2048
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None  # None: image decoding in min(8, cores - 1) workers; text and price in-process
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     threads: int | None = None
@@ -74,7 +75,7 @@ class ExtractConfig:
                               "with input=<path>")
         if self.format is not None and self.input is None:
             raise ConfigError("format is set but input (the dataset path) is not")
-        if self.shard_size < 1 or self.batch_size < 1 or self.num_workers < 0:
+        if self.shard_size < 1 or self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise ConfigError("shard_size and batch_size must be positive, num_workers >= 0")
 
     def entry_name(self) -> str:
@@ -117,8 +118,17 @@ def load_catalogue(cfg: ExtractConfig) -> pa.Table:
         table = raw.catalogue.table
         image_root = raw.catalogue.image_root
     table = table.sort_by("item_id")
-    if image_root and "images" in table.column_names:
+    if cfg.image_root is not None:
+        image_root = cfg.image_root
+    if "images" in table.column_names:
         imgs = table["images"].to_pylist()
+        relative = next((p for row in imgs for p in (row or []) if p and not os.path.isabs(p)), None)
+        if relative is not None and not image_root:
+            raise DataError(f"the catalogue's image paths are relative (e.g. {relative!r}) and no image folder is "
+                            "known for them", path=cfg.dataset or cfg.input,
+                            hint="pass --set image_root=DIR (the folder they are relative to), or prepare the "
+                                 "dataset again with this mmrec, which records it in dataset.json")
+    if image_root and "images" in table.column_names:
         fixed = [[p if p is None or os.path.isabs(p) else os.path.join(image_root, p) for p in (row or [])]
                  for row in imgs]
         table = table.set_column(table.column_names.index("images"), "images", pa.array(fixed, pa.list_(pa.string())))
@@ -358,14 +368,23 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
     return ExtractResult(entry, manifest, len(todo), skipped, encoded, missing_count, secs)
 
 
+def default_workers(encoder: Any) -> int:
+    """Image decoding and resizing is worth worker processes (min(8, cores - 1)); tokenising a
+    batch of text or parsing prices is cheaper than handing the result between processes."""
+    if "image" not in str(encoder.modality):
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def _encode_shard(encoder, rows, batch_size, cfg, device, autocast_dtype, progress):
     t0 = time.perf_counter()
     costs = [encoder.sort_key(r) for r in rows]
     batches = _batches_by_cost(costs, batch_size)
+    workers = default_workers(encoder) if cfg.num_workers is None else cfg.num_workers
     loader = torch.utils.data.DataLoader(
         _ShardInputs(rows, encoder.make_input), batch_sampler=batches, collate_fn=_Collate(encoder.collate),
-        num_workers=cfg.num_workers, persistent_workers=False,
-        prefetch_factor=4 if cfg.num_workers > 0 else None,
+        num_workers=workers, persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
     )
     out: dict[int, np.ndarray] = {}
     missing: dict[str, str] = {}
@@ -455,4 +474,8 @@ def _finish(entry: Path, cfg, encoder, plan, spans, ext, version, write_manifest
                   "machine": platform.machine()},
     }
     write_manifest(entry, manifest)
+    if missing and manifest["n_rows"] == 0:
+        some = next(iter(missing.values()))
+        log(f"warning: none of the {plan['n_items']:,} items could be encoded (e.g. {some}); check the inputs "
+            "(for images: the image folder) before training on this entry")
     return manifest
