@@ -122,7 +122,9 @@ def data_info(path: Path = typer.Argument(..., help="A prepared dataset folder."
         _fail(e)
 
 
-def _run_config(dataset: Optional[str], method: Optional[str], config: Optional[Path], set_: Optional[list[str]]):
+def _run_config(dataset: Optional[str], method: Optional[str], config: Optional[Path], set_: Optional[list[str]],
+                features: Optional[str] = None, store: Optional[str] = None, cold_start: bool = False):
+    from mmrec.features.aligned import parse_features_option
     from mmrec.trainers.loop import RunConfig
 
     base: dict[str, Any] = {}
@@ -130,6 +132,12 @@ def _run_config(dataset: Optional[str], method: Optional[str], config: Optional[
         base["dataset"] = dataset
     if method:
         base["method"] = method
+    if features:
+        base["features"] = parse_features_option(features)
+    if store:
+        base["store"] = store
+    if cold_start:
+        base["cold"] = {"fraction": 0.1}
     return load(RunConfig, config, list(set_ or []), base=base) if config else load(
         RunConfig, None, list(set_ or []), base=base)
 
@@ -137,7 +145,10 @@ def _run_config(dataset: Optional[str], method: Optional[str], config: Optional[
 @app.command()
 def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prepared dataset folder."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method: sasrec, gru4rec, pop."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method (see `mmrec methods`)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Feature entries per slot: text=ENTRY,image=ENTRY,price=ENTRY (names under --store, or folders)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Feature store root (default: features)."),
+    cold_start: bool = typer.Option(False, "--cold-start", help="Hold 10% of the items out of training (cold.fraction=0.1); report cold and warm test cases."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: <out>/<dataset>-<method>-<time>)."),
@@ -145,14 +156,14 @@ def train(
 ) -> None:
     """Train a method on a prepared dataset; evaluate the test part once at the best validation epoch.
 
-    Settings: dataset, method, out, name, model.* (the method's own), train.* (epochs, batch_size, lr,
-    loss ce|bce, max_len, patience, valid_metric, seed, device, ...), eval.* (mode full|sampled,
-    history_mask none|input|whole, ties, ks, ...).
+    Settings: dataset, method, out, name, features.<slot>, store, model.* (the method's own), train.*
+    (epochs, batch_size, lr, loss, max_len, patience, valid_metric, seed, device, ...), eval.* (mode
+    full|sampled, history_mask none|input|whole, ties, ks, ...), cold.* (fraction, seed).
     """
     try:
         from mmrec.trainers.loop import Trainer
 
-        run = _run_config(dataset, method, config, set_)
+        run = _run_config(dataset, method, config, set_, features, store, cold_start)
         if run_dir is None:
             if resume:
                 raise ConfigError("--resume needs --run-dir: the folder of the run to continue")

@@ -82,7 +82,11 @@ class PreparedDataset:
 
     def event(self, name: str) -> np.ndarray | None:
         p = self.root / f"event_{name}.npy"
-        return np.load(p, mmap_mode="r") if p.exists() else None
+        if not p.exists():
+            return None
+        arr = np.load(p, mmap_mode="r")
+        keep = getattr(self, "_keep", None)  # a view without some events (without_training_events_of)
+        return np.asarray(arr)[keep] if keep is not None else arr
 
     def item_table(self):
         return pq.read_table(self.root / "items.parquet")
@@ -123,6 +127,35 @@ class PreparedDataset:
         first = np.repeat(start + lo - np.concatenate([[0], np.cumsum(count)[:-1]]), count)
         pos = first + np.arange(int(count.sum()), dtype=np.int64)
         return EvalCases(users, pos)
+
+    def without_training_events_of(self, held_out: np.ndarray) -> "PreparedDataset":
+        """A view of this dataset in which the items of ``held_out`` (a bool mask over internal ids,
+        ``[n_items + 1]``) never occur in any user's training part: those events are removed, the
+        validation and test events stay. The cold-start protocol trains and evaluates on this view,
+        so a held-out item is seen only as a validation or test target (or, in the test case's
+        history, as the user's validation event). Arrays are rebuilt in memory; nothing on disk changes.
+        """
+        held_out = np.asarray(held_out, dtype=bool)
+        if held_out.shape != (self.n_items + 1,):
+            raise ValueError(f"held_out must be a mask of shape [{self.n_items + 1}], got {held_out.shape}")
+        items = np.asarray(self.items)
+        lengths = self.lengths
+        user_of = np.repeat(np.arange(self.n_users, dtype=np.int64), lengths)
+        pos = np.arange(len(items), dtype=np.int64) - np.repeat(self.offsets[:-1], lengths)
+        in_train = pos < np.repeat(self.split[:, 0], lengths)
+        keep = ~(in_train & held_out[items])
+        dropped_train = np.bincount(user_of[~keep], minlength=self.n_users)
+        view = object.__new__(type(self))
+        view.root, view.meta = self.root, self.meta
+        view.n_users, view.n_items = self.n_users, self.n_items
+        view.items = items[keep]
+        view.times = np.asarray(self.times)[keep]
+        counts = np.bincount(user_of[keep], minlength=self.n_users)
+        view.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        view.split = self.split - dropped_train[:, None]
+        view.held_out = held_out
+        view._keep = keep
+        return view
 
     @cached_property
     def item_popularity(self) -> np.ndarray:

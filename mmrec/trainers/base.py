@@ -9,8 +9,14 @@ checkpointing only use:
 - ``score(query, item_ids) -> [B, C]``: scores of the items ``item_ids`` (a 1-D range of ids shared
   by the batch, or a ``[B, C]`` matrix of candidates per row).
 
-Class attributes declare what a method needs: ``uses_item_ids`` and ``modalities`` (feature
-modalities, e.g. ``("text", "image")``), ``losses`` (the values of ``train.loss`` it supports).
+Class attributes declare what a method needs: ``uses_item_ids``, ``modalities`` (the feature slots
+it can use, e.g. ``("text", "image")``) and ``required_modalities`` (those it cannot run without),
+``losses`` (the values of ``train.loss`` it supports). A method with modalities receives
+``features={slot: ItemFeatures}`` (``mmrec.features.aligned``) in its constructor.
+
+Cold-start runs exclude held-out items from training: ``train_exclusion`` (a bool buffer over item
+ids, or None) marks them; ``train_logits`` applies it to full-softmax logits, and the sampled
+negatives never include them.
 """
 
 from __future__ import annotations
@@ -29,13 +35,27 @@ class SequentialRecommender(nn.Module):
     Config: ClassVar[type]
     uses_item_ids: ClassVar[bool] = True
     modalities: ClassVar[tuple[str, ...]] = ()
+    required_modalities: ClassVar[tuple[str, ...]] = ()
     losses: ClassVar[tuple[str, ...]] = ("ce", "bce")
 
-    def __init__(self, cfg: Any, n_items: int, max_len: int):
+    def __init__(self, cfg: Any, n_items: int, max_len: int, features: dict[str, Any] | None = None):
         super().__init__()
         self.cfg = cfg
         self.n_items = n_items
         self.max_len = max_len
+        self.features = features or {}
+        self.train_exclusion: torch.Tensor | None
+        self.register_buffer("train_exclusion", None, persistent=False)  # moves with the model
+
+    def exclude_from_training(self, mask: torch.Tensor | None) -> None:
+        """Items (bool ``[n_items + 1]``) that training must not see, not even as softmax negatives."""
+        self.train_exclusion = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+
+    def train_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` ``[N, n_items]`` over items 1..n with the excluded items set to -inf (training only)."""
+        if self.train_exclusion is None or not self.training:
+            return logits
+        return logits.masked_fill(self.train_exclusion[1:], float("-inf"))
 
     # --- to implement -------------------------------------------------------------------------
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -65,7 +85,7 @@ class SequentialRecommender(nn.Module):
         hs = h[mask]
         emb = self.item_embeddings()
         if train_cfg.loss == "ce":
-            return ce_all_items(hs, batch["targets"][mask], emb)
+            return ce_all_items(hs, batch["targets"][mask], emb, exclude=self.train_exclusion if self.training else None)
         return bce_sampled(hs, batch["targets"][mask], batch["negatives"][mask], emb)
 
 

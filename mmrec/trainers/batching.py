@@ -30,8 +30,10 @@ class TrainSamples:
     end of the training part, so every training target appears exactly once per epoch.
     """
 
-    def __init__(self, data: PreparedDataset, max_len: int, windows: str = "last"):
+    def __init__(self, data: PreparedDataset, max_len: int, windows: str = "last",
+                 exclude: np.ndarray | None = None):
         self.data = data
+        self._exclude = None if exclude is None else np.asarray(exclude, dtype=bool)  # never sampled as negatives
         self.max_len = max_len
         starts = data.offsets[:-1]
         a = data.split[:, 0]
@@ -100,7 +102,8 @@ class TrainSamples:
         return out
 
     def sample_negatives(self, user: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        """Uniform item ids the user has not interacted with in training (resampled on collision)."""
+        """Uniform item ids the user has not interacted with in training (resampled on collision);
+        excluded (held-out) items are never drawn."""
         n = self._n_items
         u = np.broadcast_to(user.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
         neg = rng.integers(1, n + 1, size=shape)
@@ -108,6 +111,8 @@ class TrainSamples:
             keys = u * (n + 1) + neg
             pos = np.searchsorted(self._keys, keys)
             hit = self._keys[np.minimum(pos, len(self._keys) - 1)] == keys
+            if self._exclude is not None:
+                hit |= self._exclude[neg]
             if not hit.any():
                 break
             neg[hit] = rng.integers(1, n + 1, size=int(hit.sum()))

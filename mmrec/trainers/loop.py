@@ -70,14 +70,31 @@ class TrainConfig:
 
 
 @dataclass
+class ColdConfig:
+    """The cold-start protocol: ``fraction`` of the items (drawn with ``seed``) are held out of
+    training and appear only as validation/test targets; metrics are reported for cold and warm
+    test cases separately. ``fraction=0`` (the default) turns it off; ``--cold-start`` sets 0.1."""
+
+    fraction: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ConfigError(f"cold.fraction must be in [0, 1), got {self.fraction}")
+
+
+@dataclass
 class RunConfig:
     dataset: str
     method: str = "sasrec"
     out: str = "runs"
     name: str | None = None
+    features: dict[str, str] = field(default_factory=dict)  # slot (text|image|price) -> store entry
+    store: str = "features"
     model: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cold: ColdConfig = field(default_factory=ColdConfig)
 
     def validate(self) -> None:
         k = int(self.train.valid_metric.split("@")[1])
@@ -85,14 +102,28 @@ class RunConfig:
             raise ConfigError(f"train.valid_metric uses K={k}, which is not in eval.ks={self.eval.ks}")
 
 
+def cold_items(n_items: int, cfg: ColdConfig) -> np.ndarray:
+    """Bool mask ``[n_items + 1]`` of the held-out items: ``round(fraction * n_items)`` drawn uniformly."""
+    mask = np.zeros(n_items + 1, dtype=bool)
+    k = int(round(cfg.fraction * n_items))
+    if k:
+        mask[1 + np.random.default_rng([cfg.seed, 7177]).choice(n_items, size=k, replace=False)] = True
+    return mask
+
+
 def build_model(run: RunConfig, data: PreparedDataset):
     from mmrec.config import from_dict
+    from mmrec.features.aligned import check_slots, load_features
 
     cls = get_method(run.method)
     mcfg = from_dict(cls.Config, run.model, prefix="model.")
     if run.train.loss not in cls.losses:
         raise ConfigError(f"method {run.method} does not support train.loss={run.train.loss}; use one of {cls.losses}")
-    return cls(mcfg, data.n_items, run.train.max_len), mcfg
+    check_slots(run.method, run.features, cls.modalities, cls.required_modalities, run.store)
+    if not cls.modalities:
+        return cls(mcfg, data.n_items, run.train.max_len), mcfg
+    features = load_features(run.features, data, run.store)
+    return cls(mcfg, data.n_items, run.train.max_len, features=features), mcfg
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -124,11 +155,16 @@ class Trainer:
         self.accel = Accelerator(cpu=cpu, mixed_precision=tc.mixed_precision if not cpu else "no")
         if not self.accel.is_main_process:  # one process speaks
             self.log = lambda msg: None
+        self.cold = cold_items(self.data.n_items, run.cold) if run.cold.fraction > 0 else None
+        if self.cold is not None:
+            self.data = self.data.without_training_events_of(self.cold)
         torch.manual_seed(tc.seed)
         model, self.model_cfg = build_model(run, self.data)
+        if self.cold is not None:
+            model.exclude_from_training(torch.from_numpy(self.cold))
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.model, self.opt = self.accel.prepare(model, opt)
-        self.samples = TrainSamples(self.data, tc.max_len, tc.windows)
+        self.samples = TrainSamples(self.data, tc.max_len, tc.windows, exclude=self.cold)
         self.evaluator = Evaluator(self.data, run.eval, tc.max_len, self.accel.device, self.run_dir)
 
     @property
@@ -244,13 +280,39 @@ class Trainer:
             self._save_last(state)
         return self.finish(state)
 
+    def _cold_breakdown(self, part: str, ranks: np.ndarray) -> dict[str, Any]:
+        """Metrics over the cold (held-out target) and warm cases of ``part``, from the ranks of the
+        whole part. Methods that score items by id only cannot rank an item they never trained on:
+        their cold figures are left out (with a note)."""
+        from mmrec.trainers.evaluation import metrics_from_ranks
+
+        cases = self.data.eval_cases(part)
+        is_cold = self.cold[np.asarray(self.data.items)[cases.pos]]
+        ids_only = not getattr(self.raw_model, "modalities", ())
+        out: dict[str, Any] = {}
+        for name, sel in (("cold", is_cold), ("warm", ~is_cold)):
+            n = int(sel.sum())
+            if name == "cold" and ids_only:
+                out[f"{part}_{name}"] = {"n_cases": n, "note": "method scores items by id only"}
+            else:
+                out[f"{part}_{name}"] = {"n_cases": n, **(metrics_from_ranks(ranks[sel], self.run.eval.ks) if n else {})}
+        return out
+
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         best = self.run_dir / "best.safetensors"
         if best.exists():
             self.raw_model.load_state_dict(load_file(str(best), device="cpu"))
         t0 = time.perf_counter()
-        valid = self.evaluator.evaluate(self.raw_model, "valid")
-        test = self.evaluator.evaluate(self.raw_model, "test")
+        valid = self.evaluator.evaluate(self.raw_model, "valid", return_ranks=True)
+        test = self.evaluator.evaluate(self.raw_model, "test", return_ranks=True)
+        breakdown: dict[str, Any] = {}
+        if self.cold is not None:
+            breakdown = {**self._cold_breakdown("valid", valid["ranks"]), **self._cold_breakdown("test", test["ranks"])}
+            if self.accel.is_main_process:
+                ids = self.data.raw_item_ids[np.flatnonzero(self.cold)]
+                (self.run_dir / "cold_items.txt").write_text("".join(f"{i}\n" for i in ids))
+        valid.pop("ranks")
+        test.pop("ranks")
         eval_s = time.perf_counter() - t0
         secs = state["epoch_seconds"]
         results = {
@@ -261,6 +323,8 @@ class Trainer:
             "epochs_run": state["epoch"],
             "valid": valid,
             "test": test,
+            **breakdown,
+            "features": {slot: f.source for slot, f in getattr(self.raw_model, "features", {}).items()},
             "protocol": {
                 "split": self.data.meta["split"],
                 "filters": self.data.meta["filters"],
@@ -269,6 +333,9 @@ class Trainer:
                 "train_windows": self.run.train.windows,
                 "evaluation": self.evaluator.protocol(),
                 "valid_metric": self.run.train.valid_metric,
+                "cold_start": ({"fraction": self.run.cold.fraction, "seed": self.run.cold.seed,
+                                "held_out_items": int(self.cold.sum()), "file": "cold_items.txt"}
+                               if self.cold is not None else None),
             },
             "timing": {
                 "seconds_per_epoch_mean": float(np.mean(secs)) if secs else None,

@@ -7,15 +7,18 @@ import torch.nn.functional as F
 
 
 def ce_all_items(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
-                 temperature: float = 1.0) -> torch.Tensor:
+                 temperature: float = 1.0, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over every item: softmax of ``h @ item_emb[1:].T / temperature``.
 
     ``h``: [N, d] states at target positions; ``targets``: [N] ids in 1..n_items; ``item_emb``:
-    [n_items + 1, d] with row 0 the padding item, which is not a class.
+    [n_items + 1, d] with row 0 the padding item, which is not a class. ``exclude``: optional bool
+    ``[n_items + 1]``; those items are not classes (held-out cold items).
     """
     logits = h @ item_emb[1:].T
     if temperature != 1.0:
         logits = logits / temperature
+    if exclude is not None:
+        logits = logits.masked_fill(exclude[1:], float("-inf"))
     return F.cross_entropy(logits.float(), targets - 1)
 
 
