@@ -36,6 +36,9 @@ class SequentialRecommender(nn.Module):
     uses_item_ids: ClassVar[bool] = True
     modalities: ClassVar[tuple[str, ...]] = ()
     required_modalities: ClassVar[tuple[str, ...]] = ()
+    # whether an item never seen in training can still be ranked (its score comes from features);
+    # None: decided from ``modalities`` (a method with feature slots builds its items from them)
+    ranks_unseen_items: ClassVar[bool | None] = None
     losses: ClassVar[tuple[str, ...]] = ("ce", "bce")
 
     def __init__(self, cfg: Any, n_items: int, max_len: int, features: dict[str, Any] | None = None):
@@ -73,8 +76,22 @@ class SequentialRecommender(nn.Module):
     def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return gather_last(self.sequence_states(items, lengths), lengths)
 
+    def train(self, mode: bool = True) -> "SequentialRecommender":
+        self._eval_table = None  # item tables computed from features are cached only while evaluating
+        return super().train(mode)
+
+    def scoring_table(self) -> torch.Tensor:
+        """``item_embeddings()``, computed once per evaluation (methods whose items come from
+        features rebuild the table from the features at every call)."""
+        if self.training:
+            return self.item_embeddings()
+        cached = getattr(self, "_eval_table", None)
+        if cached is None:
+            cached = self._eval_table = self.item_embeddings().detach()
+        return cached
+
     def score(self, query: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        emb = self.item_embeddings()
+        emb = self.scoring_table()
         if item_ids.dim() == 1:
             return query @ emb[item_ids].T
         return torch.einsum("bd,bcd->bc", query, emb[item_ids])

@@ -288,7 +288,8 @@ class Trainer:
 
         cases = self.data.eval_cases(part)
         is_cold = self.cold[np.asarray(self.data.items)[cases.pos]]
-        ids_only = not getattr(self.raw_model, "modalities", ())
+        m = self.raw_model
+        ids_only = not (m.ranks_unseen_items if m.ranks_unseen_items is not None else bool(m.modalities))
         out: dict[str, Any] = {}
         for name, sel in (("cold", is_cold), ("warm", ~is_cold)):
             n = int(sel.sum())

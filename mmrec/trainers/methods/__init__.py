@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender
+from mmrec.trainers.methods.fdsa import FDSA
 from mmrec.trainers.methods.gru4rec import GRU4Rec
+from mmrec.trainers.methods.mmsr import MMSR
 from mmrec.trainers.methods.pop import Pop
 from mmrec.trainers.methods.sasrec import SASRec
+from mmrec.trainers.methods.sasrec_ef import SASRecEF
+from mmrec.trainers.methods.sasrec_lf import SASRecLF
+from mmrec.trainers.methods.unisrec import UniSRec
 
-METHODS: dict[str, type[SequentialRecommender]] = {cls.name: cls for cls in (Pop, SASRec, GRU4Rec)}
+METHODS: dict[str, type[SequentialRecommender]] = {
+    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR)
+}
 
 
 def get_method(name: str) -> type[SequentialRecommender]:

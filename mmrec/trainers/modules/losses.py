@@ -32,3 +32,95 @@ def bce_sampled(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, item_emb:
         neg = neg[:, None]
     neg_logit = torch.einsum("nd,nkd->nk", h, item_emb[neg])
     return (F.softplus(-pos_logit) + F.softplus(neg_logit).mean(-1)).mean()
+
+
+def ce_cosine(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, temperature: float = 0.07,
+              exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """UniSRec's fine-tuning loss: cross-entropy over every item with cosine logits.
+
+    ``loss = -mean_n log softmax_i(cos(h_n, e_i) / temperature)[targets_n]`` over items ``i = 1..n_items``,
+    ``cos(a, b) = a.b / (|a| |b|)``. Shapes and ``exclude`` as in ``ce_all_items`` (row 0 of ``item_emb`` is
+    padding and not a class; UniSRec's code keeps it in the softmax).
+    """
+    return ce_all_items(F.normalize(h, dim=-1), targets, F.normalize(item_emb, dim=-1), temperature, exclude)
+
+
+def same_target_mask(target_ids: torch.Tensor) -> torch.Tensor:
+    """``[N, N]`` bool, True at ``(i, j)`` when ``j != i`` and ``target_ids[j] == target_ids[i]``."""
+    same = target_ids[:, None] == target_ids[None, :]
+    return same & ~torch.eye(len(target_ids), dtype=torch.bool, device=target_ids.device)
+
+
+def infonce_in_batch(h: torch.Tensor, pos_emb: torch.Tensor, temperature: float = 0.07,
+                     target_ids: torch.Tensor | None = None, normalize: bool = True,
+                     mask_value: float = float("-inf")) -> torch.Tensor:
+    """In-batch InfoNCE (UniSRec / ANT sequence-item and image-text losses).
+
+    ``s_ij = h_i . p_j / temperature`` (``h``, ``p`` L2-normalised when ``normalize``), and
+    ``loss = -mean_i log( exp(s_ii) / sum_j exp(s_ij) )``: row i's positive is ``pos_emb[i]``, the other
+    rows are its negatives. With ``target_ids`` ([N]), the logits ``s_ij`` of the other rows j != i with
+    the same target as row i are replaced by ``mask_value``: -inf removes them from the denominator
+    (ANT uses -1e4), 0 reproduces UniSRec's code, where each still adds exp(0) = 1.
+    ``h``, ``pos_emb``: [N, d].
+    """
+    if normalize:
+        h, pos_emb = F.normalize(h, dim=-1), F.normalize(pos_emb, dim=-1)
+    logits = (h @ pos_emb.T).float() / temperature
+    if target_ids is not None:
+        logits = logits.masked_fill(same_target_mask(target_ids), mask_value)
+    return F.cross_entropy(logits, torch.arange(len(h), device=h.device))
+
+
+def log_sampling_prob(counts: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """``log p_i`` with ``p_i = c_i^power / sum_j c_j^power`` from item counts ``[n_items + 1]`` (row 0 =
+    padding, which gets ``log 1 = 0`` as in ODMT). Items never counted get ``log p = -inf``; give them
+    a count of at least 1 if they can appear in a batch."""
+    c = counts.double().pow(power)
+    c[0] = 0.0
+    logp = (c / c.sum()).log()
+    logp[0] = 0.0
+    return logp.float()
+
+
+def in_batch_logpop_logits(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
+                           log_pop: torch.Tensor, exclude_pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """ODMT's debiased in-batch logits ``[N, N]``: ``z_ij = h_i . e_{t_j} - log p_{t_j}``.
+
+    Candidates are the batch's targets ``t_j``; the label of row i is column i. Columns j != i with
+    ``t_j == t_i`` (the same item again) and the pairs in ``exclude_pairs`` ([N, N] bool, e.g. items of
+    row i's history; its diagonal is ignored) are set to -inf, so they are not negatives.
+    ``log_pop``: [n_items + 1] log sampling probabilities (``log_sampling_prob``).
+    """
+    logits = (h @ item_emb[targets].T).float() - log_pop[targets].float()[None, :]
+    mask = same_target_mask(targets)
+    if exclude_pairs is not None:
+        mask = mask | (exclude_pairs & ~torch.eye(len(targets), dtype=torch.bool, device=targets.device))
+    return logits.masked_fill(mask, float("-inf"))
+
+
+def ce_in_batch_logpop(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, log_pop: torch.Tensor,
+                       exclude_pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """In-batch cross-entropy with the log-popularity (logQ, sampled-softmax) correction (ODMT):
+
+    ``loss = -mean_i log( exp(z_ii) / sum_{j not masked} exp(z_ij) )``, ``z_ij = h_i . e_{t_j} - log p_{t_j}``,
+    where other rows with the same target (and ``exclude_pairs``) are masked; see
+    ``in_batch_logpop_logits``. ``h``: [N, d]; ``targets``: [N] ids; ``item_emb``: [n_items + 1, d].
+    The correction is for training only: score with plain ``h . e`` at inference.
+    """
+    logits = in_batch_logpop_logits(h, targets, item_emb, log_pop, exclude_pairs)
+    return F.cross_entropy(logits, torch.arange(len(h), device=h.device))
+
+
+def soft_ce(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+            detach_teacher: bool = True) -> torch.Tensor:
+    """Distillation loss (ODMT's ``kd_ce_loss``): ``-mean_i sum_j q_ij log p_ij * temperature^2`` with
+    ``q = softmax(teacher / T)`` and ``p = softmax(student / T)`` row-wise. Entries that are -inf in both
+    (masked candidates) contribute 0. ``detach_teacher=False`` lets gradients reach the teacher, as ODMT's
+    code does.
+    """
+    if detach_teacher:
+        teacher = teacher.detach()
+    q = torch.softmax(teacher.float() / temperature, dim=-1)
+    log_p = torch.log_softmax(student.float() / temperature, dim=-1)
+    log_p = log_p.masked_fill(~torch.isfinite(log_p), 0.0)
+    return -(q * log_p).sum(-1).mean() * temperature ** 2

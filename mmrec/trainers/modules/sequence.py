@@ -152,3 +152,24 @@ def gather_last(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """The state at each row's last real position: ``h[b, lengths[b] - 1]``."""
     idx = (lengths.clamp(min=1) - 1).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
     return h.gather(1, idx).squeeze(1)
+
+
+BACKBONES = ("sasrec", "gru4rec", "nextitnet")
+
+
+def build_backbone(kind: str, hidden: int, max_len: int, *, layers: int = 2, heads: int = 2, inner: int = 256,
+                   dropout: float = 0.5, attn_dropout: float = 0.5, act: str = "gelu",
+                   position: str = "reverse") -> nn.Module:
+    """A sequence encoder ``forward(x [B, L, hidden], lengths) -> [B, L, hidden]``, causal.
+
+    ``sasrec``: ``TransformerEncoder`` (layers, heads, inner, dropouts, positions); ``gru4rec``:
+    ``GRUEncoder`` with ``layers`` GRU layers of width 2 x hidden; ``nextitnet``: dilated causal
+    convolutions, dilations (1, 2, 4) repeated ``layers`` times.
+    """
+    if kind == "sasrec":
+        return TransformerEncoder(hidden, layers, heads, inner, dropout, attn_dropout, max_len, act, position=position)
+    if kind == "gru4rec":
+        return GRUEncoder(hidden, 2 * hidden, layers, dropout)
+    if kind == "nextitnet":
+        return NextItNetEncoder(hidden, (1, 2, 4) * max(1, layers), 3, dropout)
+    raise ValueError(f"unknown backbone {kind!r}; use one of {', '.join(BACKBONES)}")

@@ -1,0 +1,76 @@
+"""MMSR (ID-agnostic multi-modal sequential recommendation; MMSR23/MMSR).
+
+Items have no id embedding: an item is its text and image, each mapped into the recommender's
+space and fused at the item level (MMSR's "early" fusion), and a sequence backbone reads the fused
+item vectors:
+
+    v_t(i) = W_t x_text(i),  v_v(i) = W_v x_image(i)         (missing modality: a learned vector)
+    v(i)   = fusion(v_t(i), v_v(i))                           sum | concat | film | gated | *_mlp |
+                                                              coattention | merged_attention
+    h      = backbone(v(i_1), ..., v(i_L))                    sasrec | gru4rec | nextitnet
+    score(i | h) = <h_L, v(i)>
+
+Trained, as the paper, with BCE and one sampled negative per position (``train.loss=bce``), or with
+softmax cross-entropy over all items (``ce``).
+
+**Difference from the paper.** MMSR fine-tunes the top blocks of its text and image encoders end to
+end. mmrec's second stage reads frozen features from the store, so here the encoders are frozen and
+only a trainable projection (``model.adaptor``: linear, mlp or moe) sits on the features. Because
+items are built from features only, a cold item (never trained on) still gets a vector: MMSR can
+rank it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from mmrec.trainers.base import SequentialRecommender, init_weights
+from mmrec.trainers.modules.items import FeatureItems
+from mmrec.trainers.modules.sequence import build_backbone
+
+FUSIONS = ("sum", "concat", "film", "gated", "sum_mlp", "concat_mlp", "film_mlp", "gated_mlp",
+           "coattention", "merged_attention")
+
+
+@dataclass
+class MMSRConfig:
+    hidden: int = 64
+    fusion: Literal["sum", "concat", "film", "gated", "sum_mlp", "concat_mlp", "film_mlp", "gated_mlp",
+                    "coattention", "merged_attention"] = "merged_attention"
+    backbone: Literal["sasrec", "gru4rec", "nextitnet"] = "sasrec"
+    adaptor: Literal["linear", "mlp", "moe"] = "linear"
+    layers: int = 2
+    heads: int = 2
+    inner: int = 256
+    dropout: float = 0.5
+    attn_dropout: float = 0.5
+    feature_dropout: float = 0.1
+    position: Literal["forward", "reverse"] = "reverse"
+    init_std: float = 0.02
+
+
+class MMSR(SequentialRecommender):
+    name = "mmsr"
+    Config = MMSRConfig
+    uses_item_ids = False
+    modalities = ("text", "image", "price")
+    required_modalities = ("text", "image")
+
+    def __init__(self, cfg: MMSRConfig, n_items: int, max_len: int, features=None):
+        super().__init__(cfg, n_items, max_len, features)
+        slots = [s for s in self.modalities if s in self.features]
+        self.items = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
+                                  dropout=cfg.feature_dropout)
+        self.encoder = build_backbone(cfg.backbone, cfg.hidden, max_len, layers=cfg.layers, heads=cfg.heads,
+                                      inner=cfg.inner, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
+                                      position=cfg.position)
+        init_weights(self.encoder, cfg.init_std)  # the feature adaptors keep their own initialisation
+
+    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.items.lookup(items), lengths)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.items.table()
