@@ -109,3 +109,15 @@ def test_early_stopping_uses_patience(ds, tmp_path):
     assert res["epochs_run"] == len(lines) < 50
     best = int(np.argmax(vals))
     assert res["best_epoch"] == best + 1 and len(lines) - 1 - best == 2
+
+
+def test_negatives_avoid_train_part_or_whole_sequence(tmp_path):
+    # user u0: items 1..6, train part 1 2 3 4, valid 5, test 6; a catalogue of 40 items
+    raw = raw_from_sequences({"u0": ["1", "2", "3", "4", "5", "6"], "u1": [str(i) for i in range(7, 41)]})
+    ds = PreparedDataset(prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1)))
+    rng = np.random.default_rng(0)
+    user = np.zeros(4000, dtype=np.int64)
+    train_only = TrainSamples(ds, 5).sample_negatives(user, (4000,), rng)
+    assert set(train_only.tolist()) == set(range(5, 41))  # the future items 5 and 6 can be negatives
+    leak = TrainSamples(ds, 5, negatives_avoid="sequence").sample_negatives(user, (4000,), rng)
+    assert set(leak.tolist()) == set(range(7, 41))

@@ -31,7 +31,7 @@ class TrainSamples:
     """
 
     def __init__(self, data: PreparedDataset, max_len: int, windows: str = "last",
-                 exclude: np.ndarray | None = None):
+                 exclude: np.ndarray | None = None, negatives_avoid: str = "train"):
         self.data = data
         self._exclude = None if exclude is None else np.asarray(exclude, dtype=bool)  # never sampled as negatives
         self.max_len = max_len
@@ -49,10 +49,15 @@ class TrainSamples:
             self.end = np.repeat((starts + a)[users], per) - k * max_len
         else:
             raise ValueError(f"windows must be 'last' or 'all', not {windows!r}")
-        # sorted (user, item) keys of training events, for excluding a user's items from negatives
-        tr = _ranges(starts, starts + a)
+        # sorted (user, item) keys of the events whose items are never a user's negatives: the
+        # training events ("train"), or the whole sequence with its validation and test items
+        # ("sequence", as S3-Rec's code: it leaks the future into training by never pushing it down)
+        if negatives_avoid not in ("train", "sequence"):
+            raise ValueError(f"negatives_avoid must be 'train' or 'sequence', not {negatives_avoid!r}")
+        upto = a if negatives_avoid == "train" else data.lengths
+        tr = _ranges(starts, starts + upto)
         self._n_items = data.n_items
-        user_of = np.repeat(np.arange(data.n_users, dtype=np.int64), np.maximum(a, 0))
+        user_of = np.repeat(np.arange(data.n_users, dtype=np.int64), np.maximum(upto, 0))
         self._keys = np.unique(user_of * (data.n_items + 1) + np.asarray(data.items)[tr])
 
     def __len__(self) -> int:

@@ -46,6 +46,9 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     loss: Literal["ce", "bce"] = "ce"
     negatives: int = 1
+    # a user's sampled negatives avoid the items of their training part ("train"), or of the whole
+    # sequence including the validation and test items ("sequence": S3-Rec's code; a leak)
+    negatives_avoid: Literal["train", "sequence"] = "train"
     max_len: int = 50
     windows: Literal["last", "all"] = "last"
     bucket_batches: bool = True
@@ -164,7 +167,8 @@ class Trainer:
             model.exclude_from_training(torch.from_numpy(self.cold))
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.model, self.opt = self.accel.prepare(model, opt)
-        self.samples = TrainSamples(self.data, tc.max_len, tc.windows, exclude=self.cold)
+        self.samples = TrainSamples(self.data, tc.max_len, tc.windows, exclude=self.cold,
+                                    negatives_avoid=tc.negatives_avoid)
         self.evaluator = Evaluator(self.data, run.eval, tc.max_len, self.accel.device, self.run_dir)
 
     @property
@@ -331,6 +335,7 @@ class Trainer:
                 "filters": self.data.meta["filters"],
                 "loss": self.run.train.loss,
                 "train_negatives": self.run.train.negatives if self.run.train.loss == "bce" else None,
+                "train_negatives_avoid": self.run.train.negatives_avoid if self.run.train.loss == "bce" else None,
                 "train_windows": self.run.train.windows,
                 "evaluation": self.evaluator.protocol(),
                 "valid_metric": self.run.train.valid_metric,
