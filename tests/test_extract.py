@@ -264,3 +264,15 @@ def test_relative_image_paths_without_a_root_are_refused(tmp_path):
 
     cfg.image_root = str(tmp_path / "imgs")
     assert load_catalogue(cfg)["images"].to_pylist() == [[str(tmp_path / "imgs" / "a.jpg")], [], [str(tmp_path / "imgs" / "c.jpg")]]
+
+
+def test_default_item_text_is_title_and_the_catalogues_text_fields(tmp_path):
+    from mmrec.pipeline.extract import catalogue_text_fields
+
+    raw = raw_from_sequences({f"u{u}": ["1", "2", "3"] for u in range(3)})
+    raw.catalogue = Catalogue.build(["1", "2", "3"], title=["a", "b", "c"], text={"genres": ["x", "y", None]})
+    ds = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    assert catalogue_text_fields(ExtractConfig(encoder="minilm", dataset=str(ds))) == ["title", "genres"]
+    raw.catalogue = Catalogue.build(["1", "2", "3"], title=["a", "b", "c"])
+    ds2 = prepare(raw, tmp_path / "ds2", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    assert catalogue_text_fields(ExtractConfig(encoder="minilm", dataset=str(ds2))) == []

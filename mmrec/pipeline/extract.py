@@ -137,6 +137,22 @@ def load_catalogue(cfg: ExtractConfig) -> pa.Table:
     return table
 
 
+def catalogue_text_fields(cfg: ExtractConfig) -> list[str]:
+    """``title`` followed by the text fields the catalogue's reader declared (dataset.json for a
+    prepared dataset), or [] when none is known."""
+    if cfg.dataset is not None:
+        meta_path = Path(cfg.dataset) / "dataset.json"
+        declared = (json.loads(meta_path.read_text()).get("catalogue") or {}).get("text_fields") if meta_path.exists() else None
+    else:
+        from mmrec.data.readers import read_dataset
+
+        raw = read_dataset(cfg.format, cfg.input, **cfg.reader)
+        declared = raw.catalogue.text_fields if raw.catalogue is not None else None
+    if not declared:
+        return []
+    return ["title"] + [f for f in declared if f != "title"]
+
+
 def _shard_fingerprint(rows: list[dict[str, Any]]) -> str:
     h = hashlib.sha256()
     for r in rows:
@@ -259,12 +275,18 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
     device = state.device
 
     if encoder is None:
-        from mmrec.features.encoders import build_encoder
+        from mmrec.features.encoders import build_encoder, encoder_options
 
         opts = dict(cfg.options)
         if cfg.weights is not None:
             opts["weights"] = cfg.weights
         encoder = build_encoder(cfg.encoder, model=cfg.model, pooling=cfg.pooling, **opts)
+        if ("text" in str(encoder.modality) and "fields" in encoder_options(cfg.encoder)
+                and opts.get("template") is None and opts.get("fields") is None):
+            fields = catalogue_text_fields(cfg)
+            if fields:  # the item's text is its title and the catalogue's text fields, in order
+                encoder = build_encoder(cfg.encoder, model=cfg.model, pooling=cfg.pooling, **opts, fields=fields)
+                log(f"item text from the catalogue's fields: {', '.join(fields)} (set -o template=... to choose)")
     table = load_catalogue(cfg)
     n = table.num_rows
     if n == 0:
