@@ -57,11 +57,16 @@ class MMSR(SequentialRecommender):
     Config = MMSRConfig
     uses_item_ids = False
     modalities = ("text", "image", "price")
-    required_modalities = ("text", "image")
+    required_modalities = ()  # any of the slots; with one, there is nothing to fuse
 
     def __init__(self, cfg: MMSRConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
         slots = [s for s in self.modalities if s in self.features]
+        if not slots:
+            from mmrec.errors import ConfigError
+
+            raise ConfigError("mmsr builds items from features only: give --features text=ENTRY,image=ENTRY "
+                              "(at least one slot)")
         self.items = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
                                   dropout=cfg.feature_dropout)
         self.encoder = build_backbone(cfg.backbone, cfg.hidden, max_len, layers=cfg.layers, heads=cfg.heads,

@@ -1,0 +1,98 @@
+"""Run a table of methods x seeds under one protocol and print mean and spread per column.
+
+Each row is ``label=method[:key=value,...]`` (settings as ``mmrec train --set``); every row runs
+with every seed, in its own run folder under ``--out`` (a finished run is not run again, so an
+interrupted table resumes). Columns: test NDCG@10 / HR@10 over all cases, over warm cases and over
+cold cases (cold-start protocol, ``--cold``), and seconds per epoch.
+
+    python bench/methods_table.py -d data/scientific --store features/scientific --cold 0.1 \\
+        --seeds 0 1 2 --out runs/table-sci --set train.epochs=100 --set eval.history_mask=whole \\
+        --row sasrec=sasrec --row ef=sasrec_ef:features.text=minilm \\
+        --row unisrec-ind=unisrec:features.text=minilm
+
+Prints a Markdown table (mean ± sample standard deviation over the seeds) and writes
+``<out>/table.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from mmrec.config import apply_overrides, from_dict
+from mmrec.trainers.loop import RunConfig, Trainer
+
+
+def _row(spec: str) -> tuple[str, str, list[str]]:
+    label, _, rest = spec.partition("=")
+    method, _, sets = rest.partition(":")
+    return label, method, [s for s in sets.split(",") if s]
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{m:.4f} ± {sd:.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-d", "--dataset", required=True)
+    ap.add_argument("--store", default="features")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cold", type=float, default=0.0, help="cold-start fraction (0: off)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="setting for every row")
+    ap.add_argument("--row", dest="rows", action="append", required=True, help="label=method[:k=v,...]")
+    ap.add_argument("--metric", default="ndcg@10")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for spec in args.rows:
+        label, method, sets = _row(spec)
+        runs = []
+        for seed in args.seeds:
+            run_dir = out / f"{label}-s{seed}"
+            res_path = run_dir / "results.json"
+            if not res_path.exists():
+                base = {"dataset": args.dataset, "method": method, "store": args.store,
+                        "cold": {"fraction": args.cold, "seed": 0}}
+                data = apply_overrides(base, list(args.sets) + sets + [f"train.seed={seed}"])
+                run = from_dict(RunConfig, data)
+                t = time.perf_counter()
+                Trainer(run, run_dir, log=lambda m: None).fit()
+                print(f"{label} seed {seed}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+            runs.append(json.loads(res_path.read_text()))
+        k = args.metric
+        hr = k.replace("ndcg", "hr")
+        col = {
+            "method": method, "settings": sets, "seeds": args.seeds,
+            "all": [r["test"][k] for r in runs], "all_hr": [r["test"][hr] for r in runs],
+            "warm": [r["test_warm"][k] for r in runs if k in r.get("test_warm", {})],
+            "cold": [r["test_cold"][k] for r in runs if k in r.get("test_cold", {})],
+            "s_per_epoch": [r["timing"]["seconds_per_epoch_mean"] for r in runs],
+            "best_epoch": [r["best_epoch"] for r in runs],
+        }
+        table[label] = col
+        (out / "table.json").write_text(json.dumps(table, indent=1))
+    cases = runs[0]
+    print(f"\ndataset {args.dataset}; seeds {args.seeds}; cold fraction {args.cold}; test cases "
+          f"{cases['test']['n_cases']} (warm {cases.get('test_warm', {}).get('n_cases', '-')}, "
+          f"cold {cases.get('test_cold', {}).get('n_cases', '-')}); settings {' '.join(args.sets)}")
+    print(f"| row | method | {k} (all) | HR@{k.split('@')[1]} (all) | {k} warm | {k} cold | s/epoch | best epoch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, c in table.items():
+        print(f"| {label} | {c['method']} | {_fmt(c['all'])} | {_fmt(c['all_hr'])} | {_fmt(c['warm'])} | "
+              f"{_fmt(c['cold']) if c['cold'] else 'n/a (ids only)'} | {statistics.fmean(c['s_per_epoch']):.1f} | "
+              f"{', '.join(map(str, c['best_epoch']))} |")
+
+
+if __name__ == "__main__":
+    main()
