@@ -189,6 +189,20 @@ def _print_results(rows: list[dict[str, Any]], ks: tuple[int, ...] = (10, 20)) -
 
 
 @app.command()
+def methods() -> None:
+    """List the methods: what each reads (item ids, feature slots) and the losses it trains with."""
+    from mmrec.trainers.methods import METHODS
+
+    typer.echo(f"{'method':<11} {'item ids':<9} {'feature slots (required*)':<28} {'losses':<8} summary")
+    for name, cls in sorted(METHODS.items()):
+        slots = ", ".join(s + ("*" if s in cls.required_modalities else "") for s in cls.modalities) or "-"
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        ids = "mode" if name == "unisrec" else ("yes" if cls.uses_item_ids else "no")
+        typer.echo(f"{name:<11} {ids:<9} {slots:<28} {','.join(cls.losses):<8} "
+                   f"{doc[0] if doc else ''}")
+
+
+@app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A finished run folder."),
     part: str = typer.Option("test", "--part", help="valid or test."),

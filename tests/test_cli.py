@@ -59,7 +59,7 @@ def test_errors_are_messages_with_exit_code_2(tmp_path):
 def test_help_on_every_command():
     for cmd in (["--help"], ["data", "prepare", "--help"], ["train", "--help"], ["evaluate", "--help"],
                 ["demo", "--help"], ["data", "info", "--help"], ["extract", "--help"], ["features", "info", "--help"],
-                ["features", "validate", "--help"]):
+                ["features", "validate", "--help"], ["methods", "--help"]):
         r = runner.invoke(app, cmd)
         assert r.exit_code == 0 and "Usage" in r.output
 
@@ -84,3 +84,13 @@ def test_demo_runs_end_to_end(tmp_path):
     table = r.output.split("method")[-1]
     assert "pop" in table and "sasrec" in table
     assert (tmp_path / "demo" / "runs" / "sasrec" / "results.json").exists()
+
+
+def test_methods_lists_every_method_with_its_slots():
+    from mmrec.trainers.methods import METHODS
+
+    r = runner.invoke(app, ["methods"])
+    assert r.exit_code == 0
+    lines = {l.split()[0]: l for l in r.output.splitlines()[1:] if l.strip()}
+    assert set(lines) == set(METHODS)
+    assert "text*" in lines["unisrec"] and lines["sasrec"].split()[2] == "-"
