@@ -148,8 +148,8 @@ def test_cold_items_are_ranked_by_a_feature_method(tmp_path):
 def test_feature_method_without_features_says_what_to_do(tmp_path, successor_raw):
     ds = prepare(successor_raw, tmp_path / "ds", PrepareConfig())
     run = from_dict(RunConfig, {"dataset": str(ds), "method": "mmsr", "store": str(tmp_path / "none")})
-    with pytest.raises(ConfigError, match=r"mmsr builds items from features only: give --features "
-                                          r"text=ENTRY,image=ENTRY"):
+    with pytest.raises(ConfigError, match=r"mmsr builds items from features: give --features "
+                                          r"text=ENTRY,image=ENTRY \(at least one of text, image, price\)"):
         Trainer(run, tmp_path / "r", log=lambda s: None)
     run = from_dict(RunConfig, {"dataset": str(ds), "method": "unisrec", "store": str(tmp_path / "none")})
     with pytest.raises(ConfigError, match=r"method unisrec needs features for text: give them with "

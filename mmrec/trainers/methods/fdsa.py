@@ -14,29 +14,19 @@ never trained on: its cold-start figures are left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureItems
-from mmrec.trainers.modules.sequence import TransformerEncoder
+from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
+from mmrec.trainers.modules.sequence import TransformerConfig
 
 
 @dataclass
-class FDSAConfig:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    inner: int = 256
-    dropout: float = 0.5
-    attn_dropout: float = 0.5
-    adaptor: Literal["linear", "mlp", "moe"] = "linear"
-    feature_dropout: float = 0.1
-    position: Literal["forward", "reverse"] = "reverse"
-    init_std: float = 0.02
+class FDSAConfig(TransformerConfig, FeatureConfig):
+    """``TransformerConfig`` (both streams) and ``FeatureConfig`` (``fusion`` is unused: FDSA pools the
+    slots by vanilla attention)."""
 
 
 class FDSA(SequentialRecommender):
@@ -47,18 +37,11 @@ class FDSA(SequentialRecommender):
 
     def __init__(self, cfg: FDSAConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        self.slots = [s for s in self.modalities if s in self.features]
-        if not self.slots:
-            raise ConfigError("fdsa needs at least one feature slot: --features text=ENTRY (or image=, price=)")
+        self.slots = present_slots(self.name, self.features, self.modalities)
         d = cfg.hidden
         self.item = nn.Embedding(n_items + 1, d, padding_idx=0)
-
-        def encoder() -> TransformerEncoder:
-            return TransformerEncoder(d, cfg.layers, cfg.heads, cfg.inner, cfg.dropout, cfg.attn_dropout,
-                                      max_len, position=cfg.position)
-
-        self.item_encoder = encoder()
-        self.feature_encoder = encoder()
+        self.item_encoder = cfg.encoder(max_len)
+        self.feature_encoder = cfg.encoder(max_len)
         self.attn_proj = nn.Linear(d, d)
         self.attn_vec = nn.Linear(d, 1, bias=False)
         self.out = nn.Linear(2 * d, d)

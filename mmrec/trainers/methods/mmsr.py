@@ -28,28 +28,17 @@ from typing import Literal
 import torch
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureItems
-from mmrec.trainers.modules.sequence import build_backbone
-
-FUSIONS = ("sum", "concat", "film", "gated", "sum_mlp", "concat_mlp", "film_mlp", "gated_mlp",
-           "coattention", "merged_attention")
-
+from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
+from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone
 
 @dataclass
-class MMSRConfig:
-    hidden: int = 64
+class MMSRConfig(TransformerConfig, FeatureConfig):
+    """``TransformerConfig`` (used by the sasrec backbone; ``layers``, ``dropout`` by all three),
+    ``FeatureConfig``, and the backbone."""
+
     fusion: Literal["sum", "concat", "film", "gated", "sum_mlp", "concat_mlp", "film_mlp", "gated_mlp",
-                    "coattention", "merged_attention"] = "merged_attention"
+                    "coattention", "merged_attention"] = "merged_attention"  # MMSR's default
     backbone: Literal["sasrec", "gru4rec", "nextitnet"] = "sasrec"
-    adaptor: Literal["linear", "mlp", "moe"] = "linear"
-    layers: int = 2
-    heads: int = 2
-    inner: int = 256
-    dropout: float = 0.5
-    attn_dropout: float = 0.5
-    feature_dropout: float = 0.1
-    position: Literal["forward", "reverse"] = "reverse"
-    init_std: float = 0.02
 
 
 class MMSR(SequentialRecommender):
@@ -61,12 +50,7 @@ class MMSR(SequentialRecommender):
 
     def __init__(self, cfg: MMSRConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        slots = [s for s in self.modalities if s in self.features]
-        if not slots:
-            from mmrec.errors import ConfigError
-
-            raise ConfigError("mmsr builds items from features only: give --features text=ENTRY,image=ENTRY "
-                              "(at least one slot)")
+        slots = present_slots(self.name, self.features, self.modalities)
         self.items = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
                                   dropout=cfg.feature_dropout)
         self.encoder = build_backbone(cfg.backbone, cfg.hidden, max_len, layers=cfg.layers, heads=cfg.heads,

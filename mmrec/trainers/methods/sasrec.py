@@ -10,28 +10,17 @@ blocks, GELU, LayerNorm and dropout on the input, no sqrt(d) scaling of embeddin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.sequence import TransformerEncoder
+from mmrec.trainers.modules.sequence import TransformerConfig
 
 
 @dataclass
-class SASRecConfig:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    inner: int = 256
-    dropout: float = 0.5
-    attn_dropout: float = 0.5
-    act: Literal["gelu", "relu"] = "gelu"
-    init_std: float = 0.02
-    # "reverse": the most recent item always has the last position (left padding, as Kang's and
-    # S3-Rec's code); "forward": positions count from the oldest item (RecBole).
-    position: Literal["forward", "reverse"] = "reverse"
+class SASRecConfig(TransformerConfig):
+    """hidden 64, 2 layers, 2 heads, inner 256, dropout 0.5 / 0.5, GELU (``TransformerConfig``)."""
 
 
 class SASRec(SequentialRecommender):
@@ -41,9 +30,7 @@ class SASRec(SequentialRecommender):
     def __init__(self, cfg: SASRecConfig, n_items: int, max_len: int):
         super().__init__(cfg, n_items, max_len)
         self.item = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
-        self.encoder = TransformerEncoder(cfg.hidden, cfg.layers, cfg.heads, cfg.inner, cfg.dropout,
-                                          cfg.attn_dropout, max_len, cfg.act,
-                                          position=cfg.position)
+        self.encoder = cfg.encoder(max_len)
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()

@@ -12,30 +12,18 @@ be ranked.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureItems
-from mmrec.trainers.modules.sequence import TransformerEncoder
+from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
+from mmrec.trainers.modules.sequence import TransformerConfig
 
 
 @dataclass
-class SASRecEFConfig:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    inner: int = 256
-    dropout: float = 0.5
-    attn_dropout: float = 0.5
-    fusion: Literal["sum", "concat", "film", "gated", "sum_mlp", "concat_mlp", "film_mlp", "gated_mlp",
-                    "coattention", "merged_attention"] = "sum"
-    adaptor: Literal["linear", "mlp", "moe"] = "linear"
-    feature_dropout: float = 0.1
-    position: Literal["forward", "reverse"] = "reverse"
-    init_std: float = 0.02
+class SASRecEFConfig(TransformerConfig, FeatureConfig):
+    """``TransformerConfig`` (the SASRec encoder) and ``FeatureConfig`` (fusion, adaptor, dropout)."""
 
 
 class SASRecEF(SequentialRecommender):
@@ -46,14 +34,9 @@ class SASRecEF(SequentialRecommender):
 
     def __init__(self, cfg: SASRecEFConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        slots = [s for s in self.modalities if s in self.features]
-        if not slots:
-            from mmrec.errors import ConfigError
-
-            raise ConfigError("sasrec_ef needs at least one feature slot: --features text=ENTRY (or image=, price=)")
+        slots = present_slots(self.name, self.features, self.modalities)
         self.item = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
-        self.encoder = TransformerEncoder(cfg.hidden, cfg.layers, cfg.heads, cfg.inner, cfg.dropout,
-                                          cfg.attn_dropout, max_len, position=cfg.position)
+        self.encoder = cfg.encoder(max_len)
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()

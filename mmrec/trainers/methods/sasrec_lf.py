@@ -13,31 +13,18 @@ Both streams are trained together on the summed score. The query is the concaten
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureItems
-from mmrec.trainers.modules.sequence import TransformerEncoder
+from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
+from mmrec.trainers.modules.sequence import TransformerConfig
 
 
 @dataclass
-class SASRecLFConfig:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    inner: int = 256
-    dropout: float = 0.5
-    attn_dropout: float = 0.5
-    fusion: Literal["sum", "concat", "film", "gated", "sum_mlp", "concat_mlp", "film_mlp", "gated_mlp",
-                    "coattention", "merged_attention"] = "sum"
-    adaptor: Literal["linear", "mlp", "moe"] = "linear"
-    feature_dropout: float = 0.1
-    position: Literal["forward", "reverse"] = "reverse"
-    init_std: float = 0.02
+class SASRecLFConfig(TransformerConfig, FeatureConfig):
+    """``TransformerConfig`` (both streams' encoders) and ``FeatureConfig`` (fusion, adaptor, dropout)."""
 
 
 class SASRecLF(SequentialRecommender):
@@ -47,17 +34,10 @@ class SASRecLF(SequentialRecommender):
 
     def __init__(self, cfg: SASRecLFConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        slots = [s for s in self.modalities if s in self.features]
-        if not slots:
-            raise ConfigError("sasrec_lf needs at least one feature slot: --features text=ENTRY (or image=, price=)")
+        slots = present_slots(self.name, self.features, self.modalities)
         self.item = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
-
-        def encoder() -> TransformerEncoder:
-            return TransformerEncoder(cfg.hidden, cfg.layers, cfg.heads, cfg.inner, cfg.dropout,
-                                      cfg.attn_dropout, max_len, position=cfg.position)
-
-        self.id_encoder = encoder()
-        self.feature_encoder = encoder()
+        self.id_encoder = cfg.encoder(max_len)
+        self.feature_encoder = cfg.encoder(max_len)
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()

@@ -37,17 +37,13 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureItems
 from mmrec.trainers.modules.losses import ce_all_items
-from mmrec.trainers.modules.sequence import TransformerEncoder, gather_last
+from mmrec.trainers.modules.sequence import TransformerConfig, gather_last
 
 
 @dataclass
-class UniSRecConfig:
-    hidden: int = 300
-    layers: int = 2
-    heads: int = 2
-    inner: int = 256
-    dropout: float = 0.5
-    attn_dropout: float = 0.5
+class UniSRecConfig(TransformerConfig):
+    hidden: int = 300  # RecBole's UniSRec: hidden 300, inner 256, forward positions
+    position: Literal["forward", "reverse"] = "forward"
     n_experts: int = 8
     adaptor_dropout: float = 0.2
     temperature: float = 0.07
@@ -56,8 +52,6 @@ class UniSRecConfig:
     same_target_logit: Literal["-inf", "0"] = "-inf"
     init_from: str | None = None
     freeze_encoder: bool = True
-    position: Literal["forward", "reverse"] = "forward"  # RecBole's
-    init_std: float = 0.02
 
 
 class UniSRec(SequentialRecommender):
@@ -69,8 +63,7 @@ class UniSRec(SequentialRecommender):
 
     def __init__(self, cfg: UniSRecConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        self.encoder = TransformerEncoder(cfg.hidden, cfg.layers, cfg.heads, cfg.inner, cfg.dropout,
-                                          cfg.attn_dropout, max_len, position=cfg.position)
+        self.encoder = cfg.encoder(max_len)
         self.item = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0) if cfg.mode == "transductive" else None
         init_weights(self, cfg.init_std)
         if self.item is not None:

@@ -16,12 +16,33 @@ some ids without computing the others.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from mmrec.errors import ConfigError
+
+
+@dataclass
+class FeatureConfig:
+    """Settings of the feature side that feature-based methods share (inherited by their configs)."""
+
+    fusion: Literal["sum", "concat", "film", "gated", "sum_mlp", "concat_mlp", "film_mlp", "gated_mlp",
+                    "coattention", "merged_attention"] = "sum"
+    adaptor: Literal["linear", "mlp", "moe"] = "linear"
+    feature_dropout: float = 0.1
+
+
+def present_slots(method: str, features: dict[str, Any], accepted: tuple[str, ...]) -> list[str]:
+    """The accepted slots that have features, in the method's order; an error if there are none."""
+    slots = [s for s in accepted if s in features]
+    if not slots:
+        example = ",".join(f"{s}=ENTRY" for s in accepted[:2])
+        raise ConfigError(f"{method} builds items from features: give --features {example} (at least one of "
+                          f"{', '.join(accepted)})")
+    return slots
 
 
 def make_adaptor(kind: str, in_dim: int, out_dim: int, *, dropout: float = 0.0, n_experts: int = 8) -> nn.Module:

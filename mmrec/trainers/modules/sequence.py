@@ -6,6 +6,9 @@ position t only depends on positions <= t (causal), so every position can be a t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -173,3 +176,25 @@ def build_backbone(kind: str, hidden: int, max_len: int, *, layers: int = 2, hea
     if kind == "nextitnet":
         return NextItNetEncoder(hidden, (1, 2, 4) * max(1, layers), 3, dropout)
     raise ValueError(f"unknown backbone {kind!r}; use one of {', '.join(BACKBONES)}")
+
+
+@dataclass
+class TransformerConfig:
+    """The SASRec-style encoder settings that every Transformer-based method shares (a method's
+    config inherits them and adds its own)."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    inner: int = 256
+    dropout: float = 0.5
+    attn_dropout: float = 0.5
+    act: Literal["gelu", "relu"] = "gelu"
+    init_std: float = 0.02
+    # "reverse": the most recent item always has the last position (left padding, as Kang's and
+    # S3-Rec's code); "forward": positions count from the oldest item (RecBole).
+    position: Literal["forward", "reverse"] = "reverse"
+
+    def encoder(self, max_len: int) -> TransformerEncoder:
+        return TransformerEncoder(self.hidden, self.layers, self.heads, self.inner, self.dropout, self.attn_dropout,
+                                  max_len, self.act, position=self.position)
