@@ -214,16 +214,15 @@ def evaluate(
         import torch
         from safetensors.torch import load_file
 
-        from mmrec.data.prepared import PreparedDataset
         from mmrec.trainers.evaluation import Evaluator
-        from mmrec.trainers.loop import RunConfig, build_model
+        from mmrec.trainers.loop import RunConfig, build_model, run_data
 
         cfg_path = run_dir / "config.json"
         if not cfg_path.exists():
             raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
         base = json.loads(cfg_path.read_text())
         run = from_dict(RunConfig, apply_overrides(base, [s for s in (set_ or [])]))
-        data = PreparedDataset(run.dataset)
+        data, _ = run_data(run)  # with the cold-start protocol: the same view the run was trained on
         model, _ = build_model(run, data)
         ckpt = run_dir / ("best.safetensors" if checkpoint == "best" else "last/model.safetensors")
         if not ckpt.exists():

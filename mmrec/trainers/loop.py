@@ -114,6 +114,16 @@ def cold_items(n_items: int, cfg: ColdConfig) -> np.ndarray:
     return mask
 
 
+def run_data(run: RunConfig) -> tuple[PreparedDataset, np.ndarray | None]:
+    """The dataset a run trains and evaluates on, and its held-out (cold) items: with the
+    cold-start protocol, a view without the held-out items' training events."""
+    data = PreparedDataset(run.dataset)
+    if run.cold.fraction <= 0:
+        return data, None
+    cold = cold_items(data.n_items, run.cold)
+    return data.without_training_events_of(cold), cold
+
+
 def build_model(run: RunConfig, data: PreparedDataset):
     from mmrec.config import from_dict
     from mmrec.features.aligned import check_slots, load_features
@@ -146,7 +156,7 @@ class Trainer:
         self.run = run
         self.run_dir = Path(run_dir)
         self.log = log
-        self.data = PreparedDataset(run.dataset)
+        self.data, self.cold = run_data(run)
         tc = run.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
@@ -158,9 +168,6 @@ class Trainer:
         self.accel = Accelerator(cpu=cpu, mixed_precision=tc.mixed_precision if not cpu else "no")
         if not self.accel.is_main_process:  # one process speaks
             self.log = lambda msg: None
-        self.cold = cold_items(self.data.n_items, run.cold) if run.cold.fraction > 0 else None
-        if self.cold is not None:
-            self.data = self.data.without_training_events_of(self.cold)
         torch.manual_seed(tc.seed)
         model, self.model_cfg = build_model(run, self.data)
         if self.cold is not None:
