@@ -50,6 +50,25 @@ class SequentialRecommender(nn.Module):
         self.train_exclusion: torch.Tensor | None
         self.register_buffer("train_exclusion", None, persistent=False)  # moves with the model
 
+    # --- hooks the shared loop calls (defaults do nothing special) ------------------------------
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (e.g. a slower learning rate for some parameters, as KDSR's
+        asynchronous rate). Frozen parameters are left out."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "name": "all"}]
+
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        """Called before each training epoch (1-based), e.g. to change a group's learning rate."""
+
+    @property
+    def loss_parts(self) -> dict[str, float]:
+        """Components of the last training loss (logged per epoch in metrics.jsonl as loss_parts).
+        A method sets ``self._loss_parts`` in ``loss``."""
+        return getattr(self, "_loss_parts", {})
+
+    def epoch_report(self) -> dict[str, Any]:
+        """Extra per-epoch values for metrics.jsonl (e.g. learning rates, loss weights)."""
+        return {}
+
     def exclude_from_training(self, mask: torch.Tensor | None) -> None:
         """Items (bool ``[n_items + 1]``) that training must not see, not even as softmax negatives."""
         self.train_exclusion = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)

@@ -172,7 +172,7 @@ class Trainer:
         model, self.model_cfg = build_model(run, self.data)
         if self.cold is not None:
             model.exclude_from_training(torch.from_numpy(self.cold))
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.model, self.opt = self.accel.prepare(model, opt)
         self.samples = TrainSamples(self.data, tc.max_len, tc.windows, exclude=self.cold,
                                     negatives_avoid=tc.negatives_avoid)
@@ -203,8 +203,9 @@ class Trainer:
         return json.loads((d / "state.json").read_text())
 
     # -- training ---------------------------------------------------------------------------------
-    def _epoch(self, epoch: int) -> tuple[float, int]:
+    def _epoch(self, epoch: int) -> tuple[float, int, dict[str, float]]:
         tc = self.run.train
+        self.raw_model.on_epoch_start(epoch, self.opt)
         batches = self.samples.epoch_batches(tc.batch_size, np.random.default_rng([tc.seed, epoch]),
                                              tc.bucket_batches)
         n_batches = len(batches)
@@ -212,6 +213,7 @@ class Trainer:
         torch.manual_seed(tc.seed * 100003 + epoch)
         self.model.train()
         total, count = 0.0, 0
+        parts: dict[str, float] = {}
         dev = self.accel.device
         n_neg = tc.negatives if tc.loss == "bce" else 0
         last_log = time.monotonic()
@@ -229,10 +231,12 @@ class Trainer:
             self.opt.step()
             total += float(loss.detach())
             count += 1
+            for k, v in self.raw_model.loss_parts.items():
+                parts[k] = parts.get(k, 0.0) + float(v)
             if time.monotonic() - last_log > tc.log_every_s:
                 self.log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {total / count:.4f}")
                 last_log = time.monotonic()
-        return total / max(count, 1), count
+        return total / max(count, 1), count, {k: v / max(count, 1) for k, v in parts.items()}
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         tc, run = self.run.train, self.run
@@ -262,9 +266,12 @@ class Trainer:
         while not state["done"] and state["epoch"] < tc.epochs:
             epoch = state["epoch"] + 1
             t0 = time.perf_counter()
-            loss, steps = self._epoch(epoch)
+            loss, steps, parts = self._epoch(epoch)
             train_s = time.perf_counter() - t0
             row: dict[str, Any] = {"epoch": epoch, "loss": loss, "steps": steps, "train_seconds": round(train_s, 3)}
+            if parts:
+                row["loss_parts"] = parts
+            row.update(self.raw_model.epoch_report())
             state["epoch_seconds"].append(train_s)
             if epoch % tc.eval_every == 0 or epoch == tc.epochs:
                 t1 = time.perf_counter()
