@@ -49,6 +49,10 @@ class SequentialRecommender(nn.Module):
         self.features = features or {}
         self.train_exclusion: torch.Tensor | None
         self.register_buffer("train_exclusion", None, persistent=False)  # moves with the model
+        # training-part interaction count per item id ([n_items + 1], row 0 = 0), set by the loop
+        # before training (log-popularity corrections); None outside training
+        self.item_popularity: torch.Tensor | None
+        self.register_buffer("item_popularity", None, persistent=False)
 
     # --- hooks the shared loop calls (defaults do nothing special) ------------------------------
     def param_groups(self, lr: float) -> list[dict[str, Any]]:

@@ -172,6 +172,7 @@ class Trainer:
         model, self.model_cfg = build_model(run, self.data)
         if self.cold is not None:
             model.exclude_from_training(torch.from_numpy(self.cold))
+        model.item_popularity = torch.from_numpy(np.asarray(self.data.item_popularity, dtype=np.int64))
         opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.model, self.opt = self.accel.prepare(model, opt)
         self.samples = TrainSamples(self.data, tc.max_len, tc.windows, exclude=self.cold,
