@@ -111,6 +111,36 @@ def _print_dataset(meta: dict[str, Any]) -> None:
         typer.echo(f"  reader {r['step']}: {r['rows']:,} rows ({r['why']})")
 
 
+def _named_parts(parts: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in parts:
+        name, eq, ref = p.partition("=")
+        if not eq or not name or not ref:
+            raise ConfigError(f"give each {what} as name=path (e.g. office=data/office), got {p!r}")
+        if name in out:
+            raise ConfigError(f"part name {name!r} is given twice")
+        out[name] = ref
+    return out
+
+
+@data_app.command("merge")
+def data_merge(
+    parts: list[str] = typer.Argument(..., help="name=prepared-folder, two or more (e.g. office=data/office beauty=data/beauty)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged dataset."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Merge prepared datasets for pre-training on several at once: ids prefixed with the part's name
+    ("office:B00..."), sequences and splits kept; merge their features with `mmrec features merge`."""
+    try:
+        from mmrec.data.merge import merge_prepared
+        from mmrec.data.prepared import PreparedDataset
+
+        out = merge_prepared(_named_parts(parts, "dataset"), output, overwrite=overwrite)
+        _print_dataset(PreparedDataset(out).meta)
+    except MMRecError as e:
+        _fail(e)
+
+
 @data_app.command("info")
 def data_info(path: Path = typer.Argument(..., help="A prepared dataset folder.")) -> None:
     """Print the statistics and filters of a prepared dataset."""
@@ -362,6 +392,27 @@ def features_info(entry: str = typer.Argument(..., help="Entry folder, or its na
         from mmrec.features.store import find_entry, format_info
 
         typer.echo(format_info(find_entry(entry, store)))
+    except MMRecError as e:
+        _fail(e)
+
+
+@features_app.command("merge")
+def features_merge(
+    parts: list[str] = typer.Argument(..., help="name=entry, two or more, the names as given to `mmrec data merge`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder of the merged entry (e.g. features/pretrain/minilm)."),
+    store: Path = typer.Option(Path("features"), "--store", help="Where entries given by name are."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Merge feature entries of several datasets into one entry whose item ids carry the part names,
+    aligned with a dataset made by `mmrec data merge` from the same names."""
+    try:
+        from mmrec.features.store import format_info, merge_entries
+
+        try:
+            e = merge_entries(_named_parts(parts, "entry"), output, store_root=store, overwrite=overwrite)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        typer.echo(format_info(e))
     except MMRecError as e:
         _fail(e)
 

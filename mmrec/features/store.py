@@ -88,6 +88,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -848,3 +850,55 @@ def as_torch_embedding(matrix: np.ndarray, *, freeze: bool = True, padding_idx: 
         raise ValueError(f"an embedding table needs a [n, D] matrix, got shape {matrix.shape}")
     return torch.nn.Embedding.from_pretrained(torch.from_numpy(np.ascontiguousarray(matrix)), freeze=freeze,
                                               padding_idx=padding_idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# merging entries (for merged datasets: `mmrec data merge`)
+
+
+def merge_entries(parts: dict[str, str | Path], out_dir: str | Path, *, store_root: str | Path | None = None,
+                  overwrite: bool = False) -> FeatureEntry:
+    """One entry holding the features of several entries, item ids prefixed with the part's name
+    (``"office:B00..."``), matching ``mmrec data merge``. The parts must share modality, shape per
+    item and dtype; the shards are rewritten (one per source shard) in the first part's format."""
+    out = Path(out_dir)
+    if (out / MANIFEST_NAME).exists() and not overwrite:
+        raise DataError("the merged entry exists", path=str(out), hint="pass --overwrite to replace it")
+    if len(parts) < 2:
+        raise ValueError("merging needs at least two entries (name=entry)")
+    entries = {name: find_entry(ref, store_root) for name, ref in parts.items()}
+    first = next(iter(entries.values()))
+    for name, e in entries.items():
+        if ":" in name or "/" in name or not name:
+            raise ValueError(f"part name {name!r} must be non-empty and contain no ':' or '/'")
+        if (e.modality, e.shape_per_item, e.manifest["dtype"]) != (first.modality, first.shape_per_item,
+                                                                    first.manifest["dtype"]):
+            raise DataError(f"entry {name} holds {e.modality} {list(e.shape_per_item)} {e.manifest['dtype']} features, "
+                            f"the first holds {first.modality} {list(first.shape_per_item)} {first.manifest['dtype']}",
+                            path=str(e.path), hint="merge entries made by the same encoder and settings")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / SHARD_DIR).mkdir(parents=True)
+    fmt, dtype = first.manifest["format"], first.manifest["dtype"]
+    ext = "h5" if fmt == "h5" else "parquet"
+    shards, missing, k = [], {}, 0
+    for name, e in entries.items():
+        for ids, feats in e.iter_shards():
+            info = write_shard(out / SHARD_DIR / f"part-{k:05d}.{ext}", [f"{name}:{i}" for i in ids], feats,
+                               fmt=fmt, dtype=dtype, attrs={"merged_from": name})
+            shards.append(info)
+            k += 1
+        missing.update({f"{name}:{i}": r for i, r in e.missing.items()})
+    m = dict(first.manifest)
+    m.update({
+        "name": out.name, "shards": shards, "missing": missing,
+        "n_items": sum(int(e.manifest["n_items"]) for e in entries.values()),
+        "n_rows": sum(s["rows"] for s in shards),
+        "catalogue_hash": hashlib.sha256("".join(e.manifest["catalogue_hash"] for e in entries.values()).encode()).hexdigest(),
+        "config_hash": first.manifest["config_hash"],
+        "merged_from": {name: {"entry": str(Path(e.path).resolve()), "config_hash": e.manifest["config_hash"],
+                               "encoder": e.manifest.get("encoder")} for name, e in entries.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    write_manifest(out, m)
+    return FeatureEntry(out)
