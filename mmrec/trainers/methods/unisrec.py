@@ -18,9 +18,10 @@ the released code). Pre-train on one dataset, then fine-tune on another with
 ``model.init_from=<pre-training run folder>``: the encoder, the adaptor and the input LayerNorm are
 loaded (item id embeddings never are) and, with ``model.freeze_encoder=true`` (the default, as
 UniSRec's ``fix_enc``), the positions and Transformer blocks are frozen: only the MoE adaptor, the
-input LayerNorm and the id embeddings (transductive) train. Pre-training on several datasets at once
-and the sequence-sequence task (lambda = 1e-3, with item- and word-drop augmentation) are not built
-yet.
+input LayerNorm and the id embeddings (transductive) train. To pre-train on several datasets at
+once, merge them (``mmrec data merge`` and ``mmrec features merge``): batches then mix the datasets
+and the in-batch negatives come from all of them, as UniSRec's multi-domain pre-training. The
+sequence-sequence task (lambda = 1e-3, with item- and word-drop augmentation) is not built yet.
 """
 
 from __future__ import annotations
