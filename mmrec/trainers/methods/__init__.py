@@ -7,6 +7,7 @@ from mmrec.trainers.base import SequentialRecommender
 from mmrec.trainers.methods.fdsa import FDSA
 from mmrec.trainers.methods.gru4rec import GRU4Rec
 from mmrec.trainers.methods.mmsr import MMSR
+from mmrec.trainers.methods.odmt import ODMT
 from mmrec.trainers.methods.pop import Pop
 from mmrec.trainers.methods.sasrec import SASRec
 from mmrec.trainers.methods.sasrec_ef import SASRecEF
@@ -14,7 +15,7 @@ from mmrec.trainers.methods.sasrec_lf import SASRecLF
 from mmrec.trainers.methods.unisrec import UniSRec
 
 METHODS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR)
+    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR, ODMT)
 }
 
 

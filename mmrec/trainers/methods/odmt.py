@@ -1,0 +1,408 @@
+"""ODMT (Ji et al., ACM MM 2023; xyliugo/ODMT): Online Distillation-enhanced Multi-modal Transformer.
+
+Each item is a token sequence built from frozen features (text tokens, image tokens and one ID
+token). An ID-aware multi-modal transformer (IMT) mixes them with an *asymmetric* attention mask, and
+three late-fused sub-networks (ID, text, image), each its own SASRec, score the next item. They are
+trained with a debiased in-batch cross-entropy each, plus online distillation between them.
+
+Items (IMT). For item i with text tokens ``x^t_{i,1..T}``, image tokens ``x^v_{i,1..V}`` (token 0 is
+the [CLS] / class token; pooled ``[N, D]`` features are one token, T = 1):
+
+    tokens(i) = [ P_t x^t_{i,1..T} | P_v x^v_{i,1..V} | E_id(i) ]            P_m: Linear(D_m -> d)
+    H(i)      = IMT(dropout(tokens(i)), mask)                             2 post-LN blocks, ReLU
+    mask[q, k] = k is not padding  and  not (q is a modality token and k is the ID token)
+
+so modality tokens never see the ID token, the ID token sees all (``imt_attention_mask``;
+``model.mask=False``: everyone sees every non-padding token). Token rows that are all zeros (text
+positions past the end of a title) are padding keys; an item without a modality has that modality's
+first token replaced by a learned "missing" vector. The three item vectors are
+
+    e^id(i) = g_id(H(i)[ID]),  e^t(i) = g_t(H(i)[first text token]),  e^v(i) = g_v(H(i)[first image token])
+
+with ``g_m`` = Linear(d, d) -> LeakyReLU -> Linear(d, d).
+
+ID embeddings (``model.id_init``). ``mean`` (ODMT's ``init=1``): E_id(i) = mean over the modalities m
+item i has of ``P_m x^m_{i,0}``, the projected class tokens, with the projections as initialised;
+``text`` / ``image`` (``init=3`` / ``init=2``): that modality's projected class token only;
+``random`` (``init=0``): N(0, init_std). Items with none of the chosen features get N(0, init_std).
+
+Sub-networks. ``h^m = SASRec_m(e^m(i_1), ..., e^m(i_L))`` for m in {id, text, image} (a sub-network
+whose modality has no features is absent), ``s^m(j) = <h^m_L, e^m(j)>``.
+
+Loss (``train.loss=ce``: for ODMT this is the debiased in-batch cross-entropy, not a softmax over all
+items). For a position n (row b, target t_n), the candidates are the targets t_j of every position of
+the batch:
+
+    z^m_{nj} = <h^m_n, e^m(t_j)> - log p(t_j),     p(i) = count(i) / sum_k count(k)   (training counts)
+
+with z_{nj} = -inf for j != n when t_j == t_n (the label again). With ``model.in_batch_mask=window``
+(ODMT's ``unused_item_mask``) also when t_j occurs in row b's window (its inputs or targets; rows of
+the same user share one history). ``CE^m = -mean_n log softmax_j(z^m_n)_n``.
+
+Online distillation (``model.distill``): with ``z^ens = mean_m z^m`` and
+``KD_T(T -> S) = -mean_n sum_j softmax(z^T_n / T)_j log softmax(z^S_n / T)_j * T^2``:
+
+    L = sum_m CE^m + w(e) [ KD(z^id -> z^t) + KD(z^id -> z^v) + KD(z^ens -> z^id) ]
+    w(e) = exp(-5 (1 - min(e, a) / a)^2) for a = model.rampup >= 1 (e = epoch, from 1), else w = a
+
+The ID network teaches the text and image networks; the ensemble teaches the ID network. Teachers are
+detached by default; ``model.detach_teacher=False`` lets gradients reach the teacher logits, as the
+released code does.
+
+Inference (``model.inference``): ``ensemble`` scores ``(s^id + s^t + s^v) / M`` (plain dot products,
+no popularity correction, as the code); ``id``, ``text`` or ``image`` scores with that sub-network
+alone. It is implemented by concatenation: ``query = [w_m h^m]_m`` and the item table ``[e^m]_m``, so
+``<query, item> = sum_m w_m s^m``.
+
+Defaults and their source: d_inner = 4d, 2 layers, 2 heads, dropout 0.1, ReLU, LayerNorm eps 1e-6
+for both the IMT and the SASRecs (ODMT's code); ``temperature`` 0.3 and ``rampup`` 20 epochs are the
+Arts settings of ``run_arts.py`` (H&M 0.5 / 60, Office 0.4 / 40, KS 0.5 / 50); ``id_init=mean``
+(Arts, Office, H&M). ``hidden`` stays at mmrec's 64 (the code uses 768).
+
+**Differences from the code.**
+- The ID table is d-dimensional and enters the IMT directly; the code keeps a 768-d table (the raw
+  averaged [CLS] tokens) followed by a Linear ``id_proj``. Here the initialisation averages the class
+  tokens after each modality's own projection, which works when text and image dimensions differ.
+- In-batch candidates are the batch's *targets* (the shared ``in_batch_logpop_logits``); the code also
+  uses the first input item of each sequence as a candidate. Masked logits are -inf, not -1e4.
+- The item popularity comes from the loop (``item_popularity``, training counts); without it (a model
+  used outside the loop) the in-batch target counts are used.
+- The IMT padding mask applies to every modality (all-zero token rows); the code masks text only.
+- ``in_batch_mask`` defaults to ``label``: the code's ``window`` mask never uses a user's own items as
+  negatives, which is only consistent with an evaluation that masks the history (ODMT evaluates with
+  history items at -inf). Under mmrec's default ``eval.history_mask=none`` it leaves the model free to
+  rank the items just consumed on top (on the ring of the overfit test, valid HR@5 falls from 0.95 to
+  0.5 while the training loss goes to 0). ``window`` with ``eval.history_mask=whole`` reproduces ODMT.
+- Optimiser and clipping are the loop's (Adam, ``train.grad_clip``), not AdamW (wd 0.1, clip 5).
+
+Cold items: the text and image sub-networks build items from features only, so the ensemble (and
+``inference=text|image``) can rank items never seen in training; ``inference=id`` relies on the
+per-item ID embedding learned from interactions, so it is reported as not ranking unseen items.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmrec.errors import ConfigError
+from mmrec.trainers.base import SequentialRecommender, init_weights
+from mmrec.trainers.modules.items import present_slots
+from mmrec.trainers.modules.losses import in_batch_logpop_logits, log_sampling_prob, soft_ce
+from mmrec.trainers.modules.sequence import TransformerBlock, TransformerConfig, TransformerEncoder
+
+LN_EPS = 1e-6  # ODMT's LayerNorm epsilon (IMT and user encoders)
+
+
+@dataclass
+class ODMTConfig(TransformerConfig):
+    """``TransformerConfig`` (the three SASRec sub-networks; ``inner``, ``dropout``, ``attn_dropout``
+    and ``act`` also serve the IMT) and ODMT's own settings."""
+
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    act: Literal["gelu", "relu"] = "relu"
+    imt_layers: int = 2
+    imt_heads: int = 2
+    mask: bool = True  # the asymmetric IMT mask (modality tokens cannot see the ID token)
+    id_init: Literal["mean", "text", "image", "random"] = "mean"
+    debias: bool = True  # subtract log p(item) from the in-batch logits during training
+    # which in-batch candidates are not negatives of a row: "label" only the other slots holding the
+    # label item; "window" (ODMT's code) also every item of the row's window (its user's inputs and
+    # targets), which suits an evaluation that masks the history (eval.history_mask=whole, as ODMT)
+    in_batch_mask: Literal["label", "window"] = "label"
+    distill: bool = True
+    temperature: float = 0.3
+    rampup: float = 20.0  # a >= 1: sigmoid ramp-up over a epochs; 0 <= a < 1: a constant weight a
+    detach_teacher: bool = True  # False reproduces the released code
+    inference: Literal["ensemble", "id", "text", "image"] = "ensemble"
+    item_chunk: int = 4096  # items per IMT pass when the whole item table is built (evaluation)
+
+    def validate(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError("model.temperature must be positive")
+        if self.rampup < 0:
+            raise ConfigError("model.rampup must be >= 0 (epochs of ramp-up, or a constant weight below 1)")
+        if self.imt_layers < 1 or self.imt_heads < 1 or self.item_chunk < 1:
+            raise ConfigError("model.imt_layers, model.imt_heads and model.item_chunk must be positive")
+
+
+def imt_attention_mask(token_valid: torch.Tensor, asymmetric: bool = True) -> torch.Tensor:
+    """The IMT attention mask, ``[B, 1, S, S]`` bool, True where query ``q`` (row) may attend to key
+    ``k`` (column). ``token_valid``: ``[B, S]`` bool, False for padding tokens; the last token is the
+    ID token, the others are modality tokens. Padding keys are blocked for every query; with
+    ``asymmetric`` the ID key is also blocked for every modality query (the ID query sees all)."""
+    b, s = token_valid.shape
+    allow = token_valid[:, None, None, :].expand(b, 1, s, s).clone()
+    if asymmetric:
+        allow[:, :, :-1, -1] = False
+    return allow
+
+
+def distill_weight(epoch: int, rampup: float) -> float:
+    """ODMT's distillation weight at ``epoch`` (from 1): ``exp(-5 (1 - min(e, a) / a)^2)`` for a ramp
+    of ``a = rampup >= 1`` epochs, the constant ``rampup`` otherwise."""
+    if rampup < 1:
+        return float(rampup)
+    phase = 1.0 - min(max(float(epoch), 0.0), rampup) / rampup
+    return math.exp(-5.0 * phase * phase)
+
+
+class IMT(nn.Module):
+    """The ID-aware multi-modal transformer: dropout on the tokens, then post-LN blocks under
+    ``imt_attention_mask``."""
+
+    def __init__(self, hidden: int, layers: int, heads: int, inner: int, dropout: float, attn_dropout: float,
+                 act: str, asymmetric: bool):
+        super().__init__()
+        self.asymmetric = asymmetric
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(hidden, heads, inner, dropout, attn_dropout, act, LN_EPS) for _ in range(layers)
+        )
+
+    def forward(self, tokens: torch.Tensor, token_valid: torch.Tensor) -> torch.Tensor:
+        mask = imt_attention_mask(token_valid, self.asymmetric)
+        h = self.dropout(tokens)
+        for block in self.blocks:
+            h = block(h, mask, False)
+        return h
+
+
+def _head(d: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, d))
+
+
+class ODMT(SequentialRecommender):
+    name = "odmt"
+    Config = ODMTConfig
+    modalities = ("text", "image")
+    required_modalities = ()  # text, image or both: a sub-network without features is absent
+    losses = ("ce",)  # the debiased in-batch cross-entropy (module docstring)
+
+    def __init__(self, cfg: ODMTConfig, n_items: int, max_len: int, features=None):
+        super().__init__(cfg, n_items, max_len, features)
+        self.slots = present_slots(self.name, self.features, self.modalities)
+        self.subnets = ["id", *self.slots]
+        if cfg.inference not in ("ensemble", *self.subnets):
+            raise ConfigError(f"model.inference={cfg.inference}: there is no {cfg.inference} sub-network without "
+                              f"{cfg.inference} features; use one of ensemble, {', '.join(self.subnets)}")
+        if cfg.id_init in ("text", "image") and cfg.id_init not in self.slots:
+            raise ConfigError(f"model.id_init={cfg.id_init} needs {cfg.id_init} features; use mean or random")
+        d = cfg.hidden
+        self.n_tokens: dict[str, int] = {}
+        for s in self.slots:
+            table = self.features[s].table.float()
+            if table.dim() == 2:  # pooled features: one token
+                table = table[:, None, :]
+            if table.dim() != 3 or table.shape[0] != n_items + 1:
+                raise ConfigError(f"odmt: {s} features of shape {list(table.shape)} do not fit {n_items} items")
+            present = self.features[s].present.bool()
+            valid = (table != 0).any(-1) & present[:, None]
+            valid[:, 0] = True  # the first token always takes part (a "missing" vector if absent)
+            self.register_buffer(f"feat_{s}", table, persistent=False)
+            self.register_buffer(f"present_{s}", present, persistent=False)
+            self.register_buffer(f"valid_{s}", valid, persistent=False)
+            self.n_tokens[s] = int(table.shape[1])
+        self.proj = nn.ModuleDict({s: nn.Linear(self.features[s].dim, d) for s in self.slots})
+        self.missing = nn.ParameterDict({s: nn.Parameter(torch.randn(d) * cfg.init_std) for s in self.slots})
+        self.id_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.imt = IMT(d, cfg.imt_layers, cfg.imt_heads, cfg.inner, cfg.dropout, cfg.attn_dropout, cfg.act, cfg.mask)
+        self.heads = nn.ModuleDict({m: _head(d) for m in self.subnets})
+        self.encoders = nn.ModuleDict({
+            m: TransformerEncoder(d, cfg.layers, cfg.heads, cfg.inner, cfg.dropout, cfg.attn_dropout, max_len,
+                                  cfg.act, eps=LN_EPS, position=cfg.position)
+            for m in self.subnets
+        })
+        # BERT-style init for the transformers; projections and heads keep PyTorch's default (as ODMT)
+        init_weights(self.imt, cfg.init_std)
+        init_weights(self.encoders, cfg.init_std)
+        self._init_ids()
+        self._epoch = 1
+        self._log_pop: torch.Tensor | None = None
+        self._log_pop_src: torch.Tensor | None = None
+
+    # -- ID embeddings -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def projected_class_tokens(self, slot: str) -> torch.Tensor:
+        """``P_m x^m_{i,0}`` for every item, ``[n_items + 1, d]`` (the current projection)."""
+        return self.proj[slot](getattr(self, f"feat_{slot}")[:, 0])
+
+    @torch.no_grad()
+    def _init_ids(self) -> None:
+        w = self.id_emb.weight
+        nn.init.normal_(w, 0.0, self.cfg.init_std)
+        use = {"mean": self.slots, "text": ["text"], "image": ["image"], "random": []}[self.cfg.id_init]
+        total = torch.zeros_like(w)
+        count = torch.zeros(w.shape[0], 1, device=w.device)
+        for s in use:
+            has = getattr(self, f"present_{s}")[:, None].float()
+            total += self.projected_class_tokens(s) * has
+            count += has
+        known = count[:, 0] > 0
+        w[known] = total[known] / count[known]
+        w[0].zero_()
+
+    # -- items ---------------------------------------------------------------------------------------
+    def item_vectors(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each sub-network's item vectors ``e^m`` for the ids ``[U]`` (no padding id): ``{m: [U, d]}``."""
+        toks, valid = [], []
+        for s in self.slots:
+            p = self.proj[s](getattr(self, f"feat_{s}")[ids])  # [U, T, d]
+            has = getattr(self, f"present_{s}")[ids]
+            first = torch.where(has[:, None], p[:, 0], self.missing[s].to(p.dtype))
+            toks.append(torch.cat([first[:, None], p[:, 1:]], dim=1))
+            valid.append(getattr(self, f"valid_{s}")[ids])
+        toks.append(self.id_emb(ids)[:, None].to(toks[0].dtype))
+        valid.append(torch.ones(len(ids), 1, dtype=torch.bool, device=ids.device))
+        h = self.imt(torch.cat(toks, dim=1), torch.cat(valid, dim=1))
+        out = {"id": self.heads["id"](h[:, -1])}
+        at = 0
+        for s in self.slots:
+            out[s] = self.heads[s](h[:, at])
+            at += self.n_tokens[s]
+        return out
+
+    def subnet_tables(self) -> dict[str, torch.Tensor]:
+        """``{m: [n_items + 1, d]}`` over all items (row 0, padding, is zero), built in chunks."""
+        n = self.n_items
+        parts: dict[str, list[torch.Tensor]] = {m: [] for m in self.subnets}
+        dev = self.id_emb.weight.device
+        for lo in range(1, n + 1, self.cfg.item_chunk):
+            ids = torch.arange(lo, min(n + 1, lo + self.cfg.item_chunk), device=dev)
+            for m, v in self.item_vectors(ids).items():
+                parts[m].append(v)
+        return {m: torch.cat([torch.zeros_like(v[0][:1]), *v]) for m, v in parts.items()}
+
+    def _batch_tables(self, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sorted unique ids of a batch (``uniq[0] == 0``) and ``{m: [len(uniq), d]}`` (row 0 zero)."""
+        uniq = torch.unique(torch.cat([ids.reshape(-1), ids.new_zeros(1)]))
+        vec = self.item_vectors(uniq[1:])
+        return uniq, {m: torch.cat([torch.zeros_like(v[:1]), v]) for m, v in vec.items()}
+
+    # -- sequences -----------------------------------------------------------------------------------
+    def inference_weights(self) -> dict[str, float]:
+        if self.cfg.inference == "ensemble":
+            return {m: 1.0 / len(self.subnets) for m in self.subnets}
+        return {m: float(m == self.cfg.inference) for m in self.subnets}
+
+    @property
+    def ranks_unseen_items(self) -> bool:  # type: ignore[override]
+        return self.cfg.inference != "id"
+
+    def subnet_states(self, items: torch.Tensor, lengths: torch.Tensor,
+                      subnets: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """``{m: h^m [B, L, d]}`` for the sub-networks ``subnets`` (default: all)."""
+        subnets = subnets if subnets is not None else self.subnets
+        if self.training:
+            uniq, tables = self._batch_tables(items)
+            local = torch.searchsorted(uniq, items.contiguous())
+        else:
+            full = self.scoring_table().split(self.cfg.hidden, dim=-1)
+            tables = dict(zip(self.subnets, full))
+            local = items
+        return {m: self.encoders[m](tables[m][local], lengths) for m in subnets}
+
+    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``[w_m h^m]_m`` concatenated, ``[B, L, M d]`` (``w`` from ``model.inference``)."""
+        w = self.inference_weights()
+        used = [m for m in self.subnets if w[m] != 0]
+        h = self.subnet_states(items, lengths, used)
+        ref = h[used[0]]
+        return torch.cat([h[m] * w[m] if m in h else torch.zeros_like(ref) for m in self.subnets], dim=-1)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """``[e^m]_m`` concatenated, ``[n_items + 1, M d]``."""
+        t = self.subnet_tables()
+        return torch.cat([t[m] for m in self.subnets], dim=-1)
+
+    # -- training ------------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        self._epoch = epoch
+
+    def current_distill_weight(self) -> float:
+        """The distillation weight of the current epoch (set by ``on_epoch_start``; 1 before it)."""
+        return distill_weight(self._epoch, self.cfg.rampup)
+
+    def epoch_report(self) -> dict[str, Any]:
+        return {"distill_weight": self.current_distill_weight() if self.cfg.distill else 0.0}
+
+    def _global_log_pop(self) -> torch.Tensor | None:
+        pop = self.item_popularity
+        if pop is None:
+            return None
+        if self._log_pop is None or self._log_pop_src is not pop:
+            counts = pop.clone()
+            counts[1:] = counts[1:].clamp(min=1)  # an item in a batch has been seen; never log 0
+            self._log_pop, self._log_pop_src = log_sampling_prob(counts), pop
+        return self._log_pop
+
+    def batch_logits(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each sub-network's debiased in-batch logits ``{m: [N, N]}`` over the N target positions of
+        the batch (the label of row n is column n), and the targets ``[N]``."""
+        items, targets, lengths = batch["items"], batch["targets"], batch["lengths"]
+        b, l = items.shape
+        uniq, tables = self._batch_tables(torch.cat([items, targets], dim=1))
+        loc_items = torch.searchsorted(uniq, items.contiguous())
+        loc_targets = torch.searchsorted(uniq, targets.contiguous())
+        pos = targets > 0
+        tgt, tloc = targets[pos], loc_targets[pos]
+        row = torch.arange(b, device=items.device)[:, None].expand(b, l)[pos]
+        exclude = torch.zeros(len(tgt), len(tgt), dtype=torch.bool, device=items.device)
+        if self.cfg.in_batch_mask == "window":
+            # candidates j that occur in the window of row n's user are not negatives (the label excepted)
+            owner = batch.get("user", torch.arange(b, device=items.device)).long()
+            span = self.n_items + 1
+            seq = torch.cat([items, targets], dim=1)
+            seq_keys = (owner[:, None] * span + seq)[seq > 0]
+            member = torch.isin(owner[:, None] * span + tgt[None, :], seq_keys)  # [B, N]
+            exclude = member[row]
+        if self.train_exclusion is not None:
+            exclude = exclude | self.train_exclusion[tgt][None, :]
+        if not self.cfg.debias:
+            log_pop = torch.zeros(len(uniq), device=items.device)
+        else:
+            glob = self._global_log_pop()
+            if glob is not None:
+                log_pop = glob.to(items.device)[uniq]
+            else:  # in-batch target counts
+                counts = torch.bincount(tloc, minlength=len(uniq)).float()
+                log_pop = torch.where(counts > 0, (counts / max(len(tloc), 1)).log(), torch.zeros_like(counts))
+        logits = {}
+        for m in self.subnets:
+            h = self.encoders[m](tables[m][loc_items], lengths)[pos]
+            logits[m] = in_batch_logpop_logits(h, tloc, tables[m], log_pop, exclude)
+        return logits, tgt
+
+    def distillation_terms(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{kd_id_text, kd_id_image, kd_ens_id}`` (those whose sub-networks exist)."""
+        cfg = self.cfg
+        out = {}
+        for s in self.slots:
+            out[f"kd_id_{s}"] = soft_ce(logits[s], logits["id"], cfg.temperature, cfg.detach_teacher)
+        ens = torch.stack([logits[m] for m in self.subnets]).mean(0)
+        out["kd_ens_id"] = soft_ce(logits["id"], ens, cfg.temperature, cfg.detach_teacher)
+        return out
+
+    def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
+        logits, tgt = self.batch_logits(batch)
+        n = len(tgt)
+        if n == 0:
+            self._loss_parts = {}
+            return self.id_emb.weight.sum() * 0.0
+        label = torch.arange(n, device=tgt.device)
+        parts = {f"ce_{m}": F.cross_entropy(z, label) for m, z in logits.items()}
+        total = sum(parts.values())
+        if self.cfg.distill:
+            w = self.current_distill_weight()
+            kd = self.distillation_terms(logits)
+            total = total + w * sum(kd.values())
+            parts.update(kd)
+            parts["distill_weight"] = torch.tensor(w)
+        self._loss_parts = {k: float(v.detach()) for k, v in parts.items()}
+        return total

@@ -1,0 +1,319 @@
+"""ODMT: the IMT mask, ID initialisation, debiased in-batch logits, online distillation and its
+ramp-up, teacher detaching, and the inference combinations (expected values by hand)."""
+
+import math
+
+import pytest
+import torch
+
+from mmrec.config import from_dict
+from mmrec.errors import ConfigError
+from mmrec.features.aligned import ItemFeatures
+from mmrec.trainers.methods.odmt import ODMT, ODMTConfig, distill_weight, imt_attention_mask
+
+N_ITEMS = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is fastest (and much faster than two on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _features(tokens=True, slots=("text", "image"), missing=None):
+    """Token features (text 4 x 6 with padding rows, image 3 x 5) or pooled ones (text 6, image 5)."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for slot, (t, d) in {"text": (4, 6), "image": (3, 5)}.items():
+        if slot not in slots:
+            continue
+        table = torch.randn(N_ITEMS + 1, t, d, generator=g)
+        if slot == "text":
+            table[1::2, 3] = 0.0  # odd items have a shorter title: their last token is padding
+        if not tokens:
+            table = table[:, 0]
+        present = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+        present[0] = False
+        for i in (missing or {}).get(slot, ()):
+            present[i] = False
+        table[~present] = 0.0
+        out[slot] = ItemFeatures(slot, table, present, {})
+    return out
+
+
+def _model(seed=0, features=None, **cfg):
+    torch.manual_seed(seed)
+    base = {"hidden": 8, "inner": 16, "dropout": 0.0, "attn_dropout": 0.0, **cfg}
+    m = ODMT(from_dict(ODMTConfig, base), N_ITEMS, 5, features=features if features is not None else _features())
+    return m
+
+
+def _batch():
+    return {
+        "items": torch.tensor([[1, 2, 3, 0], [7, 3, 0, 0]]),
+        "targets": torch.tensor([[2, 3, 4, 0], [3, 8, 0, 0]]),
+        "lengths": torch.tensor([3, 2]),
+        "user": torch.tensor([0, 1]),
+    }
+
+
+class _Train:
+    loss = "ce"
+
+
+# --- the IMT mask ---------------------------------------------------------------------------------
+
+def test_asymmetric_mask_modality_tokens_never_see_the_id_token():
+    # tokens: [text0, text1, image0, image1(padding), ID]
+    valid = torch.tensor([[True, True, True, False, True]])
+    m = imt_attention_mask(valid, asymmetric=True)
+    assert m.shape == (1, 1, 5, 5) and m.dtype == torch.bool
+    q_sees_k = m[0, 0]
+    expect = torch.tensor([
+        # keys:  t0     t1     i0     i1(pad) ID
+        [True, True, True, False, False],  # text0 query
+        [True, True, True, False, False],  # text1
+        [True, True, True, False, False],  # image0
+        [True, True, True, False, False],  # image1 (a padding query still reads real keys)
+        [True, True, True, False, True],   # ID query sees every real token and itself
+    ])
+    assert torch.equal(q_sees_k, expect)
+    sym = imt_attention_mask(valid, asymmetric=False)[0, 0]
+    assert torch.equal(sym, valid[0].expand(5, 5))  # everyone sees every non-padding token
+
+
+def test_mask_on_the_model_text_vectors_ignore_the_id_embedding_only_with_the_mask():
+    ids = torch.arange(1, N_ITEMS + 1)
+    for mask in (True, False):
+        m = _model(mask=mask).eval()
+        before = m.item_vectors(ids)
+        with torch.no_grad():
+            m.id_emb.weight[1:] += torch.randn(N_ITEMS, 8)
+        after = m.item_vectors(ids)
+        assert not torch.allclose(before["id"], after["id"])
+        for s in ("text", "image"):
+            assert torch.allclose(before[s], after[s], atol=1e-6) == mask, (s, mask)
+
+
+def test_padding_tokens_are_not_keys():
+    m = _model().eval()
+    ids = torch.tensor([1, 3, 4])  # odd items: text token 3 is an all-zero row (padding)
+    assert m.valid_text[1:, :3].all() and m.valid_text[[1, 3], 3].eq(False).all() and m.valid_text[4, 3]
+    before = m.item_vectors(ids)
+    m.feat_text[[1, 3], 3] = 7.0  # a value at a padding position (valid stays False): nobody reads it
+    after = m.item_vectors(ids)
+    for k in before:
+        assert torch.allclose(before[k], after[k], atol=1e-6), k
+    m.feat_text[4, 3] += 1.0  # a real token does matter
+    assert not torch.allclose(m.item_vectors(ids)["id"][2], before["id"][2])
+
+
+# --- ID embedding initialisation ------------------------------------------------------------------
+
+def test_id_embeddings_start_as_the_projected_averaged_class_tokens():
+    f = _features(missing={"image": [5]})
+    m = _model(features=f)
+    W_t, b_t = m.proj["text"].weight, m.proj["text"].bias
+    W_v, b_v = m.proj["image"].weight, m.proj["image"].bias
+    E = m.id_emb.weight
+    assert not E[0].any()
+    for i in range(1, N_ITEMS + 1):
+        t_cls = W_t @ f["text"].table[i, 0] + b_t
+        v_cls = W_v @ f["image"].table[i, 0] + b_v
+        expect = t_cls if i == 5 else (t_cls + v_cls) / 2  # item 5 has no image: its text class token only
+        assert torch.allclose(E[i], expect, atol=1e-6), i
+    only_text = _model(features=f, id_init="text")
+    assert torch.allclose(only_text.id_emb.weight[3], only_text.proj["text"](f["text"].table[3, 0]), atol=1e-6)
+    rnd = _model(features=f, id_init="random")
+    proj_avg = (rnd.proj["text"](f["text"].table[3, 0]) + rnd.proj["image"](f["image"].table[3, 0])) / 2
+    assert not torch.allclose(rnd.id_emb.weight[3], proj_avg, atol=1e-3)
+    assert rnd.id_emb.weight[1:].std().item() == pytest.approx(0.02, rel=0.5)  # N(0, init_std)
+
+
+def test_pooled_features_are_one_token_and_init_uses_them():
+    f = _features(tokens=False, slots=("text",))
+    m = _model(features=f)
+    assert m.n_tokens == {"text": 1} and m.subnets == ["id", "text"]
+    assert torch.allclose(m.id_emb.weight[4], m.proj["text"](f["text"].table[4]), atol=1e-6)
+
+
+# --- debiased in-batch logits ---------------------------------------------------------------------
+
+def test_in_batch_masks_and_log_popularity_correction():
+    # targets at real positions: row 0 -> 2, 3, 4; row 1 -> 3, 8 (N = 5). Columns holding the row's
+    # label again are never negatives; with in_batch_mask=window neither is any item of the row's window
+    inf = float("-inf")
+    windows = [{1, 2, 3, 4}] * 3 + [{7, 3, 8}] * 2
+    tgt = [2, 3, 4, 3, 8]
+    for mode in ("window", "label"):
+        m = _model(in_batch_mask=mode, distill=False).train()
+        logits, t = m.batch_logits(_batch())
+        assert t.tolist() == tgt and set(logits) == {"id", "text", "image"}
+        for n in range(5):
+            for j in range(5):
+                masked = j != n and (tgt[j] == tgt[n] or (mode == "window" and tgt[j] in windows[n]))
+                assert (logits["id"][n, j].item() == inf) == masked, (mode, n, j)
+    # popularity: with counts c, z_debiased - z_plain = -log(c_j / sum c) on every finite entry
+    counts = torch.tensor([0, 1, 4, 2, 1, 1, 1, 3, 5, 1, 1, 1, 1])
+    m = _model(in_batch_mask="label").train()
+    m.item_popularity = counts
+    z, _ = m.batch_logits(_batch())
+    m.cfg.debias = False
+    z0, _ = m.batch_logits(_batch())
+    total = counts[1:].sum().item()
+    for j, item in enumerate(tgt):
+        corr = -math.log(counts[item].item() / total)
+        assert z["text"][0, j].item() == pytest.approx(z0["text"][0, j].item() + corr, abs=1e-4)
+    # without popularity from the loop: the in-batch target counts (item 3 twice out of 5)
+    m = _model(in_batch_mask="label", debias=True).train()
+    z, _ = m.batch_logits(_batch())
+    m.cfg.debias = False
+    z0, _ = m.batch_logits(_batch())
+    assert (z["id"][0, 0] - z0["id"][0, 0]).item() == pytest.approx(-math.log(1 / 5), abs=1e-4)
+    assert (z["id"][0, 1] - z0["id"][0, 1]).item() == pytest.approx(-math.log(2 / 5), abs=1e-4)
+
+
+# --- distillation ---------------------------------------------------------------------------------
+
+def _soft_ce_by_hand(student, teacher, T):
+    """-mean_rows sum_j softmax(teacher / T)_j log softmax(student / T)_j * T^2, skipping -inf entries."""
+    total = 0.0
+    for s_row, t_row in zip(student, teacher):
+        keep = [k for k, v in enumerate(s_row) if v != float("-inf")]
+        zt = sum(math.exp(t_row[k] / T) for k in keep)
+        zs = sum(math.exp(s_row[k] / T) for k in keep)
+        total += -sum(math.exp(t_row[k] / T) / zt * (s_row[k] / T - math.log(zs)) for k in keep)
+    return total / len(student) * T * T
+
+
+def test_distillation_terms_on_a_hand_computed_case():
+    # 2 rows, 3 candidates, temperature 2; the second row's last candidate is masked in every network
+    inf = float("-inf")
+    z_id = [[1.0, 2.0, 0.5], [0.0, -1.0, inf]]
+    z_t = [[0.3, -0.2, 1.5], [2.0, 1.0, inf]]
+    m = _model(features=_features(slots=("text",)), temperature=2.0)
+    kd = m.distillation_terms({"id": torch.tensor(z_id), "text": torch.tensor(z_t)})
+    assert set(kd) == {"kd_id_text", "kd_ens_id"}
+    # kd_id_text: teacher = ID, student = text. Row 1, written out: q = softmax([1, 2, .5] / 2)
+    q = [math.exp(v / 2) for v in z_id[0]]
+    q = [v / sum(q) for v in q]
+    ls = [v / 2 - math.log(sum(math.exp(u / 2) for u in z_t[0])) for v in z_t[0]]
+    row1 = -sum(a * b for a, b in zip(q, ls))
+    q2 = [math.exp(0.0), math.exp(-0.5)]
+    q2 = [v / sum(q2) for v in q2]
+    ls2 = [1.0 - math.log(math.exp(1.0) + math.exp(0.5)), 0.5 - math.log(math.exp(1.0) + math.exp(0.5))]
+    row2 = -sum(a * b for a, b in zip(q2, ls2))
+    assert kd["kd_id_text"].item() == pytest.approx((row1 + row2) / 2 * 4, rel=1e-6)
+    # kd_ens_id: teacher = mean of the two networks, student = ID
+    ens = [[(a + b) / 2 for a, b in zip(ra, rb)] for ra, rb in zip(z_id, z_t)]
+    assert kd["kd_ens_id"].item() == pytest.approx(_soft_ce_by_hand(z_id, ens, 2.0), rel=1e-6)
+    # with three networks the ensemble is the mean of three, and the ID network teaches both
+    m3 = _model(temperature=2.0)
+    z_v = [[0.0, 0.0, 1.0], [-1.0, 3.0, inf]]
+    kd3 = m3.distillation_terms({"id": torch.tensor(z_id), "text": torch.tensor(z_t), "image": torch.tensor(z_v)})
+    ens3 = [[(a + b + c) / 3 for a, b, c in zip(ra, rb, rc)] for ra, rb, rc in zip(z_id, z_t, z_v)]
+    assert kd3["kd_id_image"].item() == pytest.approx(_soft_ce_by_hand(z_v, z_id, 2.0), rel=1e-6)
+    assert kd3["kd_ens_id"].item() == pytest.approx(_soft_ce_by_hand(z_id, ens3, 2.0), rel=1e-6)
+
+
+def test_sigmoid_rampup_curve():
+    for e in (1, 2, 5, 10, 19, 20, 21, 40):
+        t = min(e, 20) / 20
+        assert distill_weight(e, 20) == pytest.approx(math.exp(-5 * (1 - t) ** 2), rel=1e-12), e
+    assert distill_weight(1, 20) == pytest.approx(math.exp(-5 * 0.95 ** 2))
+    assert distill_weight(20, 20) == 1.0 and distill_weight(60, 20) == 1.0
+    assert distill_weight(3, 0.5) == 0.5 and distill_weight(3, 0) == 0.0  # a < 1: a constant weight
+    m = _model(rampup=10.0)
+    m.on_epoch_start(5, None)
+    assert m.epoch_report()["distill_weight"] == pytest.approx(math.exp(-5 * 0.25))
+
+
+def test_loss_is_the_three_ce_plus_the_ramped_distillation():
+    m = _model(rampup=4.0, temperature=0.5).train()
+    m.on_epoch_start(2, None)
+    loss = m.loss(_batch(), _Train())
+    p = m.loss_parts
+    w = math.exp(-5 * 0.5 ** 2)
+    assert p["distill_weight"] == pytest.approx(w)
+    expect = p["ce_id"] + p["ce_text"] + p["ce_image"] + w * (p["kd_id_text"] + p["kd_id_image"] + p["kd_ens_id"])
+    assert loss.item() == pytest.approx(expect, rel=1e-5)
+    assert all(math.isfinite(v) for v in p.values())
+    loss.backward()
+    assert m.id_emb.weight.grad is not None and torch.isfinite(m.id_emb.weight.grad).all()
+    off = _model(distill=False).train()
+    loss_off = off.loss(_batch(), _Train())
+    q = off.loss_parts
+    assert set(q) == {"ce_id", "ce_text", "ce_image"}
+    assert loss_off.item() == pytest.approx(q["ce_id"] + q["ce_text"] + q["ce_image"], rel=1e-5)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_teacher_detaching(detach):
+    m = _model(features=_features(slots=("text",)), detach_teacher=detach, temperature=2.0)
+    z_id = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 0.3]], requires_grad=True)
+    z_t = torch.tensor([[0.3, -0.2, 1.5], [2.0, 1.0, -0.4]], requires_grad=True)
+    kd = m.distillation_terms({"id": z_id, "text": z_t})
+    kd["kd_id_text"].backward(retain_graph=True)  # teacher: ID
+    assert z_t.grad is not None and z_t.grad.abs().sum() > 0  # the student always learns
+    teacher_grad = z_id.grad
+    assert (teacher_grad is not None and teacher_grad.abs().sum() > 0) == (not detach)
+    z_id.grad = z_t.grad = None
+    kd["kd_ens_id"].backward()  # teacher: the ensemble, which contains the text logits
+    assert z_id.grad.abs().sum() > 0
+    assert (z_t.grad is not None and z_t.grad.abs().sum() > 0) == (not detach)
+
+
+# --- inference ------------------------------------------------------------------------------------
+
+def test_inference_modes_combine_the_subnetwork_scores():
+    items = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
+    lengths = torch.tensor([3, 2])
+    cand = torch.arange(1, N_ITEMS + 1)
+    ref = _model(seed=3).eval()
+    state = ref.state_dict()
+    tables = ref.subnet_tables()
+    h = ref.subnet_states(items, lengths)
+    s = {k: torch.stack([h[k][b, lengths[b] - 1] for b in range(2)]) @ tables[k][1:].T for k in h}
+    for mode, expect in [("ensemble", (s["id"] + s["text"] + s["image"]) / 3), ("id", s["id"]),
+                         ("text", s["text"]), ("image", s["image"])]:
+        m = _model(seed=99, inference=mode).eval()
+        m.load_state_dict(state)
+        got = m.score(m.query(items, lengths), cand)
+        assert torch.allclose(got, expect, atol=1e-5), mode
+        assert m.ranks_unseen_items == (mode != "id")
+        # candidates per row ([B, C]) give the same numbers
+        per_row = m.score(m.query(items, lengths), torch.tensor([[5, 1], [12, 2]]))
+        by_hand = torch.stack([expect[0, [4, 0]], expect[1, [11, 1]]])  # item k is column k - 1
+        assert torch.allclose(per_row, by_hand, atol=1e-5)
+    with pytest.raises(ConfigError, match="no image sub-network"):
+        _model(features=_features(slots=("text",)), inference="image")
+
+
+def test_text_only_and_image_only_with_token_or_pooled_features_train_a_step():
+    for slots in (("text",), ("image",), ("text", "image")):
+        for tokens in (True, False):
+            m = _model(features=_features(tokens=tokens, slots=slots)).train()
+            loss = m.loss(_batch(), _Train())
+            assert torch.isfinite(loss)
+            loss.backward()
+            assert set(m.heads) == {"id", *slots}
+            for s in slots:  # every modality's projection is trained, and nothing is NaN
+                g = m.proj[s].weight.grad
+                assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+            m.eval()
+            s = m.score(m.query(_batch()["items"], _batch()["lengths"]), torch.arange(1, N_ITEMS + 1))
+            assert s.shape == (2, N_ITEMS) and torch.isfinite(s).all()
+
+
+def test_missing_features_use_a_learned_vector_and_checkpoints_hold_no_features():
+    f = _features(missing={"text": [2], "image": [2]})
+    m = _model(features=f).eval()
+    v = m.item_vectors(torch.tensor([2]))
+    assert all(torch.isfinite(x).all() for x in v.values())
+    assert "missing.text" in m.state_dict() and not any(k.startswith(("feat_", "valid_", "present_"))
+                                                        for k in m.state_dict())
+    with pytest.raises(ConfigError, match="needs image features"):
+        _model(features=_features(slots=("text",)), id_init="image")
