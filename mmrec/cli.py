@@ -272,7 +272,8 @@ def evaluate(
 def demo(
     out: Path = typer.Option(Path("mmrec-demo"), "--out", help="Folder for the demo data, prepared dataset and runs."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs per method."),
-    methods: str = typer.Option("pop,gru4rec,sasrec", "--methods", help="Comma-separated methods to train."),
+    methods: str = typer.Option("pop,gru4rec,sasrec,sasrec_ef", "--methods",
+                                help="Comma-separated methods to train (feature methods use the extracted features)."),
     seed: int = typer.Option(0, "--seed"),
     encoders: str = typer.Option("minilm,effnet,price", "--encoders",
                                  help="Encoders to run over the demo catalogue ('' for none)."),
@@ -296,11 +297,18 @@ def demo(
 
         _print_dataset(PreparedDataset(ds).meta)
         keys = [x.strip() for x in encoders.split(",") if x.strip()]
-        if keys:
-            _demo_extract(ds, out / "features", keys)
+        slots = _demo_extract(ds, out / "features", keys) if keys else {}
+        from mmrec.trainers.methods import get_method
+
         rows = []
         for m in [x.strip() for x in methods.split(",") if x.strip()]:
-            run = from_dict(RunConfig, {"dataset": str(ds), "method": m,
+            cls = get_method(m)
+            feats = {k: v for k, v in slots.items() if k in cls.modalities}
+            if cls.modalities and (not feats or any(r not in feats for r in cls.required_modalities)):
+                typer.echo(f"--- skipping {m}: it needs features ({', '.join(cls.modalities)}) that were not extracted")
+                continue
+            run = from_dict(RunConfig, {"dataset": str(ds), "method": m, "features": feats,
+                                        "store": str(out / "features"),
                                         "train": {"epochs": epochs, "patience": 5, "seed": seed}})
             typer.echo(f"--- training {m}")
             rows.append(Trainer(run, out / "runs" / m, log=lambda s: None).fit())
@@ -311,10 +319,12 @@ def demo(
         _fail(e)
 
 
-def _demo_extract(ds: Path, store: Path, keys: list[str]) -> None:
+def _demo_extract(ds: Path, store: Path, keys: list[str]) -> dict[str, str]:
+    """Extract the demo's features; returns {slot: entry name} of the entries made."""
     from mmrec.pipeline.extract import ExtractConfig, extract as run_extract
 
     lines = []
+    slots: dict[str, str] = {}
     for k in keys:
         typer.echo(f"--- extracting {k} features")
         try:
@@ -324,11 +334,14 @@ def _demo_extract(ds: Path, store: Path, keys: list[str]) -> None:
             typer.echo(f"    skipped: {e}", err=True)
             continue
         m = res.manifest
+        if m["modality"] in ("text", "image", "price") and m["modality"] not in slots:
+            slots[m["modality"]] = res.entry_dir.name
         lines.append(f"{k:<8} {m['modality']:<6} {'x'.join(map(str, m['shape_per_item'])):>6} "
                      f"{m['n_rows']:>8,} {len(m['missing']):>8,} {res.items_per_s:>9.1f}   {res.entry_dir}")
     if lines:
         typer.echo(f"\n{'encoder':<8} {'kind':<6} {'dim':>6} {'encoded':>8} {'missing':>8} {'items/s':>9}   entry")
         typer.echo("\n".join(lines) + "\n")
+    return slots
 
 
 @app.command()

@@ -66,8 +66,8 @@ def test_help_on_every_command():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--methods", "pop,sasrec",
-                            "--encoders", "price"])
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--methods",
+                            "pop,sasrec,sasrec_ef,mmsr", "--encoders", "price"])
     assert r.exit_code == 0, r.output
     # the demo extracts features of the prepared catalogue: every item with a usable price has one
     import pyarrow.parquet as pq
@@ -80,9 +80,12 @@ def test_demo_runs_end_to_end(tmp_path):
     assert entry.validate() == []
     assert entry.manifest["n_rows"] == priced and len(entry.manifest["missing"]) == len(items["item_id"]) - priced
     assert f"{priced:>8,} {len(items['item_id']) - priced:>8,}" in r.output
+    # the feature methods train on the extracted price features
+    ef = json.loads((tmp_path / "demo" / "runs" / "sasrec_ef" / "results.json").read_text())
+    assert list(ef["features"]) == ["price"] and ef["features"]["price"]["items_with_feature"] == priced
     assert "demo: 1,500 users" in r.output or "demo:" in r.output
     table = r.output.split("method")[-1]
-    assert "pop" in table and "sasrec" in table
+    assert "pop" in table and "sasrec" in table and "sasrec_ef" in table and "mmsr" in table
     assert (tmp_path / "demo" / "runs" / "sasrec" / "results.json").exists()
 
 
