@@ -317,3 +317,39 @@ def test_missing_features_use_a_learned_vector_and_checkpoints_hold_no_features(
                                                         for k in m.state_dict())
     with pytest.raises(ConfigError, match="needs image features"):
         _model(features=_features(slots=("text",)), id_init="image")
+
+
+# --- sub-network figures in results.json ------------------------------------------------------------
+def test_results_report_each_subnetwork_as_evaluate_would(tmp_path):
+    """After training, results.json has the ensemble under ``test`` and each sub-network alone under
+    ``test_variants``; each equals `mmrec evaluate RUN --set model.inference=<subnet>`, and the ID
+    sub-network (which cannot rank held-out items) has a note instead of cold figures."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmrec.cli import app
+    from mmrec.trainers.loop import RunConfig, Trainer
+    from test_feature_methods import _prepared_with_text
+
+    ring = {f"u{u:02d}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(60)}
+    ds, store = _prepared_with_text(tmp_path, ring, 20)
+    run = from_dict(RunConfig, {"dataset": str(ds), "method": "odmt", "features": {"text": "text"},
+                                "store": str(store), "cold": {"fraction": 0.2, "seed": 0},
+                                "model": {"hidden": 16, "inner": 32},
+                                "train": {"epochs": 2, "threads": 1, "batch_size": 16}})
+    res = Trainer(run, tmp_path / "run", log=lambda s: None).fit()
+    assert set(res["test_variants"]) == {"id", "text"}
+    assert "note" in res["test_variants"]["id"]["cold"] and "ndcg@10" in res["test_variants"]["text"]["cold"]
+    assert res["test_variants"]["text"]["cold"]["n_cases"] == res["test_cold"]["n_cases"]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["test_variants"]["text"]["ndcg@10"] == res["test_variants"]["text"]["ndcg@10"]
+    for sub in ("id", "text"):
+        r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--set", f"model.inference={sub}"])
+        assert r.exit_code == 0, r.output
+        again = json.loads(r.output)
+        for k in ("hr@10", "ndcg@10", "mrr@10"):
+            assert again[k] == pytest.approx(res["test_variants"][sub][k], abs=1e-12), (sub, k)
+    # the ensemble is not either sub-network's figures relabelled
+    assert res["test"]["ndcg@10"] != res["test_variants"]["id"]["ndcg@10"] or \
+        res["test"]["ndcg@10"] != res["test_variants"]["text"]["ndcg@10"]

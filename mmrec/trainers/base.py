@@ -21,11 +21,14 @@ negatives never include them.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from mmrec.errors import ConfigError
 from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
 from mmrec.trainers.modules.sequence import gather_last
 
@@ -72,6 +75,18 @@ class SequentialRecommender(nn.Module):
     def epoch_report(self) -> dict[str, Any]:
         """Extra per-epoch values for metrics.jsonl (e.g. learning rates, loss weights)."""
         return {}
+
+    def eval_variants(self) -> tuple[str, ...]:
+        """Other ways this model can score (e.g. ODMT's sub-networks alone): after training, the
+        loop evaluates the test part once more under each, inside ``eval_variant(name)``, and writes
+        the figures to ``results.json`` under ``test_variants``."""
+        return ()
+
+    @contextlib.contextmanager
+    def eval_variant(self, name: str) -> Iterator[None]:
+        """Score as variant ``name`` (one of ``eval_variants()``) inside the block."""
+        raise ConfigError(f"{type(self).__name__} has no evaluation variant {name!r}")
+        yield  # pragma: no cover
 
     def exclude_from_training(self, mask: torch.Tensor | None) -> None:
         """Items (bool ``[n_items + 1]``) that training must not see, not even as softmax negatives."""

@@ -333,6 +333,15 @@ class Trainer:
                 (self.run_dir / "cold_items.txt").write_text("".join(f"{i}\n" for i in ids))
         valid.pop("ranks")
         test.pop("ranks")
+        variants: dict[str, Any] = {}
+        for v in self.raw_model.eval_variants():  # e.g. each ODMT sub-network alone
+            with self.raw_model.eval_variant(v):
+                res = self.evaluator.evaluate(self.raw_model, "test", return_ranks=True)
+                ranks = res.pop("ranks")
+                variants[v] = res
+                if self.cold is not None:
+                    variants[v].update({k.removeprefix("test_"): x
+                                        for k, x in self._cold_breakdown("test", ranks).items()})
         eval_s = time.perf_counter() - t0
         secs = state["epoch_seconds"]
         results = {
@@ -344,6 +353,7 @@ class Trainer:
             "valid": valid,
             "test": test,
             **breakdown,
+            **({"test_variants": variants} if variants else {}),
             "features": {slot: f.source for slot, f in getattr(self.raw_model, "features", {}).items()},
             "protocol": {
                 "split": self.data.meta["split"],

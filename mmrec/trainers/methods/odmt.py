@@ -82,7 +82,9 @@ per-item ID embedding learned from interactions, so it is reported as not rankin
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -294,6 +296,23 @@ class ODMT(SequentialRecommender):
     @property
     def ranks_unseen_items(self) -> bool:  # type: ignore[override]
         return self.cfg.inference != "id"
+
+    def eval_variants(self) -> tuple[str, ...]:
+        """Each sub-network alone (reported beside the ensemble in ``results.json``)."""
+        return tuple(self.subnets) if self.cfg.inference == "ensemble" else ()
+
+    @contextlib.contextmanager
+    def eval_variant(self, name: str) -> Iterator[None]:
+        if name not in self.subnets:
+            raise ConfigError(f"ODMT has no {name!r} sub-network; it has {', '.join(self.subnets)}")
+        before = self.cfg.inference
+        self.cfg.inference = name
+        self._eval_table = None
+        try:
+            yield
+        finally:
+            self.cfg.inference = before
+            self._eval_table = None
 
     def subnet_states(self, items: torch.Tensor, lengths: torch.Tensor,
                       subnets: list[str] | None = None) -> dict[str, torch.Tensor]:
