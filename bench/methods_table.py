@@ -3,7 +3,8 @@
 Each row is ``label=method[:key=value,...]`` (settings as ``mmrec train --set``); every row runs
 with every seed, in its own run folder under ``--out`` (a finished run is not run again, so an
 interrupted table resumes). Columns: test NDCG@10 / HR@10 over all cases, over warm cases and over
-cold cases (cold-start protocol, ``--cold``), and seconds per epoch.
+cold cases (cold-start protocol, ``--cold``), and seconds per epoch. A method that reports evaluation
+variants (ODMT's sub-networks alone) gets one more row per variant, from the same runs.
 
     python bench/methods_table.py -d data/scientific --store features/scientific --cold 0.1 \\
         --seeds 0 1 2 --out runs/table-sci --set train.epochs=100 --set eval.history_mask=whole \\
@@ -81,6 +82,15 @@ def main() -> None:
             "best_epoch": [r["best_epoch"] for r in runs],
         }
         table[label] = col
+        # methods with evaluation variants (ODMT's sub-networks): one more row each, same runs
+        for v in runs[0].get("test_variants", {}):
+            vs = [r["test_variants"][v] for r in runs]
+            table[f"{label} [{v}]"] = {
+                **col, "method": f"{method} ({v} alone)",
+                "all": [x[k] for x in vs], "all_hr": [x[hr] for x in vs],
+                "warm": [x["warm"][k] for x in vs if k in x.get("warm", {})],
+                "cold": [x["cold"][k] for x in vs if k in x.get("cold", {})],
+            }
         (out / "table.json").write_text(json.dumps(table, indent=1))
     cases = runs[0]
     print(f"\ndataset {args.dataset}; seeds {args.seeds}; cold fraction {args.cold}; test cases "
