@@ -6,6 +6,7 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender
 from mmrec.trainers.methods.fdsa import FDSA
 from mmrec.trainers.methods.gru4rec import GRU4Rec
+from mmrec.trainers.methods.kdsr import KDSR
 from mmrec.trainers.methods.mmsr import MMSR
 from mmrec.trainers.methods.odmt import ODMT
 from mmrec.trainers.methods.pop import Pop
@@ -15,7 +16,7 @@ from mmrec.trainers.methods.sasrec_lf import SASRecLF
 from mmrec.trainers.methods.unisrec import UniSRec
 
 METHODS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR, ODMT)
+    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR, ODMT, KDSR)
 }
 
 
