@@ -226,10 +226,11 @@ def methods() -> None:
     typer.echo(f"{'method':<11} {'item ids':<9} {'feature slots (required*)':<28} {'losses':<8} summary")
     for name, cls in sorted(METHODS.items()):
         slots = ", ".join(s + ("*" if s in cls.required_modalities else "") for s in cls.modalities) or "-"
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        ids = "mode" if name == "unisrec" else ("yes" if cls.uses_item_ids else "no")
-        typer.echo(f"{name:<11} {ids:<9} {slots:<28} {','.join(cls.losses):<8} "
-                   f"{doc[0] if doc else ''}")
+        # the module docstring's first paragraph, whole, shortened at a word boundary
+        para = " ".join((sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
+        summary = para if len(para) <= 110 else para[:110].rsplit(" ", 1)[0] + " ..."
+        ids = "mode" if name in ("unisrec", "ant") else ("yes" if cls.uses_item_ids else "no")
+        typer.echo(f"{name:<11} {ids:<9} {slots:<28} {','.join(cls.losses):<8} {summary}")
 
 
 @app.command()

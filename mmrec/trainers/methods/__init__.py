@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender
+from mmrec.trainers.methods.ant import ANT
 from mmrec.trainers.methods.fdsa import FDSA
 from mmrec.trainers.methods.gru4rec import GRU4Rec
 from mmrec.trainers.methods.kdsr import KDSR
@@ -16,7 +17,7 @@ from mmrec.trainers.methods.sasrec_lf import SASRecLF
 from mmrec.trainers.methods.unisrec import UniSRec
 
 METHODS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR, ODMT, KDSR)
+    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR, ODMT, KDSR, ANT)
 }
 
 

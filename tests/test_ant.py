@@ -1,0 +1,430 @@
+"""ANT: fusion with the image x text interaction and missing modalities, Gaussian routing, the
+pre-training and target losses against direct formulas, adaptation policies (what is loaded,
+re-initialised, frozen, trained), pre-train -> relearn through the Trainer, and the shape errors."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from mmrec.config import from_dict
+from mmrec.data.prepare import PrepareConfig, prepare
+from mmrec.data.schema import Catalogue
+from mmrec.errors import ConfigError
+from mmrec.features.aligned import ItemFeatures
+from mmrec.features.store import write_manifest, write_shard
+from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.trainers.methods.ant import ANT, ANTConfig, ant_fuse
+from mmrec.trainers.modules.adaptors import LinearExpert, WhiteningExpert
+from mmrec.trainers.transfer import POLICIES, AdaptPolicy, apply_policy, load_run
+
+from conftest import raw_from_sequences
+
+N_ITEMS = 10
+NO_IMAGE = (3, 7)
+DIMS = {"text": 6, "image": 5, "price": 4}
+TAU = 0.07
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _features(dims=DIMS, no_image=NO_IMAGE):
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for slot, d in dims.items():
+        table = torch.randn(N_ITEMS + 1, d, generator=g)
+        present = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+        present[0] = False
+        if slot == "image":
+            present[list(no_image)] = False
+        table[~present] = 0.0
+        out[slot] = ItemFeatures(slot, table, present, {})
+    return out
+
+
+def _model(seed=0, features=None, **cfg):
+    torch.manual_seed(seed)
+    base = {"hidden": 8, "inner": 16, "dropout": 0.0, "attn_dropout": 0.0, "adaptor_dropout": 0.0, **cfg}
+    return ANT(from_dict(ANTConfig, base), N_ITEMS, 6, features=features if features is not None else _features())
+
+
+def _batch():
+    # target 3 occurs twice (same-target masking); items 3 and 7 have no image
+    return {"items": torch.tensor([[1, 2, 3, 0], [4, 3, 5, 6]]),
+            "targets": torch.tensor([[2, 3, 4, 0], [3, 5, 6, 7]]),
+            "lengths": torch.tensor([3, 4])}
+
+
+class _Train:
+    loss = "ce"
+
+
+def _randomise(model, seed):
+    """Every parameter moved off its initial value (gates non-zero, LayerNorms not 1 / 0, ...)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+# --- fusion ---------------------------------------------------------------------------------------
+
+def test_fusion_by_hand_sum_plus_image_text_interaction():
+    t, i, p = torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0]), torch.tensor([0.5, 0.5])
+    # 1 + 3 + 0.5 + 0.1 * 3 = 4.8 ; 2 - 1 + 0.5 + 0.1 * (-2) = 1.3
+    assert torch.allclose(ant_fuse({"text": t, "image": i, "price": p}, 0.1), torch.tensor([4.8, 1.3]))
+    # interaction left out where ``both`` is False; no image: a plain sum
+    assert torch.allclose(ant_fuse({"text": t, "image": i, "price": p}, 0.1, torch.tensor(False)),
+                          torch.tensor([4.5, 1.5]))
+    assert torch.allclose(ant_fuse({"text": t, "price": p}, 0.1), torch.tensor([1.5, 2.5]))
+    rows = ant_fuse({"text": torch.stack([t, t]), "image": torch.stack([i, i])}, 0.5, torch.tensor([True, False]))
+    assert torch.allclose(rows, torch.tensor([[5.5, 0.0], [4.0, 1.0]]))
+
+
+def test_item_vectors_use_missing_vectors_and_skip_the_interaction_without_an_image():
+    f = _features()
+    m = _model(features=f)
+    m.eval()
+    with torch.no_grad():
+        for a in m.items.adaptors.values():  # non-trivial routing
+            a.w_gate.normal_()
+        table = m.item_vectors(None)
+        ad = m.items.adaptors
+        u = {s: ad[s](f[s].table) for s in DIMS}
+        full = 5
+        expect = u["text"][full] + u["image"][full] + u["price"][full] + 0.1 * u["image"][full] * u["text"][full]
+        assert torch.allclose(table[full], expect, atol=1e-6)
+        miss = m.items.missing["image"]
+        assert torch.allclose(table[3], u["text"][3] + miss + u["price"][3], atol=1e-6)
+        assert not table[0].any()
+        ids = torch.tensor([[5, 3, 0]])
+        assert torch.allclose(m.item_vectors(ids)[0], table[[5, 3, 0]], atol=1e-6)
+        # the code's variant: the interaction with the missing vector
+        m2 = _model(features=f, interaction_missing="missing_vector")
+        m2.load_state_dict(m.state_dict())
+        m2.eval()
+        assert torch.allclose(m2.item_vectors(None)[3], table[3] + 0.1 * miss * u["text"][3], atol=1e-6)
+        # scores are cosines: query and table are unit vectors
+        assert torch.allclose(m.item_embeddings()[1:].norm(dim=-1), torch.ones(N_ITEMS), atol=1e-5)
+    # text and image experts whiten, price experts are affine
+    assert isinstance(ad["text"].experts[0], WhiteningExpert) and isinstance(ad["price"].experts[0], LinearExpert)
+
+
+def test_gaussian_routing_samples_in_training_and_uses_the_mean_at_eval():
+    m = _model()
+    a = m.items.adaptors["text"]
+    assert a.noise
+    with torch.no_grad():
+        a.w_gate.normal_()
+        a.w_noise.normal_()
+    x = m.items.feat_text[1:4]
+    mean = torch.softmax(x @ a.w_gate, -1)
+    m.eval()
+    assert torch.allclose(a.gates(x), mean) and torch.allclose(a.gates(x), a.gates(x))
+    m.train()
+    g1, g2 = a.gates(x), a.gates(x)
+    assert not torch.allclose(g1, mean) and not torch.allclose(g1, g2)
+    assert torch.allclose(g1.sum(-1), torch.ones(3))
+    off = _model(gate_noise=False)
+    off.train()
+    a = off.items.adaptors["image"]
+    with torch.no_grad():
+        a.w_gate.normal_()
+    x = off.items.feat_image[1:4]
+    assert torch.allclose(a.gates(x), torch.softmax(x @ a.w_gate, -1))
+
+
+# --- losses ---------------------------------------------------------------------------------------
+
+def _infonce_by_hand(a, b, ids, mask_same=True, rows=None):
+    """-mean_i log(exp(s_ii) / sum_{j kept} exp(s_ij)), s = cos / TAU, with loops."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    rows = list(range(len(a))) if rows is None else rows
+    total = 0.0
+    for r, i in enumerate(rows):
+        s = [float(a[r] @ b[j]) / TAU for j in range(len(b))]
+        keep = [j for j in range(len(b)) if j == i or not (mask_same and ids[j] == ids[i])]
+        total -= s[i] - math.log(sum(math.exp(s[j]) for j in keep))
+    return total / len(rows)
+
+
+def test_pretraining_loss_is_seq_item_plus_lambda_image_text():
+    m = _model(objective="pretrain", it_weight=0.5)
+    _randomise(m, 1)
+    m.eval()  # no gate noise: deterministic
+    b = _batch()
+    with torch.no_grad():
+        loss = m.loss(b, _Train())
+        h = m.sequence_states(b["items"], b["lengths"])
+        mask = b["targets"] > 0
+        hs, tgt = h[mask], b["targets"][mask]
+        ids = tgt.tolist()
+        assert ids.count(3) == 2
+        si = _infonce_by_hand(hs, m.item_vectors(tgt), ids)
+        vt = m.items.modality_vectors(tgt)
+        both = [k for k, i in enumerate(ids) if i not in NO_IMAGE]
+        it = _infonce_by_hand(vt["image"][both], vt["text"][both], [ids[k] for k in both])
+        assert loss.item() == pytest.approx(si + 0.5 * it, rel=1e-5)
+        assert m.loss_parts["seq_item"] == pytest.approx(si, rel=1e-5)
+        assert m.loss_parts["image_text"] == pytest.approx(it, rel=1e-5)
+        # the code's image-text form: rows with an image, every target's text as candidate, no mask
+        m.cfg.it_pairs = "code"
+        rows = [k for k, i in enumerate(ids) if i not in NO_IMAGE]
+        code_it = _infonce_by_hand(vt["image"][rows], vt["text"], ids, mask_same=False, rows=rows)
+        assert m.image_text_loss(vt, tgt).item() == pytest.approx(code_it, rel=1e-5)
+        # last position of each window only
+        m.cfg.pretrain_positions, m.cfg.it_weight = "last", 0.0
+        last = h[torch.arange(2), b["lengths"] - 1]
+        lt = torch.tensor([4, 7])
+        assert m.loss(b, _Train()).item() == pytest.approx(_infonce_by_hand(last, m.item_vectors(lt), [4, 7]), rel=1e-5)
+        # text alone: no image-text term
+        t = _model(objective="pretrain", features={"text": _features()["text"]})
+        t.eval()
+        t.loss(b, _Train())
+        assert t.loss_parts["image_text"] == 0.0
+
+
+def test_target_loss_is_a_cosine_softmax_over_all_items():
+    m = _model()
+    _randomise(m, 2)
+    m.eval()
+    b = _batch()
+    with torch.no_grad():
+        h = m.sequence_states(b["items"], b["lengths"])[b["targets"] > 0]
+        e = F.normalize(m.item_vectors(None)[1:], dim=-1)
+        logits = h @ e.T / TAU
+        tgt = b["targets"][b["targets"] > 0] - 1
+        expect = -(logits.log_softmax(-1)[torch.arange(len(tgt)), tgt]).mean()
+        assert m.loss(b, _Train()).item() == pytest.approx(expect.item(), rel=1e-5)
+
+
+def test_lr_decay_is_a_per_epoch_step():
+    m = _model(lr_decay=0.9)
+    opt = torch.optim.Adam(m.param_groups(0.01), lr=0.01)
+    for epoch in (1, 2, 3):
+        m.on_epoch_start(epoch, opt)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.81)
+    assert m.epoch_report()["lr"] == pytest.approx(0.0081)
+
+
+# --- adaptation policies --------------------------------------------------------------------------
+
+def _pretrained(tmp_path, **cfg):
+    pre = _model(seed=1, **cfg)
+    _randomise(pre, 3)
+    d = tmp_path / "pre"
+    d.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in pre.state_dict().items()}, str(d / "best.safetensors"))
+    (d / "config.json").write_text(json.dumps({"method": "ant", "model": {"hidden": pre.cfg.hidden},
+                                               "train": {"max_len": 6}}))
+    return pre, d
+
+
+BLOCKS = ("encoder.blocks.",)
+GATES = (".w_gate", ".w_noise")
+# (loaded from the run, frozen) per policy, as predicates over parameter names
+EXPECT = {
+    "relearn": (lambda n: n.startswith(("encoder.blocks.", "encoder.norm.")), lambda n: n.startswith(BLOCKS)),
+    "finetune": (lambda n: True, lambda n: n.startswith(("encoder.blocks.", "encoder.position."))),
+    "freeze": (lambda n: True, lambda n: not n.endswith(GATES)),
+    "scratch": (lambda n: False, lambda n: False),
+}
+
+
+@pytest.mark.parametrize("policy", sorted(EXPECT))
+def test_policy_loads_reinitialises_and_freezes_exactly(tmp_path, policy):
+    pre, run = _pretrained(tmp_path)
+    fresh = {k: v.clone() for k, v in _model(seed=2).state_dict().items()}
+    m = _model(seed=2, init_from=str(run), adapt=policy)
+    loaded, frozen = EXPECT[policy]
+    pre_w = pre.state_dict()
+    for n, p in m.named_parameters():
+        if loaded(n):
+            assert torch.equal(p, pre_w[n]), n
+        else:  # re-initialised = the value a fresh model (same seed) starts with, not the run's
+            assert torch.equal(p, fresh[n]) and not torch.equal(p, pre_w[n]), n
+        assert p.requires_grad == (not frozen(n)), n
+    r = m.transfer_report
+    assert r["policy"] == policy and set(r["frozen"]) == {n for n, _ in m.named_parameters() if frozen(n)}
+    assert set(r["loaded"]) == {n for n in pre_w if loaded(n)}
+    if policy == "relearn":
+        assert set(r["reinitialised"]) == {n for n in pre_w if not loaded(n)}
+    # one training step changes trainable parameters only (all those that get a gradient)
+    m.train()
+    opt = torch.optim.Adam(m.param_groups(0.01), lr=0.01)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m.loss(_batch(), _Train()).backward()
+    opt.step()
+    for n, p in m.named_parameters():
+        changed = not torch.equal(p, before[n])
+        if not p.requires_grad:
+            assert not changed and p.grad is None, n
+        elif p.grad is not None and p.grad.abs().sum() > 0:
+            assert changed, n
+    moved = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(m.get_parameter(n).requires_grad for n in moved)
+
+
+def test_relearn_code_redraws_by_the_released_rule_and_keeps_price_biases(tmp_path):
+    pre, run = _pretrained(tmp_path)
+    pre_w = pre.state_dict()
+    fresh = _model(seed=2).state_dict()
+    m = _model(seed=2, init_from=str(run), adapt="relearn_code")
+    s = m.state_dict()
+    for n in s:
+        if n.startswith(("encoder.blocks.", "encoder.norm.")) or (".price.experts." in n and n.endswith("lin.bias")):
+            assert torch.equal(s[n], pre_w[n]), n
+        elif n.endswith(GATES) or (".experts." in n and n.endswith(".bias")):
+            assert not s[n].any(), n  # gates and whitening centres back to 0
+        else:  # positions, expert weights, missing vectors: new draws
+            assert not torch.equal(s[n], pre_w[n]) and not torch.equal(s[n], fresh[n]), n
+    w = s["items.adaptors.text.experts.0.lin.weight"]  # xavier-normal: sd sqrt(2 / (6 + 8))
+    assert 0.5 * math.sqrt(2 / 14) < w.std().item() < 1.5 * math.sqrt(2 / 14)
+    assert m.items.adaptors["text"].experts[0].bias.requires_grad
+    assert not m.encoder.blocks[0].ffn.fc1.weight.requires_grad
+
+
+def test_a_new_policy_is_data_and_reports_absent_and_unused_tensors(tmp_path):
+    pre, _ = _pretrained(tmp_path, mode="transductive")
+    # the target has no price features: the run's price adaptor is unused; its item ids never load
+    f = _features()
+    f.pop("price")
+    m = _model(seed=2, features=f, mode="transductive")
+    probe = AdaptPolicy("probe_norm", load=("encoder", "input_norm", "experts", "gates", "missing"),
+                        freeze=("encoder", "experts", "gates", "missing"), train=("input_norm",))
+    r = apply_policy(m, pre.state_dict(), probe)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"encoder.position.weight", "encoder.norm.weight", "encoder.norm.bias", "item.weight"}
+    assert "item.weight" in r["unused"] and any(".price." in n for n in r["unused"])
+    assert r["counts"]["loaded"] == len(r["loaded"]) and not r["absent"]
+    assert set(POLICIES) >= {"relearn", "relearn_code", "finetune", "freeze", "scratch"}
+
+
+def test_shape_mismatch_and_missing_run_are_clear_errors(tmp_path):
+    _, run = _pretrained(tmp_path)  # hidden 8
+    for policy in ("finetune", "relearn"):
+        with pytest.raises(ConfigError, match=r"init_from=.*pre: \d+ tensor\(s\) that model.adapt=" + policy +
+                                              r" loads have other shapes.*hidden=8.*pre-train again.*scratch"):
+            _model(seed=2, hidden=16, inner=16, init_from=str(run), adapt=policy)
+    # relearn re-learns the item side: another text encoder (dimension 9) is fine, finetune is not
+    f = _features(dims={"text": 9, "image": 5, "price": 4})
+    m = _model(seed=2, features=f, init_from=str(run), adapt="relearn")
+    assert m.transfer_report["counts"]["loaded"] > 0
+    with pytest.raises(ConfigError, match=r"items.adaptors.text.experts.0.bias: run \[6\] vs this model \[9\]"):
+        _model(seed=2, features=f, init_from=str(run), adapt="finetune")
+    with pytest.raises(ConfigError, match="no best.safetensors"):
+        _model(init_from=str(tmp_path), adapt="relearn")
+    with pytest.raises(ConfigError, match="unknown adaptation policy model.adapt='nope'"):
+        from_dict(ANTConfig, {"adapt": "nope"})
+    with pytest.raises(ConfigError, match="no best.safetensors"):
+        load_run(tmp_path / "none")
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+def _entry(root, slot, ids, feats):
+    entry = root / slot
+    (entry / "shards").mkdir(parents=True)
+    info = write_shard(entry / "shards" / "part-00000.h5", ids, feats, fmt="h5", dtype="float32")
+    write_manifest(entry, {"version": 1, "name": slot, "encoder": {"encoder": "synthetic"}, "modality": slot,
+                           "format": "h5", "dtype": "float32", "shape_per_item": [feats.shape[1]],
+                           "n_items": len(ids), "n_rows": len(ids), "shards": [info], "missing": {},
+                           "catalogue_hash": "x", "config_hash": "y", "library_versions": {}, "created": "now"})
+
+
+def _prepared_text_image(tmp_path, n_items=20, no_image=(4, 9)):
+    """Users walk a ring of ``n_items``; text for every item, image for all but ``no_image``."""
+    ring = {f"u{u}": [str((u + k) % n_items + 1) for k in range(8)] for u in range(60)}
+    raw = raw_from_sequences(ring)
+    ids = [str(i) for i in range(1, n_items + 1)]
+    raw.catalogue = Catalogue.build(ids, title=[f"t{i}" for i in ids])
+    ds = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    rng = np.random.default_rng(0)
+    store = tmp_path / "store"
+    _entry(store, "text", ids, rng.normal(size=(n_items, 8)).astype(np.float32))
+    img_ids = [i for i in ids if int(i) not in no_image]
+    _entry(store, "image", img_ids, rng.normal(size=(len(img_ids), 6)).astype(np.float32))
+    return ds, store
+
+
+def test_pretrain_then_relearn_through_the_trainer(tmp_path):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from mmrec.cli import app
+
+    ds, store = _prepared_text_image(tmp_path)
+    base = {"dataset": str(ds), "method": "ant", "features": {"text": "text", "image": "image"}, "store": str(store),
+            "model": {"hidden": 16, "inner": 16, "dropout": 0.1, "attn_dropout": 0.1},
+            "train": {"epochs": 2, "threads": 1, "batch_size": 16}}
+    pre = from_dict(RunConfig, {**base, "model": {**base["model"], "objective": "pretrain"}})
+    res = Trainer(pre, tmp_path / "pre", log=lambda s: None).fit()
+    assert res["features"]["image"]["items_with_feature"] == 18
+    row = json.loads((tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["loss_parts"]["image_text"] > 0 and row["loss_parts"]["seq_item"] > 0
+    ft = from_dict(RunConfig, {**base, "model": {**base["model"], "init_from": str(tmp_path / "pre")}})
+    tr = Trainer(ft, tmp_path / "ft", log=lambda s: None)
+    pre_w = load_file(str(tmp_path / "pre" / "best.safetensors"))
+    m = tr.raw_model
+    blocks = [n for n, _ in m.named_parameters() if n.startswith("encoder.blocks.")]
+    assert blocks and all(not m.get_parameter(n).requires_grad for n in blocks)
+    assert sum(len(g["params"]) for g in tr.opt.param_groups) == sum(p.requires_grad for p in m.parameters())
+    tr.fit()
+    after = load_file(str(tmp_path / "ft" / "best.safetensors"))
+    assert all(torch.equal(after[n], pre_w[n]) for n in blocks)  # frozen means unchanged
+    assert not torch.equal(after["encoder.position.weight"], pre_w["encoder.position.weight"])
+    first = json.loads((tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["transfer"]["policy"] == "relearn" and first["transfer"]["frozen"] == len(blocks)
+    # the checkpoint evaluates again to the same figures (the policy is re-applied, then best loaded)
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "ft")])
+    assert r.exit_code == 0, r.output
+    res_ft = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert json.loads(r.output)["ndcg@10"] == pytest.approx(res_ft["test"]["ndcg@10"], abs=1e-12)
+
+    # the bench: every policy x seed from the same pre-training run, resumable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import negative_transfer as nt
+
+    out = tmp_path / "nt"
+    kw = dict(pretrained=tmp_path / "pre", dataset=str(ds), store=str(store),
+              features={"text": "text", "image": "image"}, out=out, seeds=[0, 1], policies=("relearn", "scratch"),
+              sets=["train.epochs=1", "train.threads=1"], log=lambda s: None)
+    results = nt.run_policies(**kw)
+    stamp = (out / "relearn-s0" / "results.json").stat().st_mtime_ns
+    assert nt.run_policies(**kw).keys() == results.keys()
+    assert (out / "relearn-s0" / "results.json").stat().st_mtime_ns == stamp  # not run again
+    cfg = json.loads((out / "scratch-s1" / "config.json").read_text())
+    assert cfg["model"]["hidden"] == 16 and cfg["model"]["adapt"] == "scratch" and cfg["train"]["seed"] == 1
+    table = nt.summarise(results)
+    assert table["scratch"]["gap"] is None
+    assert table["relearn"]["negative_transfer"] in ("yes", "no", "no (within spread)")
+    text = nt.markdown(table)
+    assert text.count("\n") == 3 and "| relearn |" in text
+
+
+def test_negative_transfer_verdict():
+    import importlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    nt = importlib.import_module("negative_transfer")
+
+    def runs(vals):
+        return [{"test": {"ndcg@10": v, "hr@10": v}, "best_epoch": 1} for v in vals]
+
+    t = nt.summarise({"a": runs([0.10, 0.11]), "b": runs([0.195, 0.205]), "c": runs([0.30, 0.31]),
+                      "scratch": runs([0.20, 0.21])})
+    assert t["a"]["negative_transfer"] == "yes" and t["a"]["gap"] == pytest.approx(-0.10)
+    assert t["b"]["negative_transfer"] == "no (within spread)" and t["c"]["negative_transfer"] == "no"
+    assert t["a"]["gap_pct"] == pytest.approx(-100 * 0.10 / 0.205)
