@@ -252,6 +252,10 @@ def evaluate(
         if not cfg_path.exists():
             raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
         base = json.loads(cfg_path.read_text())
+        # the checkpoint holds every tensor, pre-trained ones included: the pre-training run that
+        # model.init_from named is not needed (nor read) to evaluate
+        if isinstance(base.get("model"), dict):
+            base["model"].pop("init_from", None)
         run = from_dict(RunConfig, apply_overrides(base, [s for s in (set_ or [])]))
         data, _ = run_data(run)  # with the cold-start protocol: the same view the run was trained on
         model, _ = build_model(run, data)

@@ -123,9 +123,20 @@ def test_unisrec_pretrain_then_finetune_loads_and_freezes(tmp_path, successor_ra
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert any(n.startswith("text.adaptors") for n in trainable) and "encoder.norm.weight" in trainable
     assert not any(n.startswith("encoder.position") for n in trainable)
-    tr.fit()
+    res = tr.fit()
     after = load_file(str(tmp_path / "ft" / "best.safetensors"))
     assert all(torch.equal(after[n], pre_w[n]) for n in blocks)  # frozen means unchanged
+    # the fine-tuned run evaluates on its own: its checkpoint holds the pre-trained tensors too
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mmrec.cli import app
+
+    shutil.rmtree(tmp_path / "pre")
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "ft")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["ndcg@10"] == pytest.approx(res["test"]["ndcg@10"], abs=1e-12)
     with pytest.raises(ConfigError, match="no best.safetensors"):
         Trainer(from_dict(RunConfig, {**base, "model": {**base["model"], "init_from": str(tmp_path)}}),
                 tmp_path / "x", log=lambda s: None)
