@@ -68,6 +68,19 @@ def metrics_from_ranks(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
     return out
 
 
+def metrics_by_group(ranks: np.ndarray, groups: np.ndarray, names: list[str], ks: list[int]) -> dict[str, Any]:
+    """``{name: {n_cases, metrics}}``: the metrics over the cases of each group (``groups`` ``[n]``
+    holds codes 1..len(names), e.g. the domain of each case's target; code c is ``names[c - 1]``).
+    A group without cases has ``n_cases`` 0 and no metrics."""
+    ranks, groups = np.asarray(ranks), np.asarray(groups)
+    out: dict[str, Any] = {}
+    for c, name in enumerate(names, start=1):
+        sel = groups == c
+        n = int(sel.sum())
+        out[name] = {"n_cases": n, **(metrics_from_ranks(ranks[sel], ks) if n else {})}
+    return out
+
+
 def rank_from_counts(greater: np.ndarray, equal: np.ndarray, ties: str, rng: np.random.Generator) -> np.ndarray:
     """0-based rank from the counts of items scoring above and equal to the target (target excluded)."""
     if ties == "pessimistic":

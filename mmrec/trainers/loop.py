@@ -133,10 +133,12 @@ def build_model(run: RunConfig, data: PreparedDataset):
     if run.train.loss not in cls.losses:
         raise ConfigError(f"method {run.method} does not support train.loss={run.train.loss}; use one of {cls.losses}")
     check_slots(run.method, run.features, cls.modalities, cls.required_modalities, run.store)
+    # a method may take more constructor arguments from the dataset (SyNCRec: each item's domain)
+    extra = cls.dataset_kwargs(mcfg, data) if hasattr(cls, "dataset_kwargs") else {}
     if not cls.modalities:
-        return cls(mcfg, data.n_items, run.train.max_len), mcfg
+        return cls(mcfg, data.n_items, run.train.max_len, **extra), mcfg
     features = load_features(run.features, data, run.store)
-    return cls(mcfg, data.n_items, run.train.max_len, features=features), mcfg
+    return cls(mcfg, data.n_items, run.train.max_len, features=features, **extra), mcfg
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -318,6 +320,18 @@ class Trainer:
                 out[f"{part}_{name}"] = {"n_cases": n, **(metrics_from_ranks(ranks[sel], self.run.eval.ks) if n else {})}
         return out
 
+    def _domain_breakdown(self, part: str, ranks: np.ndarray) -> dict[str, Any]:
+        """Metrics over the cases of ``part`` whose target is in each domain, for methods that declare
+        item domains (``evaluation_domains()``, e.g. SyNCRec); empty otherwise."""
+        from mmrec.trainers.evaluation import metrics_by_group
+
+        declared = getattr(self.raw_model, "evaluation_domains", None)
+        if declared is None:
+            return {}
+        codes, names = declared()
+        target = np.asarray(self.data.items)[self.data.eval_cases(part).pos]
+        return {f"{part}_domains": metrics_by_group(ranks, np.asarray(codes)[target], names, self.run.eval.ks)}
+
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         best = self.run_dir / "best.safetensors"
         if best.exists():
@@ -331,6 +345,8 @@ class Trainer:
             if self.accel.is_main_process:
                 ids = self.data.raw_item_ids[np.flatnonzero(self.cold)]
                 (self.run_dir / "cold_items.txt").write_text("".join(f"{i}\n" for i in ids))
+        for part, res in (("valid", valid), ("test", test)):  # per domain, for methods that declare them
+            breakdown.update(self._domain_breakdown(part, res["ranks"]))
         valid.pop("ranks")
         test.pop("ranks")
         variants: dict[str, Any] = {}

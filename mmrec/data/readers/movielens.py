@@ -27,6 +27,17 @@ Options:
   encoding      "auto" (default), or a codec name such as "latin-1" or "utf-8"
   posters_dir   folder of the poster images, relative to the dataset folder (default "posters")
   name          dataset name (default: the folder name)
+  domain        the catalogue ``domain`` of each movie, from its genres (default: none, domain null):
+                  "first"     the first genre listed in movies.dat ("Animation|Children's|Comedy":
+                              Animation)
+                  "rarest"    the movie's genre listed for the fewest movies of the catalogue
+                  "commonest" the movie's genre listed for the most movies of the catalogue
+                (ties between genres go to the one listed first). A movie without genres gets null.
+  domain_genres optional list of genres that may be a domain, e.g. [Comedy, Drama, Action]: the
+                other genres are ignored when choosing, and a movie with none of the listed genres
+                gets the domain ``domain_other``. With ``domain: first`` the list is a priority
+                order: the movie's domain is the first genre of the list it has.
+  domain_other  the domain of the movies left without one by ``domain_genres`` (default "Other")
 
 A line with the wrong number of fields or a non-numeric id, rating or timestamp raises DataError with
 the file and line number.
@@ -53,11 +64,13 @@ from mmrec.data.readers._common import (
     require_dir,
 )
 from mmrec.data.schema import Catalogue, RawDataset, ReadReport, make_interactions
-from mmrec.errors import DataError
+from mmrec.errors import ConfigError, DataError
 
 FORMAT = "movielens"
 LAYOUT = "a MovieLens folder with ratings.dat (UserID::MovieID::Rating::Timestamp) and movies.dat"
-OPTIONS: dict[str, Any] = {"encoding": "auto", "posters_dir": "posters", "name": None}
+OPTIONS: dict[str, Any] = {"encoding": "auto", "posters_dir": "posters", "name": None, "domain": None,
+                           "domain_genres": None, "domain_other": "Other"}
+DOMAIN_RULES = ("first", "rarest", "commonest")
 
 _SEP = b"\x1f"  # stands in for "::" so pyarrow can split on one byte
 _YEAR_RE = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
@@ -68,6 +81,7 @@ _RATING_FIELDS = "UserID::MovieID::Rating::Timestamp"
 def read_movielens(path: str | Path, **options: Any) -> RawDataset:
     """Read a MovieLens folder (see the module docstring for the layout and options)."""
     opts = check_options(FORMAT, options, OPTIONS)
+    _check_domain_options(opts)
     folder = require_dir(as_path(path), FORMAT, LAYOUT)
     report = ReadReport()
 
@@ -90,7 +104,8 @@ def read_movielens(path: str | Path, **options: Any) -> RawDataset:
             ids, titles, genres = _read_movies_csv(movies_path)
         else:
             ids, titles, genres = _read_movies_dat(movies_path, opts["encoding"])
-        catalogue = _build_catalogue(folder, ids, titles, genres, opts["posters_dir"], report, movies_path)
+        domains = genre_domains(genres, opts["domain"], opts["domain_genres"], opts["domain_other"])
+        catalogue = _build_catalogue(folder, ids, titles, genres, opts["posters_dir"], report, movies_path, domains)
     else:
         report.add("read", 0, f"no {movies_path.name}: no catalogue", file=str(movies_path))
 
@@ -256,6 +271,7 @@ def _build_catalogue(
     posters_dir: str,
     report: ReadReport,
     movies_path: Path,
+    domains: list[str | None] | None = None,
 ) -> Catalogue:
     years: list[str | None] = []
     for t in titles:
@@ -284,14 +300,63 @@ def _build_catalogue(
         ids, titles, genres, years, images = (
             [v for v, k in zip(col, keep) if k] for col in (ids, titles, genres, years, images)
         )
+        if domains is not None:
+            domains = [v for v, k in zip(domains, keep) if k]
         report.add("read", dup, f"duplicate MovieIDs in {movies_path.name}: kept the first", file=str(movies_path))
     return Catalogue.build(
         ids,
         title=titles,
         text={"genres": genres, "year": years},
         images=images,
+        domain=domains,
         image_root=str(folder.resolve()),
     )
+
+
+def _check_domain_options(opts: dict[str, Any]) -> None:
+    rule, listed = opts["domain"], opts["domain_genres"]
+    if rule is not None and rule not in DOMAIN_RULES:
+        raise ConfigError(f"format 'movielens': domain must be one of {', '.join(DOMAIN_RULES)} (or unset), not {rule!r}")
+    if listed is not None:
+        if rule is None:
+            raise ConfigError("format 'movielens': domain_genres needs a domain rule (domain: first, rarest or commonest)")
+        if isinstance(listed, str) or not all(isinstance(g, str) and g.strip() for g in listed) or not listed:
+            raise ConfigError(f"format 'movielens': domain_genres must be a non-empty list of genre names, not {listed!r}")
+    if not isinstance(opts["domain_other"], str) or not opts["domain_other"].strip():
+        raise ConfigError("format 'movielens': domain_other must be a non-empty name")
+
+
+def genre_domains(genres: list[str | None], rule: str | None, listed: list[str] | None = None,
+                  other: str = "Other") -> list[str | None] | None:
+    """Each movie's domain from its genres (``", "``-joined, as in the catalogue) under ``rule``
+    (module docstring: first, rarest, commonest; None: no domains)."""
+    if rule is None:
+        return None
+    split = [[g for g in (x or "").split(", ") if g] for x in genres]
+    allowed = None if listed is None else [g.strip() for g in listed]
+    count: dict[str, int] = {}
+    for gs in split:
+        for g in set(gs):
+            count[g] = count.get(g, 0) + 1
+    out: list[str | None] = []
+    for gs in split:
+        if not gs:
+            out.append(None)
+            continue
+        if allowed is not None:
+            if rule == "first":
+                gs = [g for g in allowed if g in gs]
+            else:
+                gs = [g for g in gs if g in allowed]
+            if not gs:
+                out.append(other.strip())
+                continue
+        if rule == "first":
+            out.append(gs[0])
+        else:
+            sign = 1 if rule == "rarest" else -1
+            out.append(min(gs, key=lambda g: (sign * count[g], gs.index(g))))
+    return out
 
 
 def _read_users_dat(path: Path, encoding: str) -> pa.Table:

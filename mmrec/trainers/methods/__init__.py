@@ -14,10 +14,11 @@ from mmrec.trainers.methods.pop import Pop
 from mmrec.trainers.methods.sasrec import SASRec
 from mmrec.trainers.methods.sasrec_ef import SASRecEF
 from mmrec.trainers.methods.sasrec_lf import SASRecLF
+from mmrec.trainers.methods.syncrec import SyNCRec
 from mmrec.trainers.methods.unisrec import UniSRec
 
 METHODS: dict[str, type[SequentialRecommender]] = {
-    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR, ODMT, KDSR, ANT)
+    cls.name: cls for cls in (Pop, SASRec, GRU4Rec, SASRecEF, SASRecLF, FDSA, UniSRec, MMSR, ODMT, KDSR, ANT, SyNCRec)
 }
 
 

@@ -1,0 +1,585 @@
+"""SyNCRec (Park et al., SIGIR 2024; cpark88/SyNCRec): single- and cross-domain cooperation.
+
+"Pacer and Runner: Cooperative Learning Framework between Single- and Cross-Domain Sequential
+Recommendation". A user's events of every domain form one cross-domain sequence (time order); its
+single-domain sequences are derived from it. One network learns the cross-domain task (CDSR: the
+next item of the merged sequence) and one single-domain task per domain (SDSR), compares their
+losses per domain (the negative-transfer gap) and down-weights the cross-domain loss of the domains
+where the merged history hurts.
+
+Domains. Each item has one domain: the catalogue column ``domain`` of the prepared dataset
+(``items.parquet``; e.g. the MovieLens reader's ``domain: first`` genre, the H&M reader's
+``domain_field: product_group_name``, or the part name of ``mmrec data merge``). Domains are coded
+1..D in alphabetical order (0 = padding); items with a null domain form the domain ``(none)``; a
+dataset without domains is one domain ``all`` (SyNCRec then trains one SDSR task on the same
+sequence as the CDSR task). ``model.top_domains = N`` keeps the N domains with the most items and
+merges the others into ``(other)``. The map item -> domain is built from the dataset when the model
+is created (``dataset_kwargs``), kept as a buffer in the checkpoint, and used on the batch's item
+and target ids, so batches carry no extra column.
+
+Embeddings. ``e_t = LN(E_item(x_t) + E_dom(dom(x_t)) + P_t)``, dropout (``domain_embedding``: the
+domain term, the code's type embedding). Shared by every task; scoring uses ``E_item``.
+
+Inputs of the tasks. CDSR: the window of the merged sequence. SDSR of domain d
+(``single_input``): ``compact`` (default, the paper's figure) the user's domain-d items of the window
+in order, as their own right-padded sequence; the SDSR state for a merged position t is the state at
+the last domain-d item at or before t, and its targets are the merged targets in domain d (the next
+item when it is in d). Targets whose window has no earlier domain-d item have no SDSR state.
+``inplace`` (the code): the merged window with the other domains' items replaced by padding at their
+positions, every position kept.
+
+ACMoE (asymmetric cooperative mixture of experts). K = ``experts`` experts, each its own stack of
+``layers`` causal Transformer blocks; ``floor(cross_ratio K)`` are cross-domain experts, the others
+single-domain experts (at least one of each; 5 and 0.8 give 4 + 1, the paper's j = 0.2 K). Task tau
+(the D SDSR tasks and the CDSR task) has its own gate and tower:
+
+    g_tau(t)  = [ a softmax(e_t W^s_tau + n^s) , (1 - a) softmax(e_t W^c_tau + n^c) ]   (SDSR tasks)
+              = [ (1 - a) softmax(e_t W^s_tau + n^s) , a softmax(e_t W^c_tau + n^c) ]   (CDSR task)
+    h_tau(t)  = Tower_tau( sum_k g_tau,k(t) Expert_k(e)_t ),     Tower = FFN + residual LayerNorm
+
+with a = ``gate_share`` (0.8) and, in training with ``gate_noise``, the noise
+``n = eps * (softplus(e_t W^n_tau) + 1e-3)``, eps ~ N(0, 1). Stop-gradient (``stop_gradient``, the
+paper's SG and the code's ``cross_detach = single_detach = y``): in the SDSR tasks the cross experts'
+outputs are detached, in the CDSR task the single experts' outputs are, so the SDSR losses update
+only the single experts and the CDSR loss only the cross experts through the expert outputs (gates,
+towers and embeddings learn from both). The model scores with the CDSR task:
+``query = h_CDSR(last position)``, ``score = <query, E_item(i)>``.
+
+Losses. Per target position t with target y_t, the ranking loss l(h, y_t) is ``train.loss``: ``bce``
+(the paper: -log s(h.e_y) - log(1 - s(h.e_neg)), one sampled negative) or ``ce`` (softmax over every
+item). T_d = the positions whose target is in domain d and have an SDSR state.
+
+    L_single = mean_{t in T} l(h^S_{d(t)}(t), y_t),              T = union of the T_d
+    phi_d    = mean_{t in T_d} l(h^S_d(t), y_t) - mean_{t in T_d} l(h^C(t), y_t)   (detached)
+    s_d     <- m s_d + (1 - m) phi_d   for the domains present in the batch     (m = ntg_momentum)
+    w        = softmax(s / ntg_temperature)                                        (lc_ntg; else 1/D)
+    L_cross  = mean_t  D w_{d(t)} l(h^C(t), y_t)      over every target position of the batch
+    L        = L_single + L_cross + mim_weight * L_MI                               (L_MI if sc_mim)
+
+phi_d is the negative-transfer gap of domain d (the paper's L_d(X_d) - L_d(X)): positive when the
+merged history predicts the domain's items better than its own history. ``s`` starts at 0 (uniform
+weights), is a buffer (saved with the checkpoint, so a resumed run continues it), and the weights are
+constants for the gradient. ``D w_d`` has mean 1 over the domains, so L_cross is the plain mean loss
+when the gaps are equal.
+
+SC-MIM (``sc_mim``; ``mim_estimator``): a term that raises the mutual information of the pairs
+(h^C(t), h^S(t)) of the same target, with W = Linear(d, d) (no bias). ``code`` (default, the
+released code's estimator, a BPR-like score with a double sigmoid):
+
+    L_MI = mean_{t in T} -log s( s(<W h^C(t), h^S(t)>) - s(<W h^C(t), E_item(x')>) )
+
+where x' is the input item at the same position of another row (a random permutation of the rows);
+``infonce``: the usual InfoNCE lower bound with the bilinear critic
+``f(c, s) = <W c, s> / mim_temperature`` and the other paired positions of the batch in the same
+domain as negatives (those with the same target item excepted),
+
+    L_MI = mean_{t in T} -log( exp f(h^C(t), h^S(t)) / sum_{u in T_d(t)} exp f(h^C(t), h^S(u)) )
+
+(a domain with more than ``mim_group`` pairs is split into random groups of at most ``mim_group``,
+which bounds the memory of the scores and the log N scale of the loss). The paper describes a
+mutual-information maximisation without its estimator; on a small synthetic two-domain ring
+(120 users, 30 items, hidden 32, 40 epochs, one seed) ``infonce`` at weight 1 slowed learning
+markedly (test NDCG@10 0.73 against 0.985 without SC-MIM, 0.94 at ``mim_weight=0.1``) while
+``code`` cost little (0.965), hence the default.
+
+Cost. A training step runs every expert over D + 1 inputs (the D single-domain ones and the merged
+one): with 5 domains and 5 experts about 9 times a SASRec step (CPU, batch 64 x 50). With the
+stop-gradient, an expert runs without autograd on the inputs whose output is detached, which keeps
+the activation memory near (n_single D + n_cross) inputs instead of K (D + 1). Evaluation runs the
+CDSR task only (K expert passes).
+
+Per-epoch report (metrics.jsonl): ``ntg_gap`` {domain: mean phi_d over the epoch's batches},
+``ntg_weight`` {domain: w_d at the end of the epoch}, ``ntg_targets`` {domain: number of paired
+targets}. The loop's ``results.json`` has ``valid_domains`` / ``test_domains``: the metrics over
+the cases whose target is in each domain (``evaluation_domains``).
+
+Defaults and their source: 5 experts, cross_ratio 0.8, gate_share 0.8, 2 layers, dropout 0.5, GELU,
+FFN 4d (the code's ``train.sh`` / argparse); hidden 64, heads 2, ``position=reverse`` are mmrec's
+(the code: hidden 512, 1 head, left padding). ntg_momentum 0.9, ntg_temperature 1, mim_weight 1 and
+mim_temperature 1 are this implementation's constants (the code has no moving average).
+
+**Differences from the code.**
+- Independent experts, gates and towers. The released code fills its expert, tower and gate lists
+  with one module instance repeated, so every "expert" shares parameters; ``shared_experts=True``
+  reproduces that (one expert module called K times, one gate and one tower for every task): the
+  "shared experts" ablation.
+- Gates read the current position's embedding e_t; the code's gate reads the whole flattened
+  left-padded input sequence (B x L d), which needs a fixed length and lets every position's gate see
+  later items of the window. The gate noise is applied in training only (the code: also at
+  evaluation), so evaluation is deterministic.
+- Each expert is a stack of blocks over the shared embedding (the code's S3-Rec ``Encoder``); the
+  tower is mmrec's ``FeedForward`` (the code's ``Intermediate``).
+- SDSR inputs are compacted by default (the paper); ``single_input=inplace`` is the code's masking.
+- LC-NTG: a moving average with fixed constants instead of ``s <- alpha s + beta phi`` with alpha,
+  beta ``nn.Linear(1, 1)`` scalars that never receive a gradient (their random init is kept, so the
+  sign of beta, hence of the correction, is random in the code); s does not keep an autograd history.
+- Losses are means over target positions (the code: sums divided by 1000, which depends on the batch
+  size); the CDSR domain weights are D w_d (mean 1) instead of w_d on sums.
+- SC-MIM (``mim_estimator=code``): averaged over the paired targets (the code averages over every
+  position, padding included), with h^S the SDSR state of the *target's* domain (the code: the
+  current input item's domain). ``infonce`` is not in the code.
+- No item-id restriction: the SDSR tasks rank every item of the catalogue, as the CDSR task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmrec.errors import ConfigError
+from mmrec.trainers.base import SequentialRecommender, init_weights
+from mmrec.trainers.modules.losses import same_target_mask
+from mmrec.trainers.modules.sequence import FeedForward, TransformerBlock, TransformerConfig, TransformerEncoder
+
+NO_DOMAIN = "(none)"
+OTHER_DOMAINS = "(other)"
+SINGLE_DOMAIN = "all"
+
+
+@dataclass
+class SyNCRecConfig(TransformerConfig):
+    """``TransformerConfig`` (shared embeddings and each expert's blocks) and SyNCRec's own settings
+    (module docstring)."""
+
+    experts: int = 5
+    cross_ratio: float = 0.8  # floor(cross_ratio * experts) cross-domain experts, the rest single-domain
+    gate_share: float = 0.8  # gate mass of a task on its own group of experts
+    gate_noise: bool = True  # noisy gates in training
+    stop_gradient: bool = True  # SDSR losses update single experts only, the CDSR loss cross experts only
+    shared_experts: bool = False  # True: one expert / gate / tower module for all (the released code)
+    single_input: Literal["compact", "inplace"] = "compact"
+    domain_embedding: bool = True
+    top_domains: int = 0  # > 0: keep the N domains with the most items, merge the rest into "(other)"
+    lc_ntg: bool = True
+    ntg_momentum: float = 0.9
+    ntg_temperature: float = 1.0
+    sc_mim: bool = True
+    mim_weight: float = 1.0
+    mim_estimator: Literal["code", "infonce"] = "code"
+    mim_temperature: float = 1.0
+    mim_group: int = 1024  # InfoNCE: a domain's pairs are split into random groups of at most this many
+
+    def validate(self) -> None:
+        if self.experts < 2:
+            raise ConfigError("model.experts must be at least 2 (one single-domain and one cross-domain expert)")
+        n_cross = int(np.floor(self.cross_ratio * self.experts + 1e-9))
+        if not 1 <= n_cross <= self.experts - 1:
+            raise ConfigError(f"model.cross_ratio={self.cross_ratio} with {self.experts} experts gives {n_cross} "
+                              "cross-domain experts; there must be at least one cross and one single expert")
+        if not 0.0 <= self.gate_share <= 1.0:
+            raise ConfigError("model.gate_share must be in [0, 1]")
+        if not 0.0 <= self.ntg_momentum < 1.0:
+            raise ConfigError("model.ntg_momentum must be in [0, 1)")
+        if self.ntg_temperature <= 0 or self.mim_temperature <= 0:
+            raise ConfigError("model.ntg_temperature and model.mim_temperature must be positive")
+        if self.top_domains < 0 or self.mim_weight < 0:
+            raise ConfigError("model.top_domains and model.mim_weight must be >= 0")
+        if self.mim_group < 2:
+            raise ConfigError("model.mim_group must be at least 2 (a positive and a negative)")
+
+    @property
+    def n_cross(self) -> int:
+        return int(np.floor(self.cross_ratio * self.experts + 1e-9))
+
+
+def item_domains(data: Any, top_domains: int = 0) -> tuple[np.ndarray, list[str]]:
+    """The domain code of every item id (``[n_items + 1]`` int64, 0 for the padding id) and the
+    domain names (code c is ``names[c - 1]``), from the ``domain`` column of the prepared dataset's
+    ``items.parquet`` (module docstring)."""
+    n = int(data.n_items)
+    table = data.item_table()
+    raw: list[str | None] = table.column("domain").to_pylist() if "domain" in table.column_names else [None] * n
+    iid = table.column("iid").to_numpy() if "iid" in table.column_names else np.arange(1, n + 1)
+    if all(v is None for v in raw):
+        codes = np.ones(n + 1, dtype=np.int64)
+        codes[0] = 0
+        return codes, [SINGLE_DOMAIN]
+    names = [NO_DOMAIN if v is None or not str(v).strip() else str(v).strip() for v in raw]
+    if top_domains > 0:
+        counts: dict[str, int] = {}
+        for v in names:
+            counts[v] = counts.get(v, 0) + 1
+        keep = set(sorted(counts, key=lambda v: (-counts[v], v))[:top_domains])
+        names = [v if v in keep else OTHER_DOMAINS for v in names]
+    vocab = sorted(set(names))
+    index = {v: i + 1 for i, v in enumerate(vocab)}
+    codes = np.zeros(n + 1, dtype=np.int64)
+    codes[np.asarray(iid, dtype=np.int64)] = [index[v] for v in names]
+    return codes, vocab
+
+
+def compact_by_domain(items: torch.Tensor, item_domain: torch.Tensor, n_domains: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's items of each domain as their own right-padded sequence.
+
+    ``items`` ``[B, L]`` (right-padded). Returns ``seqs`` ``[D, B, L]`` (domain d's items of row b in
+    order, then padding), ``lengths`` ``[D, B]`` and ``last`` ``[D, B, L]``: for merged position t the
+    index in ``seqs[d, b]`` of the last domain-d item at or before t (-1 when there is none)."""
+    b, l = items.shape
+    dom = item_domain[items]  # [B, L], 0 on padding
+    member = dom[None] == torch.arange(1, n_domains + 1, device=items.device)[:, None, None]  # [D, B, L]
+    cum = member.long().cumsum(-1)
+    last = cum - 1
+    slot = torch.where(member, last, torch.full_like(last, l))  # non-members go to a dropped column
+    seqs = items.new_zeros(n_domains, b, l + 1)
+    seqs.scatter_(2, slot, torch.where(member, items[None].expand_as(slot), torch.zeros_like(slot)))
+    return seqs[:, :, :l], cum[:, :, -1] if l else cum.new_zeros(n_domains, b), last
+
+
+def ntg_update(state: torch.Tensor, gaps: torch.Tensor, present: torch.Tensor, momentum: float) -> torch.Tensor:
+    """LC-NTG's moving average: ``s_d <- m s_d + (1 - m) phi_d`` for the domains ``present``."""
+    return torch.where(present, momentum * state + (1.0 - momentum) * gaps, state)
+
+
+def ntg_weights(state: torch.Tensor, temperature: float) -> torch.Tensor:
+    """LC-NTG's domain weights ``softmax(s / T)``."""
+    return torch.softmax(state / temperature, dim=-1)
+
+
+def infonce_per_group(c: torch.Tensor, s: torch.Tensor, group: torch.Tensor, temperature: float = 1.0,
+                      target_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``-log exp(<c_i, s_i>/T) / sum_{j: group_j = group_i} exp(<c_i, s_j>/T)`` per row ``i`` (``[N]``):
+    InfoNCE with the other rows of the same group as the negatives (one softmax per group). With
+    ``target_ids`` ``[N]``, rows j != i with the same target as row i are not negatives (left out)."""
+    out = torch.zeros(len(c), device=c.device)
+    for g in torch.unique(group):
+        idx = (group == g).nonzero(as_tuple=True)[0]
+        logits = (c[idx] @ s[idx].T).float() / temperature
+        if target_ids is not None:
+            logits = logits.masked_fill(same_target_mask(target_ids[idx]), float("-inf"))
+        out = out.index_put((idx,), F.cross_entropy(logits, torch.arange(len(idx), device=c.device), reduction="none"))
+    return out
+
+
+def chunk_groups(group: torch.Tensor, size: int) -> torch.Tensor:
+    """Split each group of rows into random chunks of at most ``size`` rows: a new group id per row."""
+    n = len(group)
+    perm = torch.randperm(n, device=group.device)
+    g = group[perm]
+    order = torch.argsort(g, stable=True)  # rows of a group together, in random order
+    gs = g[order]
+    start = torch.ones_like(gs, dtype=torch.bool)
+    start[1:] = gs[1:] != gs[:-1]
+    first = torch.cummax(torch.where(start, torch.arange(n, device=group.device), torch.zeros_like(gs)), 0).values
+    rank = torch.arange(n, device=group.device) - first
+    out = torch.empty_like(group)
+    out[perm[order]] = gs * (n + 1) + rank // size
+    return out
+
+
+def code_mim(c: torch.Tensor, s: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """The released code's SC-MIM term per row (``[N]``): ``-log s(s(<c, s>) - s(<c, other>))``."""
+    p = torch.sigmoid((c * s).sum(-1))
+    n = torch.sigmoid((c * other).sum(-1))
+    return -F.logsigmoid(p - n)
+
+
+class Expert(nn.Module):
+    """One expert: ``layers`` causal post-LN Transformer blocks over the shared embeddings."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg.hidden, cfg.heads, cfg.inner, cfg.dropout, cfg.attn_dropout, cfg.act)
+            for _ in range(cfg.layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, None, True)
+        return x
+
+
+class PartitionedGate(nn.Module):
+    """One task's gate: softmax over the single experts and over the cross experts, scaled by the
+    task's shares (module docstring); noisy in training."""
+
+    def __init__(self, hidden: int, n_single: int, n_cross: int):
+        super().__init__()
+        self.single = nn.Linear(hidden, n_single, bias=False)
+        self.cross = nn.Linear(hidden, n_cross, bias=False)
+        self.single_noise = nn.Linear(hidden, n_single, bias=False)
+        self.cross_noise = nn.Linear(hidden, n_cross, bias=False)
+
+    def forward(self, e: torch.Tensor, single_share: float, noise: bool) -> torch.Tensor:
+        zs, zc = self.single(e), self.cross(e)
+        if noise:
+            zs = zs + torch.randn_like(zs) * (F.softplus(self.single_noise(e)) + 1e-3)
+            zc = zc + torch.randn_like(zc) * (F.softplus(self.cross_noise(e)) + 1e-3)
+        return torch.cat([single_share * torch.softmax(zs, -1), (1.0 - single_share) * torch.softmax(zc, -1)], -1)
+
+
+class SyNCRec(SequentialRecommender):
+    name = "syncrec"
+    Config = SyNCRecConfig
+    losses = ("ce", "bce")
+
+    @classmethod
+    def dataset_kwargs(cls, cfg: SyNCRecConfig, data: Any) -> dict[str, Any]:
+        """Constructor arguments taken from the dataset (called by ``build_model``): the item domains."""
+        codes, names = item_domains(data, cfg.top_domains)
+        return {"item_domain": codes, "domain_names": names}
+
+    def __init__(self, cfg: SyNCRecConfig, n_items: int, max_len: int, features=None,
+                 item_domain: np.ndarray | torch.Tensor | None = None, domain_names: list[str] | None = None):
+        super().__init__(cfg, n_items, max_len, features)
+        if item_domain is None:  # no dataset given: one domain
+            item_domain = np.r_[0, np.ones(n_items, dtype=np.int64)]
+            domain_names = [SINGLE_DOMAIN]
+        item_domain = torch.as_tensor(np.asarray(item_domain), dtype=torch.long)
+        if item_domain.shape != (n_items + 1,):
+            raise ConfigError(f"syncrec: item domains of shape {list(item_domain.shape)} do not fit {n_items} items")
+        n_dom = int(item_domain.max())
+        self.domain_names = list(domain_names) if domain_names is not None else [f"d{i}" for i in range(1, n_dom + 1)]
+        if len(self.domain_names) < n_dom or (n_items and int(item_domain[1:].min()) < 1):
+            raise ConfigError("syncrec: every item needs a domain code in 1..len(domain_names)")
+        self.n_domains = len(self.domain_names)
+        self.register_buffer("item_domain", item_domain)
+        # LC-NTG's moving average of the gaps (saved with the checkpoint, so a resumed run continues it)
+        self.register_buffer("ntg_state", torch.zeros(self.n_domains))
+        d = cfg.hidden
+        self.n_cross = cfg.n_cross
+        self.n_single = cfg.experts - self.n_cross
+        self.item = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.domain = nn.Embedding(self.n_domains + 1, d, padding_idx=0) if cfg.domain_embedding else None
+        # positions + LayerNorm + dropout on the input (a TransformerEncoder without blocks)
+        self.embed = TransformerEncoder(d, 0, cfg.heads, cfg.inner, cfg.dropout, cfg.attn_dropout, max_len, cfg.act,
+                                        position=cfg.position)
+        n_mod = 1 if cfg.shared_experts else cfg.experts
+        n_task = 1 if cfg.shared_experts else self.n_domains + 1
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(n_mod))
+        self.gates = nn.ModuleList(PartitionedGate(d, self.n_single, self.n_cross) for _ in range(n_task))
+        self.towers = nn.ModuleList(FeedForward(d, cfg.inner, cfg.dropout, cfg.act) for _ in range(n_task))
+        self.mim = nn.Linear(d, d, bias=False)
+        init_weights(self, cfg.init_std)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+            if self.domain is not None:
+                self.domain.weight[0].zero_()
+        self._reset_epoch_stats()
+
+    # -- structure -----------------------------------------------------------------------------------
+    def expert(self, k: int) -> Expert:
+        """Expert k (0..n_single-1 are single-domain, the rest cross-domain); with ``shared_experts``
+        every k is the same module, as in the released code."""
+        return self.experts[0 if self.cfg.shared_experts else k]
+
+    def is_single_expert(self, k: int) -> bool:
+        return k < self.n_single
+
+    def task_index(self, domain: int | None) -> int:
+        """Gate/tower index: SDSR task of domain code ``domain`` (1..D) -> domain - 1; CDSR (None) -> D."""
+        if self.cfg.shared_experts:
+            return 0
+        return self.n_domains if domain is None else domain - 1
+
+    def evaluation_domains(self) -> tuple[np.ndarray, list[str]]:
+        """Item domain codes and names, for the per-domain metrics of ``results.json``."""
+        return self.item_domain.cpu().numpy(), list(self.domain_names)
+
+    # -- forward -------------------------------------------------------------------------------------
+    def embeddings(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.item(items)
+        if self.domain is not None:
+            x = x + self.domain(self.item_domain[items])
+        return self.embed(x, lengths)
+
+    def mixture(self, e: torch.Tensor, outs: list[torch.Tensor], domain: int | None) -> torch.Tensor:
+        """Task output ``Tower(sum_k g_k Expert_k)`` for the SDSR task of ``domain`` (or CDSR: None),
+        with the stop-gradient on the other group's experts."""
+        single_share = self.cfg.gate_share if domain is not None else 1.0 - self.cfg.gate_share
+        t = self.task_index(domain)
+        g = self.gates[t](e, single_share, self.training and self.cfg.gate_noise)
+        mix = 0.0
+        for k, h in enumerate(outs):
+            own = self.is_single_expert(k) == (domain is not None)
+            if self.cfg.stop_gradient and not own:
+                h = h.detach()
+            mix = mix + g[..., k:k + 1] * h
+        return self.towers[t](mix)
+
+    def expert_outputs(self, e: torch.Tensor, single_rows: int = 0) -> list[torch.Tensor]:
+        """Every expert on the embedded rows ``e``. With the stop-gradient, when the first
+        ``single_rows`` rows are SDSR inputs and the others CDSR inputs, an expert runs without
+        autograd on the rows whose output is detached anyway (the cross experts on the SDSR rows, the
+        single experts on the CDSR rows): the same values and gradients, less activation memory."""
+        if not (single_rows and self.cfg.stop_gradient and torch.is_grad_enabled()):
+            return [self.expert(k)(e) for k in range(self.cfg.experts)]
+        outs = []
+        for k in range(self.cfg.experts):
+            expert = self.expert(k)
+            if self.is_single_expert(k):
+                with torch.no_grad():
+                    other = expert(e[single_rows:])
+                outs.append(torch.cat([expert(e[:single_rows]), other]))
+            else:
+                with torch.no_grad():
+                    other = expert(e[:single_rows])
+                outs.append(torch.cat([other, expert(e[single_rows:])]))
+        return outs
+
+    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The CDSR task's states ``[B, L, d]`` (used for scoring)."""
+        e = self.embeddings(items, lengths)
+        return self.mixture(e, self.expert_outputs(e), None)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item.weight
+
+    def task_states(self, items: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+        """Both tasks on a batch of windows, at its target positions.
+
+        Returns ``cross`` ``[N, d]`` (h^C at every target position, row-major), ``target`` ``[N]``,
+        ``target_domain`` ``[N]`` (codes 1..D), ``paired`` ``[N]`` bool (the target has an SDSR state),
+        ``single`` ``[P, d]`` (h^S of the target's domain at the paired positions) and ``position``
+        ``[N, 2]`` (row, column of each target), and the batch's ``items``."""
+        b, l = items.shape
+        D = self.n_domains
+        if self.cfg.single_input == "compact":
+            seqs, lens, last = compact_by_domain(items, self.item_domain, D)
+        else:
+            dom = self.item_domain[items]
+            codes = torch.arange(1, D + 1, device=items.device)[:, None, None]
+            seqs = torch.where(dom[None] == codes, items[None], torch.zeros_like(items)[None])
+            lens = lengths[None].expand(D, b)
+            last = None
+        # one pass of each expert over the D single-domain inputs and the cross-domain input together
+        all_items = torch.cat([seqs.reshape(D * b, l), items])
+        all_lens = torch.cat([lens.reshape(D * b), lengths])
+        e = self.embeddings(all_items, all_lens)
+        outs = self.expert_outputs(e, single_rows=D * b)
+        cross = self.mixture(e[D * b:], [h[D * b:] for h in outs], None)  # [B, L, d]
+        pos = targets > 0
+        rows, cols = pos.nonzero(as_tuple=True)
+        tgt = targets[rows, cols]
+        tdom = self.item_domain[tgt]
+        if last is None:
+            idx = cols
+            paired = torch.ones_like(tgt, dtype=torch.bool)
+        else:
+            idx = last[tdom - 1, rows, cols]
+            paired = idx >= 0
+        single = cross.new_zeros(int(paired.sum()), cross.shape[-1])
+        for d in range(1, D + 1):
+            sel = paired & (tdom == d)
+            if not sel.any():
+                continue
+            sl = slice((d - 1) * b, d * b)
+            h = self.mixture(e[sl], [o[sl] for o in outs], d)  # [B, L, d]
+            single[sel[paired]] = h[rows[sel], idx[sel]].to(single.dtype)
+        return {"cross": cross[rows, cols], "target": tgt, "target_domain": tdom, "paired": paired,
+                "single": single, "position": torch.stack([rows, cols], -1), "items": items}
+
+    # -- losses --------------------------------------------------------------------------------------
+    def target_losses(self, h: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor | None,
+                      kind: str) -> torch.Tensor:
+        """The ranking loss of each row (``[N]``): ``ce`` over every item, or ``bce`` with the sampled
+        ``negatives`` (``[N]`` or ``[N, K]``)."""
+        emb = self.item_embeddings()
+        if kind == "ce":
+            logits = self.train_logits(h @ emb[1:].T)
+            return F.cross_entropy(logits.float(), target - 1, reduction="none")
+        if negatives is None:
+            raise ConfigError("syncrec with train.loss=bce needs sampled negatives in the batch")
+        neg = negatives if negatives.dim() == 2 else negatives[:, None]
+        pos_logit = (h * emb[target]).sum(-1)
+        neg_logit = torch.einsum("nd,nkd->nk", h, emb[neg])
+        return (F.softplus(-pos_logit) + F.softplus(neg_logit).mean(-1)).float()
+
+    def domain_gaps(self, l_single: torch.Tensor, l_cross_paired: torch.Tensor, domain: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """phi_d = mean SDSR loss - mean CDSR loss over the paired targets of domain d (``[D]``,
+        detached), whether d had any, and how many."""
+        D = self.n_domains
+        idx = (domain - 1).long()
+        count = torch.bincount(idx, minlength=D).float()
+        s = torch.zeros(D, device=domain.device).index_add_(0, idx, l_single.detach().float())
+        c = torch.zeros(D, device=domain.device).index_add_(0, idx, l_cross_paired.detach().float())
+        present = count > 0
+        gap = torch.where(present, (s - c) / count.clamp(min=1), torch.zeros_like(s))
+        return gap, present, count
+
+    def loss_terms(self, batch: dict[str, torch.Tensor], train_cfg: Any, update: bool = True) -> dict[str, torch.Tensor]:
+        """``single``, ``cross`` and (with ``sc_mim``) ``mim``, each a scalar before its weight;
+        ``update`` moves LC-NTG's average (once per training step)."""
+        cfg = self.cfg
+        st = self.task_states(batch["items"], batch["lengths"], batch["targets"])
+        tgt, dom, paired = st["target"], st["target_domain"], st["paired"]
+        if len(tgt) == 0:
+            zero = self.item.weight.sum() * 0.0
+            return {"single": zero, "cross": zero, **({"mim": zero} if cfg.sc_mim else {})}
+        neg = None
+        if train_cfg.loss == "bce":
+            r, c = st["position"].unbind(-1)
+            neg = batch["negatives"][r, c]
+        l_cross = self.target_losses(st["cross"], tgt, neg, train_cfg.loss)
+        l_single = self.target_losses(st["single"], tgt[paired], None if neg is None else neg[paired], train_cfg.loss)
+        gap, present, count = self.domain_gaps(l_single, l_cross[paired], dom[paired])
+        if update and self.training:
+            with torch.no_grad():
+                self.ntg_state.copy_(ntg_update(self.ntg_state, gap.to(self.ntg_state), present, cfg.ntg_momentum))
+            self._gap_sum += gap.detach().cpu().double().numpy() * present.cpu().numpy()
+            self._gap_batches += present.cpu().numpy().astype(np.int64)
+            self._pair_count += count.cpu().numpy().astype(np.int64)
+        w = self.domain_weights().to(l_cross.device)
+        terms = {
+            "single": l_single.mean() if len(l_single) else l_cross.sum() * 0.0,
+            "cross": (self.n_domains * w[dom - 1] * l_cross).mean(),
+        }
+        if cfg.sc_mim:
+            terms["mim"] = self.mim_loss(st) if bool(paired.any()) else l_cross.sum() * 0.0
+        return terms
+
+    def domain_weights(self) -> torch.Tensor:
+        """LC-NTG's weights w (``[D]``; uniform without ``lc_ntg``), constants for the gradient."""
+        if not self.cfg.lc_ntg:
+            return torch.full((self.n_domains,), 1.0 / self.n_domains, device=self.ntg_state.device)
+        return ntg_weights(self.ntg_state.float(), self.cfg.ntg_temperature).detach()
+
+    def mim_loss(self, st: dict[str, torch.Tensor]) -> torch.Tensor:
+        paired = st["paired"]
+        c = self.mim(st["cross"][paired])
+        s = st["single"]
+        if self.cfg.mim_estimator == "infonce":
+            groups = st["target_domain"][paired]
+            if len(groups) > self.cfg.mim_group:
+                groups = chunk_groups(groups, self.cfg.mim_group)
+            return infonce_per_group(c, s, groups, self.cfg.mim_temperature, st["target"][paired]).mean()
+        r, col = st["position"][paired].unbind(-1)
+        items = st["items"]
+        perm = torch.randperm(items.shape[0], device=items.device)
+        other = self.item(items[perm][r, col])
+        return code_mim(c, s, other).mean()
+
+    def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
+        terms = self.loss_terms(batch, train_cfg)
+        total = terms["single"] + terms["cross"]
+        if "mim" in terms:
+            total = total + self.cfg.mim_weight * terms["mim"]
+        self._loss_parts = {k: float(v.detach()) for k, v in terms.items()}
+        return total
+
+    # -- reporting -----------------------------------------------------------------------------------
+    def _reset_epoch_stats(self) -> None:
+        self._gap_sum = np.zeros(self.n_domains)
+        self._gap_batches = np.zeros(self.n_domains, dtype=np.int64)
+        self._pair_count = np.zeros(self.n_domains, dtype=np.int64)
+
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        self._reset_epoch_stats()
+
+    def epoch_report(self) -> dict[str, Any]:
+        """Per domain: the epoch's mean negative-transfer gap, the LC-NTG weight at the end of the
+        epoch and the number of paired targets (metrics.jsonl)."""
+        w = self.domain_weights().cpu().numpy()
+        names = self.domain_names
+        gap = {n: (float(self._gap_sum[i] / self._gap_batches[i]) if self._gap_batches[i] else None)
+               for i, n in enumerate(names)}
+        return {"ntg_gap": gap, "ntg_weight": {n: float(w[i]) for i, n in enumerate(names)},
+                "ntg_targets": {n: int(self._pair_count[i]) for i, n in enumerate(names)}}
