@@ -121,3 +121,24 @@ def test_negatives_avoid_train_part_or_whole_sequence(tmp_path):
     assert set(train_only.tolist()) == set(range(5, 41))  # the future items 5 and 6 can be negatives
     leak = TrainSamples(ds, 5, negatives_avoid="sequence").sample_negatives(user, (4000,), rng)
     assert set(leak.tolist()) == set(range(7, 41))
+
+
+def test_early_stop_any_keeps_an_epoch_when_any_metric_beats_the_kept_one():
+    """S3-Rec's rule: the kept checkpoint moves whenever any metric beats its value at the last kept
+    epoch, even when valid_metric is lower than an earlier epoch's; ``metric`` keeps the best one."""
+    from mmrec.trainers.loop import improved
+
+    epochs = [
+        {"n_cases": 9, "hr@10": 0.30, "ndcg@10": 0.20},
+        {"n_cases": 9, "hr@10": 0.32, "ndcg@10": 0.18},  # hr up, ndcg down: kept under "any"
+        {"n_cases": 9, "hr@10": 0.31, "ndcg@10": 0.19},  # ndcg 0.19 beats epoch 2 kept 0.18: kept
+        {"n_cases": 9, "hr@10": 0.31, "ndcg@10": 0.185},  # below epoch 3 on both: not kept
+    ]
+    kept = {"any": [], "metric": []}
+    for rule in kept:
+        state = {"best_value": -1.0}
+        for e, v in enumerate(epochs, start=1):
+            if improved(v, state, "ndcg@10", rule):
+                kept[rule].append(e)
+                state["best_value"] = v["ndcg@10"]
+    assert kept == {"any": [1, 2, 3], "metric": [1]}

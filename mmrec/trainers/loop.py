@@ -54,6 +54,9 @@ class TrainConfig:
     bucket_batches: bool = True
     patience: int = 10
     valid_metric: str = "ndcg@10"
+    # "metric": keep the epoch with the best valid_metric; "any" (S3-Rec's EarlyStopping): a new
+    # checkpoint whenever any validation metric beats the last kept epoch's value of it
+    early_stop: Literal["metric", "any"] = "metric"
     eval_every: int = 1
     grad_clip: float | None = None
     seed: int = 42
@@ -122,6 +125,21 @@ def run_data(run: RunConfig) -> tuple[PreparedDataset, np.ndarray | None]:
         return data, None
     cold = cold_items(data.n_items, run.cold)
     return data.without_training_events_of(cold), cold
+
+
+def improved(valid: dict[str, Any], state: dict[str, Any], metric: str, rule: str) -> bool:
+    """Whether this validation beats the kept checkpoint. ``metric``: ``valid[metric]`` above the
+    best so far. ``any`` (S3-Rec): any metric of ``valid`` above its value at the last kept epoch
+    (``state["kept_scores"]``, updated here when it returns True), so a later epoch can be kept with
+    a lower ``metric`` than an earlier one."""
+    if rule == "metric":
+        return valid[metric] > state["best_value"]
+    scores = {k: float(v) for k, v in valid.items() if "@" in k}
+    kept = state.get("kept_scores")
+    if kept is None or any(scores[k] > kept.get(k, float("-inf")) for k in scores):
+        state["kept_scores"] = scores
+        return True
+    return False
 
 
 def build_model(run: RunConfig, data: PreparedDataset):
@@ -282,7 +300,7 @@ class Trainer:
                 row["eval_seconds"] = round(time.perf_counter() - t1, 3)
                 row["valid"] = {k: v for k, v in valid.items()}
                 value = valid[metric]
-                if value > state["best_value"]:
+                if improved(valid, state, metric, tc.early_stop):
                     state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
                     if self.accel.is_main_process:
                         _save_weights(self.raw_model, self.run_dir / "best.safetensors")
