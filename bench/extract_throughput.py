@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from mmrec.data.readers import read_dataset
-from mmrec.data.schema import Catalogue
 from mmrec.features.encoders import build_encoder
 from mmrec.features.base import Missing
 from mmrec.pipeline.extract import ExtractConfig, extract

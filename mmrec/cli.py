@@ -8,7 +8,6 @@ Errors meant for users print as one message (no traceback) and exit with status 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any, Optional
 
 import typer
 
-from mmrec.config import from_dict, load, read_config_file, apply_overrides, to_dict
+from mmrec.config import from_dict, load, read_config_file, apply_overrides
 from mmrec.errors import ConfigError, MMRecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mmrec.data.schema import RawDataset, make_interactions
 
@@ -37,3 +38,32 @@ def successor_raw() -> RawDataset:
         s = int(rng.integers(0, 40))
         seqs[f"u{u}"] = [str((s + k) % 40 + 1) for k in range(n)]
     return raw_from_sequences(seqs)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is fastest (and much faster than two on a busy machine).
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_features(n_items: int, dims: dict, missing: dict | None = None, seed: int = 0) -> dict:
+    """``{slot: ItemFeatures}`` with standard-normal rows ``[n_items + 1, d]`` drawn slot by slot from
+    one seeded generator; row 0 (padding) and the items in ``missing[slot]`` have no feature (zero
+    rows, ``present`` False)."""
+    from mmrec.features.aligned import ItemFeatures
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for slot, d in dims.items():
+        table = torch.randn(n_items + 1, d, generator=g)
+        present = torch.ones(n_items + 1, dtype=torch.bool)
+        present[0] = False
+        for i in (missing or {}).get(slot, ()):
+            present[i] = False
+        table[~present] = 0.0
+        out[slot] = ItemFeatures(slot, table, present, {})
+    return out

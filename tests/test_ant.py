@@ -17,14 +17,13 @@ from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.schema import Catalogue
 from mmrec.errors import ConfigError
-from mmrec.features.aligned import ItemFeatures
 from mmrec.features.store import write_manifest, write_shard
 from mmrec.trainers.loop import RunConfig, Trainer
 from mmrec.trainers.methods.ant import ANT, ANTConfig, ant_fuse
 from mmrec.trainers.modules.adaptors import LinearExpert, WhiteningExpert
 from mmrec.trainers.transfer import POLICIES, AdaptPolicy, apply_policy, load_run
 
-from conftest import raw_from_sequences
+from conftest import random_features, raw_from_sequences
 
 N_ITEMS = 10
 NO_IMAGE = (3, 7)
@@ -32,26 +31,11 @@ DIMS = {"text": 6, "image": 5, "price": 4}
 TAU = 0.07
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(dims=DIMS, no_image=NO_IMAGE):
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for slot, d in dims.items():
-        table = torch.randn(N_ITEMS + 1, d, generator=g)
-        present = torch.ones(N_ITEMS + 1, dtype=torch.bool)
-        present[0] = False
-        if slot == "image":
-            present[list(no_image)] = False
-        table[~present] = 0.0
-        out[slot] = ItemFeatures(slot, table, present, {})
-    return out
+    return random_features(N_ITEMS, dims, {"image": no_image})
 
 
 def _model(seed=0, features=None, **cfg):

@@ -1,6 +1,5 @@
 """Features into training (slots, alignment, errors) and the cold-start protocol."""
 
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from mmrec.data.schema import Catalogue
 from mmrec.errors import ConfigError, DataError
 from mmrec.features.aligned import check_slots, load_features, parse_features_option
 from mmrec.pipeline.extract import ExtractConfig, extract
-from mmrec.trainers.batching import TrainSamples
 from mmrec.trainers.loop import ColdConfig, RunConfig, Trainer, cold_items
 
 from conftest import raw_from_sequences

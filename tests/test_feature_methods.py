@@ -16,21 +16,11 @@ from mmrec.trainers.loop import RunConfig, Trainer
 from mmrec.trainers.methods import METHODS
 from mmrec.trainers.modules.items import FeatureItems
 
-from conftest import raw_from_sequences
+from conftest import random_features, raw_from_sequences
 
 
 def _feats(n_items, dims, missing=()):
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for slot, d in dims.items():
-        table = torch.randn(n_items + 1, d, generator=g)
-        present = torch.ones(n_items + 1, dtype=torch.bool)
-        present[0] = False
-        for i in missing:
-            present[i] = False
-        table[~present] = 0
-        out[slot] = ItemFeatures(slot, table, present, {})
-    return out
+    return random_features(n_items, dims, {slot: missing for slot in dims})
 
 
 def test_feature_items_use_the_missing_vector_never_zero():

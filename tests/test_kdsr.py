@@ -26,30 +26,16 @@ from mmrec.trainers.methods.kdsr import (
     subspace_pairwise_correlation,
 )
 
+from conftest import random_features
+
 N_ITEMS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest (and much faster than two on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(n_items=N_ITEMS, dims=None, missing=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for slot, d in (dims or {"text": 16, "image": 12}).items():
-        table = torch.randn(n_items + 1, d, generator=g)
-        present = torch.ones(n_items + 1, dtype=torch.bool)
-        present[0] = False
-        for i in (missing or {}).get(slot, ()):
-            present[i] = False
-        table[~present] = 0.0
-        out[slot] = ItemFeatures(slot, table, present, {})
-    return out
+    return random_features(n_items, dims or {"text": 16, "image": 12}, missing, seed)
 
 
 def _model(seed=0, features=None, n_items=N_ITEMS, **cfg):

@@ -14,13 +14,7 @@ from mmrec.trainers.methods.odmt import ODMT, ODMTConfig, distill_weight, imt_at
 N_ITEMS = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest (and much faster than two on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(tokens=True, slots=("text", "image"), missing=None):

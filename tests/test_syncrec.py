@@ -33,12 +33,7 @@ from mmrec.trainers.methods.syncrec import (
 from conftest import raw_from_sequences
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # items 1..6: odd ids in domain "a" (code 1), even ids in domain "b" (code 2)

@@ -32,15 +32,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from mmrec.config import to_dict
-from mmrec.errors import ConfigError, DataError, MMRecError
+from mmrec.errors import ConfigError, DataError
 
 
 @dataclass

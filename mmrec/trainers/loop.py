@@ -17,7 +17,6 @@ the same steps as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
