@@ -242,32 +242,48 @@ def evaluate(
     """Evaluate a trained run again, optionally under another protocol (--set eval.history_mask=whole)."""
     try:
         import torch
-        from safetensors.torch import load_file
 
+        from mmrec.pipeline.recommend import load_run
         from mmrec.trainers.evaluation import Evaluator
-        from mmrec.trainers.loop import RunConfig, build_model, run_data
 
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
-            raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
-        base = json.loads(cfg_path.read_text())
-        # the checkpoint holds every tensor, pre-trained ones included: the pre-training run that
-        # model.init_from named is not needed (nor read) to evaluate
-        if isinstance(base.get("model"), dict):
-            base["model"].pop("init_from", None)
-        run = from_dict(RunConfig, apply_overrides(base, [s for s in (set_ or [])]))
-        data, _ = run_data(run)  # with the cold-start protocol: the same view the run was trained on
-        model, _ = build_model(run, data)
-        ckpt = run_dir / ("best.safetensors" if checkpoint == "best" else "last/model.safetensors")
-        if not ckpt.exists():
-            raise ConfigError(f"no checkpoint {ckpt}; train the run first")
-        model.load_state_dict(load_file(str(ckpt), device="cpu"))
+        # with the cold-start protocol: the same data view the run was trained on
+        model, run, data = load_run(run_dir, list(set_ or []), checkpoint)
         ev = Evaluator(data, run.eval, run.train.max_len, torch.device("cpu"), run_dir)
         t0 = time.perf_counter()
         res = ev.evaluate(model, part)
         res["seconds"] = round(time.perf_counter() - t0, 3)
         res["protocol"] = ev.protocol()
         typer.echo(json.dumps(res, indent=2))
+    except MMRecError as e:
+        _fail(e)
+
+
+@app.command()
+def recommend(
+    run_dir: Path = typer.Argument(..., help="A finished run folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Parquet file to write (user_id, rank, item_id, score)."),
+    k: int = typer.Option(10, "-k", help="Items per user."),
+    exclude_seen: bool = typer.Option(True, "--exclude-seen/--include-seen",
+                                      help="Leave out the items of the user's history."),
+    history: str = typer.Option("all", "--history",
+                                help="all: every event of the user; train: the training part only."),
+    users: Optional[Path] = typer.Option(None, "--users", help="Text file of raw user ids, one a line (default: all)."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Top-K items per user from a trained run, with raw ids, to Parquet."""
+    try:
+        from mmrec.pipeline.recommend import RecommendConfig, recommend as run_recommend
+
+        cfg = from_dict(RecommendConfig, {"k": k, "exclude_seen": exclude_seen, "history": history,
+                                    "batch_size": batch_size, "checkpoint": checkpoint})
+        wanted = None
+        if users is not None:
+            if not users.is_file():
+                raise ConfigError(f"--users {users}: no such file; give a text file with one raw user id a line")
+            wanted = [line.strip() for line in users.read_text().splitlines() if line.strip()]
+        run_recommend(run_dir, out, cfg, users=wanted, overrides=list(set_ or []), log=typer.echo)
     except MMRecError as e:
         _fail(e)
 
