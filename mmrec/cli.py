@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 
 from mmrec.config import from_dict, load, read_config_file, apply_overrides
-from mmrec.errors import ConfigError, MMRecError
+from mmrec.errors import ConfigError, MMRecError, Preempted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mmrec: multi-modal sequential recommendation on frozen features.")
@@ -200,7 +200,11 @@ def train(
             run_dir = Path(run.out) / name
         typer.echo(f"run folder: {run_dir}")
         trainer = Trainer(run, run_dir)
-        results = trainer.fit(resume=resume)
+        try:
+            results = trainer.fit(resume=resume)
+        except Preempted as p:
+            typer.echo(str(p), err=True)
+            raise typer.Exit(Preempted.EXIT_CODE)
         if trainer.accel.is_main_process:
             _print_results([results])
     except MMRecError as e:

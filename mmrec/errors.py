@@ -28,3 +28,17 @@ class DataError(MMRecError):
         if hint:
             text += f"\n  what to do: {hint}"
         super().__init__(text)
+
+
+class Preempted(Exception):
+    """Training stopped on request (SIGTERM or SIGUSR1, as a batch scheduler sends before it ends a
+    job) after writing a checkpoint; the same command with ``--resume`` continues from it. The CLI
+    exits with ``EXIT_CODE`` so a job script can tell it from success and from errors."""
+
+    EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
+
+    def __init__(self, signal_name: str, run_dir: str, epoch: int, batch: int | None):
+        self.signal_name, self.run_dir, self.epoch, self.batch = signal_name, run_dir, epoch, batch
+        where = f"epoch {epoch}" + (f", batch {batch}" if batch is not None else " (at its end)")
+        super().__init__(f"stopped by {signal_name} in {where}; checkpoint written to {run_dir}/last. "
+                         f"Run the same command with --run-dir {run_dir} --resume to continue")

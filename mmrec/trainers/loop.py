@@ -16,9 +16,12 @@ the same steps as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from mmrec.config import to_dict
 from mmrec.data.prepared import PreparedDataset
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, Preempted
 from mmrec.trainers.batching import TrainSamples
 from mmrec.trainers.evaluation import EvalConfig, Evaluator
 from mmrec.trainers.methods import get_method
@@ -223,21 +226,27 @@ class Trainer:
         return json.loads((d / "state.json").read_text())
 
     # -- training ---------------------------------------------------------------------------------
-    def _epoch(self, epoch: int) -> tuple[float, int, dict[str, float]]:
+    def _epoch(self, epoch: int, partial: dict[str, Any] | None = None) -> tuple[float, int, dict[str, float]]:
+        """One epoch; ``partial`` continues an epoch a stop request interrupted (its next batch, sums
+        and random state), so the result is that of an uninterrupted epoch."""
         tc = self.run.train
         self.raw_model.on_epoch_start(epoch, self.opt)
         batches = self.samples.epoch_batches(tc.batch_size, np.random.default_rng([tc.seed, epoch]),
                                              tc.bucket_batches)
         n_batches = len(batches)
         rank, world = self.accel.process_index, self.accel.num_processes
-        torch.manual_seed(tc.seed * 100003 + epoch)
         self.model.train()
-        total, count = 0.0, 0
-        parts: dict[str, float] = {}
+        if partial is None:
+            torch.manual_seed(tc.seed * 100003 + epoch)
+            first, total, count, parts = rank, 0.0, 0, {}
+        else:
+            torch.set_rng_state(torch.load(self.run_dir / "last" / f"rng-{rank}.pt", weights_only=True))
+            first, total, count = partial["next_batch"], partial["total"], partial["count"]
+            parts = dict(partial["parts"])
         dev = self.accel.device
         n_neg = tc.negatives if tc.loss == "bce" else 0
         last_log = time.monotonic()
-        for b in range(rank, n_batches - (n_batches % world if world > 1 else 0), world):
+        for b in range(first, n_batches - (n_batches % world if world > 1 else 0), world):
             idx = batches[b]
             rng = np.random.default_rng([tc.seed, epoch, b])
             batch = self.samples.batch(idx, n_neg, rng)
@@ -253,12 +262,58 @@ class Trainer:
             count += 1
             for k, v in self.raw_model.loss_parts.items():
                 parts[k] = parts.get(k, 0.0) + float(v)
+            if self._stop_agreed():
+                nxt = b + world
+                if nxt < n_batches - (n_batches % world if world > 1 else 0):  # else: the epoch is done anyway
+                    self._partial = {"epoch": epoch, "next_batch": nxt, "total": total, "count": count,
+                                     "parts": parts}
+                    (self.run_dir / "last").mkdir(parents=True, exist_ok=True)
+                    torch.save(torch.get_rng_state(), self.run_dir / "last" / f"rng-{rank}.pt")
+                    return total / max(count, 1), count, {}
             if time.monotonic() - last_log > tc.log_every_s:
                 self.log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {total / count:.4f}")
                 last_log = time.monotonic()
         return total / max(count, 1), count, {k: v / max(count, 1) for k, v in parts.items()}
 
+    # -- stop requests (SIGTERM / SIGUSR1 from a batch scheduler) ---------------------------------
+    def request_stop(self, reason: str = "a stop request") -> None:
+        """Ask training to checkpoint and stop after the current step (what the signal handlers do)."""
+        self._stop_reason = reason
+
+    def _stop_agreed(self) -> bool:
+        """Whether to stop now; with several processes, any one's request stops all at the same step."""
+        asked = getattr(self, "_stop_reason", None) is not None
+        if self.accel.num_processes == 1:
+            return asked
+        flag = torch.tensor([1.0 if asked else 0.0], device=self.accel.device)
+        if self.accel.reduce(flag, "sum").item() > 0:
+            self._stop_reason = getattr(self, "_stop_reason", None) or "a stop request on another process"
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM and SIGUSR1 request a stop while ``fit`` runs (main thread only); the previous
+        handlers come back afterwards."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                previous[sig] = signal.signal(sig, lambda num, frame: self.request_stop(signal.Signals(num).name))
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train (or continue, ``resume``) to the end and evaluate; returns the results. SIGTERM or
+        SIGUSR1 (or ``request_stop``) makes it write a checkpoint after the current step and raise
+        ``Preempted``; ``fit(resume=True)`` then continues to the same results as an uninterrupted run."""
+        self._stop_reason = None
+        with self._stop_on_signals():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         tc, run = self.run.train, self.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.run_dir / "config.json"
@@ -280,14 +335,22 @@ class Trainer:
             if self.accel.is_main_process:
                 (self.run_dir / "metrics.jsonl").write_text("")
         else:
-            self.log(f"resuming after epoch {state['epoch']} (best {tc.valid_metric} "
+            inside = (f", inside epoch {state['partial']['epoch']} at batch {state['partial']['next_batch']}"
+                      if state.get("partial") else "")
+            self.log(f"resuming after epoch {state['epoch']}{inside} (best {tc.valid_metric} "
                      f"{state['best_value']:.4f} at epoch {state['best_epoch']})")
         metric = tc.valid_metric
         while not state["done"] and state["epoch"] < tc.epochs:
             epoch = state["epoch"] + 1
+            partial = state.pop("partial", None)
+            self._partial = None
             t0 = time.perf_counter()
-            loss, steps, parts = self._epoch(epoch)
-            train_s = time.perf_counter() - t0
+            loss, steps, parts = self._epoch(epoch, partial)
+            train_s = time.perf_counter() - t0 + (partial["train_seconds"] if partial else 0.0)
+            if self._partial is not None:  # stopped inside the epoch: checkpoint where it stands
+                state["partial"] = {**self._partial, "train_seconds": train_s}
+                self._save_last(state)
+                raise Preempted(self._stop_reason, str(self.run_dir), epoch, self._partial["next_batch"])
             row: dict[str, Any] = {"epoch": epoch, "loss": loss, "steps": steps, "train_seconds": round(train_s, 3)}
             if parts:
                 row["loss_parts"] = parts
@@ -316,6 +379,8 @@ class Trainer:
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
             self._save_last(state)
+            if self._stop_agreed() and not state["done"] and state["epoch"] < tc.epochs:
+                raise Preempted(self._stop_reason, str(self.run_dir), epoch, None)
         return self.finish(state)
 
     def _cold_breakdown(self, part: str, ranks: np.ndarray) -> dict[str, Any]:
