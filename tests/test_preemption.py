@@ -113,3 +113,28 @@ def test_cli_exits_75_on_sigterm_and_resumes(ds, tmp_path):
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads((run_dir / "results.json").read_text())["epochs_run"] == state["epoch"] + 1
+
+
+def test_slurm_train_script_forwards_usr1_and_exits_75(ds, tmp_path):
+    """examples/slurm/train.sbatch run by bash (no Slurm here): SIGUSR1 to the job shell, as
+    ``--signal=B:USR1`` sends it, reaches mmrec, which checkpoints; the script exits with 75."""
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "train.sbatch"
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("SLURM_JOB_ID", None)
+    p = subprocess.Popen(["bash", str(script), str(ds), "sasrec", str(run_dir), "--set", "train.epochs=400",
+                          "--set", "train.batch_size=4", "--set", "train.threads=1", "--set", "model.hidden=16"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGUSR1)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 75, (out, err)
+    assert "stopped by SIGUSR1" in err
+    assert json.loads((run_dir / "last" / "state.json").read_text())["epoch"] >= 1
