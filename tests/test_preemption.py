@@ -138,3 +138,43 @@ def test_slurm_train_script_forwards_usr1_and_exits_75(ds, tmp_path):
     assert p.returncode == 75, (out, err)
     assert "stopped by SIGUSR1" in err
     assert json.loads((run_dir / "last" / "state.json").read_text())["epoch"] >= 1
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(ds, tmp_path):
+    """`mmrec train` killed with SIGKILL (no chance to checkpoint) three times at random moments,
+    resumed each time: the final results equal an uninterrupted run's, and metrics.jsonl has each
+    epoch once."""
+    import random
+    import time
+
+    args = ["--set", "train.epochs=6", "--set", "train.patience=6", "--set", "train.batch_size=4",
+            "--set", "train.threads=1", "--set", "model.hidden=16", "--set", "model.inner=32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "mmrec.cli", "train", "-d", str(ds), "-m", "sasrec"]
+    ref = subprocess.run(base + ["--run-dir", str(tmp_path / "ref")] + args, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    run_dir = tmp_path / "run"
+    cmd = base + ["--run-dir", str(run_dir), "--resume"] + args
+    metrics = run_dir / "metrics.jsonl"
+    rnd = random.Random(7)
+    kills = 0
+    for target in (1, 3, 5):  # kill somewhere after this many epochs were logged
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and \
+                (not metrics.exists() or len(metrics.read_text().splitlines()) < target):
+            time.sleep(0.01)
+        time.sleep(rnd.uniform(0.0, 0.3))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(timeout=60)
+    assert kills >= 2
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads((run_dir / "results.json").read_text())
+    want = json.loads((tmp_path / "ref" / "results.json").read_text())
+    assert got["test"] == want["test"] and got["valid"] == want["valid"]
+    epochs = [json.loads(l)["epoch"] for l in metrics.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import threading
 import time
@@ -206,20 +207,44 @@ class Trainer:
         return self.accel.unwrap_model(self.model)
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def _save_last(self, state: dict[str, Any]) -> None:
+    def _save_last(self, state: dict[str, Any], with_rng: bool = False) -> None:
+        """Write the resume point ``last/`` (model, optimizer, state; with ``with_rng`` each process's
+        torch random state) as a whole: it is written to ``last.new/`` and swapped in by renames, so
+        a process killed at any moment leaves a complete ``last/`` (or ``last.old/``) behind."""
+        if with_rng:
+            rank = self.accel.process_index
+            tmp = self.run_dir / f".rng-{rank}.pt.tmp"
+            torch.save(torch.get_rng_state(), tmp)
+            os.replace(tmp, self.run_dir / f".rng-{rank}.pt")
+            self.accel.wait_for_everyone()
         if not self.accel.is_main_process:
             return
-        d = self.run_dir / "last"
-        d.mkdir(parents=True, exist_ok=True)
-        _save_weights(self.raw_model, d / "model.safetensors")
-        tmp = d / "optimizer.pt.tmp"
-        torch.save(self.opt.state_dict(), tmp)
-        os.replace(tmp, d / "optimizer.pt")
-        _atomic_json(d / "state.json", state)
+        new, cur, old = self.run_dir / "last.new", self.run_dir / "last", self.run_dir / "last.old"
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir(parents=True)
+        _save_weights(self.raw_model, new / "model.safetensors")
+        torch.save(self.opt.state_dict(), new / "optimizer.pt")
+        if with_rng:
+            for r in range(self.accel.num_processes):
+                os.replace(self.run_dir / f".rng-{r}.pt", new / f"rng-{r}.pt")
+        _atomic_json(new / "state.json", state)
+        if cur.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(cur, old)
+        os.replace(new, cur)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _last_dir(self) -> Path | None:
+        """The complete resume point: ``last/``, or ``last.old/`` when a kill fell between the swap's
+        two renames; None when there is none."""
+        for d in (self.run_dir / "last", self.run_dir / "last.old"):
+            if (d / "state.json").exists():
+                return d
+        return None
 
     def _load_last(self) -> dict[str, Any] | None:
-        d = self.run_dir / "last"
-        if not (d / "state.json").exists():
+        d = self._last_dir()
+        if d is None:
             return None
         self.raw_model.load_state_dict(load_file(str(d / "model.safetensors"), device="cpu"))
         self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location="cpu"))
@@ -240,7 +265,7 @@ class Trainer:
             torch.manual_seed(tc.seed * 100003 + epoch)
             first, total, count, parts = rank, 0.0, 0, {}
         else:
-            torch.set_rng_state(torch.load(self.run_dir / "last" / f"rng-{rank}.pt", weights_only=True))
+            torch.set_rng_state(torch.load(self._last_dir() / f"rng-{rank}.pt", weights_only=True))
             first, total, count = partial["next_batch"], partial["total"], partial["count"]
             parts = dict(partial["parts"])
         dev = self.accel.device
@@ -267,8 +292,6 @@ class Trainer:
                 if nxt < n_batches - (n_batches % world if world > 1 else 0):  # else: the epoch is done anyway
                     self._partial = {"epoch": epoch, "next_batch": nxt, "total": total, "count": count,
                                      "parts": parts}
-                    (self.run_dir / "last").mkdir(parents=True, exist_ok=True)
-                    torch.save(torch.get_rng_state(), self.run_dir / "last" / f"rng-{rank}.pt")
                     return total / max(count, 1), count, {}
             if time.monotonic() - last_log > tc.log_every_s:
                 self.log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {total / count:.4f}")
@@ -335,6 +358,12 @@ class Trainer:
             if self.accel.is_main_process:
                 (self.run_dir / "metrics.jsonl").write_text("")
         else:
+            if self.accel.is_main_process:  # a kill after an epoch's line but before its checkpoint
+                mpath = self.run_dir / "metrics.jsonl"
+                lines = mpath.read_text().splitlines() if mpath.exists() else []
+                kept = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+                if len(kept) != len(lines):
+                    mpath.write_text("".join(ln + "\n" for ln in kept))
             inside = (f", inside epoch {state['partial']['epoch']} at batch {state['partial']['next_batch']}"
                       if state.get("partial") else "")
             self.log(f"resuming after epoch {state['epoch']}{inside} (best {tc.valid_metric} "
@@ -349,7 +378,7 @@ class Trainer:
             train_s = time.perf_counter() - t0 + (partial["train_seconds"] if partial else 0.0)
             if self._partial is not None:  # stopped inside the epoch: checkpoint where it stands
                 state["partial"] = {**self._partial, "train_seconds": train_s}
-                self._save_last(state)
+                self._save_last(state, with_rng=True)
                 raise Preempted(self._stop_reason, str(self.run_dir), epoch, self._partial["next_batch"])
             row: dict[str, Any] = {"epoch": epoch, "loss": loss, "steps": steps, "train_seconds": round(train_s, 3)}
             if parts:
