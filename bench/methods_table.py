@@ -2,7 +2,7 @@
 
 Each row is ``label=method[:key=value,...]`` (settings as ``mmrec train --set``); every row runs
 with every seed, in its own run folder under ``--out`` (a finished run is not run again, so an
-interrupted table resumes). Columns: test NDCG@10 / HR@10 over all cases, over warm cases and over
+interrupted table resumes, and a run cut short continues from its last checkpoint). Columns: test NDCG@10 / HR@10 over all cases, over warm cases and over
 cold cases (cold-start protocol, ``--cold``), and seconds per epoch. A method that reports evaluation
 variants (ODMT's sub-networks alone) gets one more row per variant, from the same runs.
 
@@ -68,7 +68,7 @@ def main() -> None:
                 data = apply_overrides(base, list(args.sets) + sets + [f"train.seed={seed}"])
                 run = from_dict(RunConfig, data)
                 t = time.perf_counter()
-                Trainer(run, run_dir, log=lambda m: None).fit()
+                Trainer(run, run_dir, log=lambda m: None).fit(resume=True)  # an interrupted run continues
                 print(f"{label} seed {seed}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
             runs.append(json.loads(res_path.read_text()))
         k = args.metric
