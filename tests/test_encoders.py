@@ -555,3 +555,29 @@ def test_encoders_run_on_gpu(tiny_bert):
     cpu = build_encoder("bert", model=str(tiny_bert), pooling="mean")
     cpu.load(CPU)
     assert torch.allclose(out.cpu(), run(cpu, ITEMS), atol=1e-4)
+
+
+def test_model_folder_shipping_its_own_code_is_not_run_unless_trusted(tiny_bert, tmp_path):
+    """A model folder whose config names custom code (auto_map) loads with transformers' own class
+    and never imports that code by default; only trust_remote_code=true runs it (the marker file
+    its module writes on import shows whether it ran)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "evil"
+    shutil.copytree(tiny_bert, folder)
+    marker = tmp_path / "ran.txt"
+    (folder / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import BertModel as EvilModel\n")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    enc = build_encoder("bert", model=str(folder))
+    enc.load(CPU)
+    assert run(enc, ITEMS).shape == (3, 32)
+    assert not marker.exists()
+    trusted = build_encoder("bert", model=str(folder), trust_remote_code=True)
+    trusted.load(CPU)
+    assert marker.exists()  # the option is what decides
+    with pytest.raises(ConfigError, match="trust_remote_code"):
+        build_encoder("bert", model=str(folder), trust_remote_code="perhaps")

@@ -33,7 +33,9 @@ holding ``config.json``, the weights (``model.safetensors`` or ``pytorch_model.b
 tokenizer files, e.g. one written by ``save_pretrained`` or ``huggingface-cli download ID
 --local-dir DIR``. Pass ``revision`` to pin a hub revision.
 
-Options: ``template`` or ``fields``, ``max_length``, ``tokens``, ``normalize``, ``revision``.
+Options: ``template`` or ``fields``, ``max_length``, ``tokens``, ``normalize``, ``revision``,
+``trust_remote_code`` (default false: a model folder or hub id whose config asks for its own Python
+code is refused rather than run; set it true only for a source you trust).
 """
 
 from __future__ import annotations
@@ -232,7 +234,8 @@ class HFTextEncoder(Encoder):
 
     def __init__(self, model: str | None = None, pooling: str | None = None, *, template: str | None = None,
                  fields: Sequence[str] | None = None, max_length: int | None = None, tokens: int | None = None,
-                 normalize: bool | None = None, revision: str | None = None):
+                 normalize: bool | None = None, revision: str | None = None,
+                 trust_remote_code: bool | None = None):
         self.pooling = opt_choice("pooling", pooling or self.DEFAULT_POOLING, self.POOLINGS)
         self.template = template_from_options(template, fields)
         if self.pooling == "tokens":
@@ -248,6 +251,7 @@ class HFTextEncoder(Encoder):
             self.max_length = opt_int("max_length", self.DEFAULT_MAX_LENGTH if max_length is None else max_length, minimum=2)
         self.normalize = self.DEFAULT_NORMALIZE if normalize is None else opt_bool("normalize", normalize)
         self.revision = revision
+        self.trust_remote_code = False if trust_remote_code is None else opt_bool("trust_remote_code", trust_remote_code)
         ref = model or self._default_model()
         if looks_local(ref):
             self.local: Path | None = local_path(ref, "model folder")
@@ -282,7 +286,11 @@ class HFTextEncoder(Encoder):
         return str(self.local) if self.local is not None else self.model_ref
 
     def _hub_kwargs(self) -> dict[str, Any]:
-        return {"revision": self.revision} if self.revision else {}
+        # never run code shipped with the weights unless asked (transformers' own default, made explicit)
+        kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.revision:
+            kw["revision"] = self.revision
+        return kw
 
     def _local_hint(self) -> str:
         return (f"download it where there is network (e.g. `huggingface-cli download {self.model_ref} --local-dir DIR`, "
