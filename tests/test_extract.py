@@ -9,7 +9,7 @@ import torch
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.schema import Catalogue
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, DataError
 from mmrec.features.base import Encoder, Missing
 from mmrec.features.store import FeatureEntry
 from mmrec.pipeline.extract import ExtractConfig, extract
@@ -276,3 +276,35 @@ def test_default_item_text_is_title_and_the_catalogues_text_fields(tmp_path):
     raw.catalogue = Catalogue.build(["1", "2", "3"], title=["a", "b", "c"])
     ds2 = prepare(raw, tmp_path / "ds2", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
     assert catalogue_text_fields(ExtractConfig(encoder="minilm", dataset=str(ds2))) == []
+
+
+def test_disk_full_during_a_shard_write_keeps_earlier_shards_and_resumes(catalogue_ds, tmp_path, monkeypatch):
+    """The second shard's write fails with ENOSPC: a DataError that names the shard file and what to
+    do; the first shard (file + sidecar) is intact, no temporary file is left; after space is freed
+    the same command resumes and the store equals one written without the failure."""
+    import errno
+
+    import mmrec.features.store as ex  # extract() imports write_shard from here when it runs
+
+    clean = extract(_cfg(catalogue_ds, tmp_path / "clean"), encoder=HashText(), log=lambda m: None)
+    real = ex.write_shard
+    calls = {"n": 0}
+
+    def full_disk(path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(ex, "write_shard", full_disk)
+    with pytest.raises(DataError, match=r"part-00001\.h5.*could not write shard 1 .*No space left on device"
+                                         r"(.|\n)*1 shard\(s\) already written are complete"):
+        extract(_cfg(catalogue_ds, tmp_path), encoder=HashText(), log=lambda m: None)
+    shards = tmp_path / "store" / "hashtext" / "shards"
+    assert sorted(p.name for p in shards.iterdir()) == ["part-00000.h5", "part-00000.json"]
+    monkeypatch.setattr(ex, "write_shard", real)
+    res = extract(_cfg(catalogue_ds, tmp_path), encoder=HashText(), log=lambda m: None)
+    assert res.shards_skipped == 1 and res.shards_written == 2 and res.manifest is not None
+    a = sorted((clean.entry_dir / "shards").glob("part-*.h5"))
+    b = sorted((res.entry_dir / "shards").glob("part-*.h5"))
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]

@@ -367,14 +367,24 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
                     torch.cuda.empty_cache()
                 log(f"out of memory: retrying shard {s} with batch_size={batch_size}")
         name = f"part-{s:05d}.{ext}"
-        entry_info = write_shard(shard_dir / name, ids, feats, fmt=cfg.out_format, dtype=cfg.dtype,
-                                 attrs={"encoder": cfg.encoder, "shard": s, "config_hash": config_hash})
-        sidecar = {"shard": s, "entry": entry_info, "missing": miss, "fingerprint": fingerprints[s],
-                   "seconds": round(secs, 3), "items": b - a,
-                   "process": rank, "processes": world}
-        tmp = shard_dir / f".part-{s:05d}.json.tmp"
-        tmp.write_text(json.dumps(sidecar))
-        os.replace(tmp, shard_dir / f"part-{s:05d}.json")
+        try:
+            entry_info = write_shard(shard_dir / name, ids, feats, fmt=cfg.out_format, dtype=cfg.dtype,
+                                     attrs={"encoder": cfg.encoder, "shard": s, "config_hash": config_hash})
+            sidecar = {"shard": s, "entry": entry_info, "missing": miss, "fingerprint": fingerprints[s],
+                       "seconds": round(secs, 3), "items": b - a,
+                       "process": rank, "processes": world}
+            tmp = shard_dir / f".part-{s:05d}.json.tmp"
+            try:
+                tmp.write_text(json.dumps(sidecar))
+                os.replace(tmp, shard_dir / f"part-{s:05d}.json")
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        except OSError as e:  # disk full, quota, a vanished mount: nothing half-written stays visible
+            kept = sum(1 for _ in shard_dir.glob("part-*.json"))
+            raise DataError(f"could not write shard {s} ({type(e).__name__}: {e})", path=str(shard_dir / name),
+                            hint=f"the {kept} shard(s) already written are complete and kept; free space (or "
+                                 "fix the folder) and run the same command again to resume") from e
         encoded += len(ids)
         missing_count += len(miss)
         if on_shard_done is not None:
