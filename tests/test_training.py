@@ -102,6 +102,23 @@ def test_resume_refuses_a_changed_config(ds, tmp_path):
         Trainer(_run(ds, epochs=1, lr=0.5), tmp_path / "a", log=lambda s: None).fit(resume=True)
 
 
+def test_resume_accepts_a_run_saved_before_a_setting_existed(ds, tmp_path):
+    """A run folder written by an older version lacks settings added since; they take their
+    defaults (what that run did), so it resumes; a setting away from its default still differs."""
+    Trainer(_run(ds, epochs=1), tmp_path / "a", log=lambda s: None).fit()
+    cfg_path = tmp_path / "a" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["train"]["early_stop"], cfg["model"]["position"]  # as if saved before these existed
+    cfg_path.write_text(json.dumps(cfg))
+    res = Trainer(_run(ds, epochs=2), tmp_path / "a", log=lambda s: None)
+    cfg["train"]["epochs"] = 2
+    cfg_path.write_text(json.dumps(cfg))
+    assert res.fit(resume=True)["epochs_run"] == 2
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="differs from this run's configuration"):
+        Trainer(_run(ds, epochs=2, early_stop="any"), tmp_path / "a", log=lambda s: None).fit(resume=True)
+
+
 def test_early_stopping_uses_patience(ds, tmp_path):
     res = Trainer(_run(ds, epochs=50, lr=1e-6, patience=2), tmp_path / "a", log=lambda s: None).fit()
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()

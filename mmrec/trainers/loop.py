@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmrec.config import to_dict
+from mmrec.config import from_dict, to_dict
 from mmrec.data.prepared import PreparedDataset
 from mmrec.errors import ConfigError, Preempted
 from mmrec.trainers.batching import TrainSamples
@@ -336,6 +336,16 @@ class Trainer:
         with self._stop_on_signals():
             return self._fit(resume)
 
+    def _with_new_defaults(self, old: dict[str, Any]) -> dict[str, Any]:
+        """A run folder's saved config read by this version: settings added since it was written get
+        their defaults (the behaviour the run had), so such a run can still be resumed."""
+        try:
+            upgraded = to_dict(from_dict(RunConfig, old))
+            upgraded["model"] = to_dict(from_dict(type(self.model_cfg), old.get("model", {})))
+            return upgraded
+        except ConfigError:
+            return old
+
     def _fit(self, resume: bool) -> dict[str, Any]:
         tc, run = self.run.train, self.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +354,7 @@ class Trainer:
         resolved["model"] = to_dict(self.model_cfg)
         if resume and cfg_path.exists():
             old = json.loads(cfg_path.read_text())
-            if old != resolved:
+            if old != resolved and self._with_new_defaults(old) != resolved:
                 raise ConfigError(f"{cfg_path} differs from this run's configuration; resume with the same "
                                   "settings, or start a new run folder")
         if self.accel.is_main_process:
