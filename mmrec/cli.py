@@ -293,6 +293,27 @@ def recommend(
 
 
 @app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding run folders (e.g. a methods table's --out)."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (self-contained)."),
+    metric: str = typer.Option("ndcg@10", "--metric", help="Metric of the tables, tests and curves."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Group the paired tests compare against (default: the first)."),
+    permutations: int = typer.Option(10000, "--permutations", help="Sign-flip permutations of the paired tests."),
+    title: str = typer.Option("mmrec report", "--title"),
+) -> None:
+    """One HTML page from finished runs: metrics (mean ± sd over seeds; cold/warm, domains, sub-networks),
+    paired significance tests against a baseline, training curves. Runs group by folder name without -s<seed>."""
+    try:
+        from mmrec.pipeline.report import build_report
+
+        res = build_report(runs, out, metric, baseline, permutations, title)
+        typer.echo(f"{len(res['groups'])} groups, {len(res['tests'])} paired tests against {res['baseline']}, "
+                   f"{res['images']} figures -> {out}")
+    except MMRecError as e:
+        _fail(e)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("mmrec-demo"), "--out", help="Folder for the demo data, prepared dataset and runs."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs per method."),

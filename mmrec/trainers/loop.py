@@ -468,6 +468,8 @@ class Trainer:
                 (self.run_dir / "cold_items.txt").write_text("".join(f"{i}\n" for i in ids))
         for part, res in (("valid", valid), ("test", test)):  # per domain, for methods that declare them
             breakdown.update(self._domain_breakdown(part, res["ranks"]))
+        if self.accel.is_main_process:  # per-case ranks of the test part: paired tests between runs (mmrec report)
+            np.save(self.run_dir / "test_ranks.npy", np.asarray(test["ranks"], dtype=np.int32))
         valid.pop("ranks")
         test.pop("ranks")
         variants: dict[str, Any] = {}

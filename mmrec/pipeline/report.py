@@ -1,0 +1,260 @@
+"""``mmrec report``: one self-contained HTML page from finished runs.
+
+Runs are grouped by their folder name without the seed suffix (``sasrec-s0``, ``sasrec-s1`` ->
+``sasrec``), so a table made by ``bench/methods_table.py`` reads as one row per method. The page has
+
+- a metrics table: per group, the number of seeds and the test metrics as mean ± sample standard
+  deviation, with the cold / warm breakdown, per-domain figures and evaluation variants where the
+  runs have them;
+- paired significance tests of each group against a baseline group (``--baseline``, default the
+  first): per test case the metric of each run (averaged over the group's seeds when both groups have
+  several), the mean difference, a 95% interval (normal approximation) and the two-sided p-value of a
+  sign-flip permutation test (``n_permutations``, seeded), over the test cases both share; it needs
+  ``test_ranks.npy`` in the runs and the same test cases (same dataset and protocol);
+- training curves (validation metric and loss per epoch, every seed) as PNG images embedded in the
+  page (matplotlib, the ``report`` extra).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmrec.errors import ConfigError
+
+_SEED = re.compile(r"-s\d+$")
+
+
+@dataclass
+class Run:
+    path: Path
+    results: dict[str, Any]
+    config: dict[str, Any]
+    curve: list[dict[str, Any]]
+
+    @property
+    def group(self) -> str:
+        return _SEED.sub("", self.path.name)
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Runs (folders with results.json) given directly or one level below the given folders."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "results.json").is_file():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(d for d in p.iterdir() if (d / "results.json").is_file())
+        else:
+            raise ConfigError(f"{p}: no such folder; give run folders (with results.json) or folders holding them")
+    if not found:
+        raise ConfigError(f"no finished runs (folders with results.json) in {', '.join(map(str, paths))}")
+    runs = []
+    for d in dict.fromkeys(found):
+        curve = []
+        mpath = d / "metrics.jsonl"
+        if mpath.exists():
+            curve = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()]
+        cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
+        runs.append(Run(d, json.loads((d / "results.json").read_text()), cfg, curve))
+    return runs
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    groups: dict[str, Group] = {}
+    for r in runs:
+        groups.setdefault(r.group, Group(r.group)).runs.append(r)
+    return list(groups.values())
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = statistics.fmean(values)
+    return f"{m:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{m:.4f}"
+
+
+def case_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Per-case value of ``metric`` (``ndcg@K``, ``hr@K`` or ``mrr@K``) from 0-based ranks."""
+    name, _, k = metric.partition("@")
+    r = np.asarray(ranks, dtype=np.float64)
+    hit = r < int(k)
+    if name == "hr":
+        return hit.astype(np.float64)
+    if name == "ndcg":
+        return hit / np.log2(r + 2)
+    if name == "mrr":
+        return hit / (r + 1)
+    raise ConfigError(f"metric {metric!r}: use ndcg@K, hr@K or mrr@K")
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 10000, seed: int = 0) -> dict[str, float]:
+    """Paired comparison of per-case values ``b - a``: mean difference, 95% normal interval and the
+    two-sided p-value of a sign-flip permutation test (the exact null of "no difference per case")."""
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        raise ConfigError("no common test cases to compare")
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    rng = np.random.default_rng(seed)
+    observed = abs(d.sum())
+    hits = 0
+    done = 0
+    chunk = 1000
+    while done < n_permutations:
+        m = min(chunk, n_permutations - done)
+        signs = rng.integers(0, 2, size=(m, n), dtype=np.int8) * 2 - 1
+        hits += int((np.abs(signs @ d) >= observed - 1e-12).sum())
+        done += m
+    return {"n_cases": n, "mean_diff": mean, "ci95_low": mean - 1.96 * se, "ci95_high": mean + 1.96 * se,
+            "p_value": (hits + 1) / (n_permutations + 1)}
+
+
+def _group_cases(g: Group, metric: str) -> np.ndarray | None:
+    """Per-case metric averaged over the group's seeds (None when a run has no test_ranks.npy or the
+    runs disagree on the number of cases)."""
+    arrs = []
+    for r in g.runs:
+        p = r.path / "test_ranks.npy"
+        if not p.exists():
+            return None
+        arrs.append(case_metric(np.load(p), metric))
+    if len({len(a) for a in arrs}) != 1:
+        return None
+    return np.mean(arrs, axis=0)
+
+
+def _curves_png(g: Group, metric: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 2.8))
+    for r in g.runs:
+        ep = [row["epoch"] for row in r.curve if "valid" in row]
+        ax1.plot(ep, [row["valid"][metric] for row in r.curve if "valid" in row], marker=".", label=r.path.name)
+        ax2.plot([row["epoch"] for row in r.curve], [row["loss"] for row in r.curve], marker=".")
+        best = r.results.get("best_epoch")
+        if best:
+            ax1.axvline(best, color="grey", linewidth=0.5)
+    ax1.set_title(f"validation {metric}")
+    ax1.set_xlabel("epoch")
+    ax2.set_title("training loss")
+    ax2.set_xlabel("epoch")
+    if len(g.runs) <= 6:
+        ax1.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@10",
+                 baseline: str | None = None, n_permutations: int = 10000,
+                 title: str = "mmrec report") -> dict[str, Any]:
+    """Write the page to ``out``; returns the figures it shows (groups, tests)."""
+    case_metric(np.zeros(1), metric)  # validates the metric name
+    groups = group_runs(find_runs(paths))
+    hr = metric.replace("ndcg", "hr").replace("mrr", "hr")
+    labels = [g.label for g in groups]
+    if baseline is not None and baseline not in labels:
+        raise ConfigError(f"--baseline {baseline!r} is not a group of these runs; groups: {', '.join(labels)}")
+    base = next(g for g in groups if g.label == (baseline or labels[0]))
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+             "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
+             "td:first-child,th:first-child{text-align:left}.neg{color:#b00}.pos{color:#070}"
+             "</style></head><body>", f"<h1>{e(title)}</h1>"]
+    datasets = sorted({r.results.get("dataset", "?") for g in groups for r in g.runs})
+    parts.append(f"<p>{len(groups)} groups, {sum(len(g.runs) for g in groups)} runs; dataset(s): "
+                 f"{e(', '.join(datasets))}; mean ± sample sd over seeds.</p>")
+    # metrics table
+    summary: dict[str, Any] = {}
+    cols = [("test", metric), ("test", hr), ("test_warm", metric), ("test_cold", metric)]
+    parts.append("<h2>Test metrics</h2><table><tr><th>group</th><th>method</th><th>seeds</th>"
+                 + "".join(f"<th>{e(p.replace('test_', '').replace('test', 'all'))} {e(m)}</th>" for p, m in cols)
+                 + "<th>best epochs</th><th>s/epoch</th></tr>")
+    for g in groups:
+        vals = {f"{p}/{m}": [r.results[p][m] for r in g.runs if m in r.results.get(p, {})] for p, m in cols}
+        summary[g.label] = {k: v for k, v in vals.items() if v}
+        spe = [r.results["timing"]["seconds_per_epoch_mean"] for r in g.runs
+               if r.results.get("timing", {}).get("seconds_per_epoch_mean") is not None]
+        spe_txt = f"{statistics.fmean(spe):.1f}" if spe else "-"
+        parts.append(f"<tr><td>{e(g.label)}</td><td>{e(g.runs[0].results.get('method', '?'))}</td><td>{len(g.runs)}</td>"
+                     + "".join(f"<td>{_fmt(vals[f'{p}/{m}'])}</td>" for p, m in cols)
+                     + f"<td>{', '.join(str(r.results.get('best_epoch')) for r in g.runs)}</td><td>{spe_txt}</td></tr>")
+    parts.append("</table>")
+    # variants and domains
+    extra = []
+    for g in groups:
+        for v in g.runs[0].results.get("test_variants", {}):
+            extra.append((f"{g.label} [{v} alone]", [r.results["test_variants"][v].get(metric) for r in g.runs]))
+        for d in g.runs[0].results.get("test_domains", {}):
+            extra.append((f"{g.label}, domain {d}", [r.results["test_domains"][d].get(metric) for r in g.runs]))
+    if extra:
+        parts.append(f"<h2>Sub-networks and domains</h2><table><tr><th>row</th><th>test {e(metric)}</th></tr>")
+        parts += [f"<tr><td>{e(n)}</td><td>{_fmt([x for x in v if x is not None])}</td></tr>" for n, v in extra]
+        parts.append("</table>")
+    # paired tests
+    tests: dict[str, Any] = {}
+    base_cases = _group_cases(base, metric)
+    parts.append(f"<h2>Paired tests against {e(base.label)}</h2>")
+    if base_cases is None:
+        parts.append("<p>The baseline runs have no test_ranks.npy (trained before mmrec kept per-case ranks): "
+                     "no paired test.</p>")
+    else:
+        parts.append(f"<p>Per test case {e(metric)}, averaged over each group's seeds; difference = group - "
+                     f"{e(base.label)}; p from a sign-flip permutation test ({n_permutations:,} permutations).</p>"
+                     "<table><tr><th>group</th><th>cases</th><th>mean difference</th><th>95% interval</th>"
+                     "<th>p</th></tr>")
+        for g in groups:
+            if g is base:
+                continue
+            cases = _group_cases(g, metric)
+            if cases is None or len(cases) != len(base_cases):
+                parts.append(f"<tr><td>{e(g.label)}</td><td colspan=4>not comparable (no test_ranks.npy, or "
+                             "other test cases)</td></tr>")
+                continue
+            t = paired_test(base_cases, cases, n_permutations)
+            tests[g.label] = t
+            cls = "pos" if t["ci95_low"] > 0 else ("neg" if t["ci95_high"] < 0 else "")
+            parts.append(f"<tr><td>{e(g.label)}</td><td>{t['n_cases']:,}</td><td class='{cls}'>{t['mean_diff']:+.4f}</td>"
+                         f"<td>[{t['ci95_low']:+.4f}, {t['ci95_high']:+.4f}]</td><td>{t['p_value']:.4f}</td></tr>")
+        parts.append("</table>")
+    # curves
+    parts.append("<h2>Training curves</h2>")
+    n_img = 0
+    for g in groups:
+        png = _curves_png(g, metric)
+        if png is None:
+            parts.append("<p>matplotlib is not installed (pip install 'mmrec[report]'): no curves.</p>")
+            break
+        n_img += 1
+        parts.append(f"<h3>{e(g.label)}</h3><img alt='curves of {e(g.label)}' src='data:image/png;base64,{png}'>")
+    parts.append("</body></html>")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return {"groups": summary, "tests": tests, "baseline": base.label, "images": n_img, "out": str(out)}

@@ -1,0 +1,81 @@
+"""mmrec report: grouping by seed, metrics table, paired permutation test, curves, errors."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mmrec.cli import app
+from mmrec.config import from_dict
+from mmrec.data.prepare import PrepareConfig, prepare
+from mmrec.errors import ConfigError
+from mmrec.pipeline.report import build_report, case_metric, paired_test
+from mmrec.trainers.loop import RunConfig, Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_case_metric_values_by_hand():
+    ranks = np.array([0, 1, 9, 10])
+    assert case_metric(ranks, "hr@10").tolist() == [1, 1, 1, 0]
+    assert case_metric(ranks, "ndcg@10") == pytest.approx([1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0])
+    assert case_metric(ranks, "mrr@10") == pytest.approx([1.0, 0.5, 0.1, 0.0])
+    with pytest.raises(ConfigError, match="ndcg@K"):
+        case_metric(ranks, "auc@10")
+
+
+def test_paired_test_by_hand():
+    a = np.zeros(4)
+    b = np.array([1.0, 1.0, 1.0, 1.0])
+    t = paired_test(a, b, n_permutations=2000)
+    # all 16 sign patterns: only the two all-equal ones reach |sum| = 4 -> p = 2/16 (+1 smoothing)
+    assert t["mean_diff"] == 1.0 and t["ci95_low"] == t["ci95_high"] == 1.0
+    assert t["p_value"] == pytest.approx(2 / 16, abs=0.03)
+    same = paired_test(a, a, n_permutations=500)
+    assert same["mean_diff"] == 0.0 and same["p_value"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, request):
+    from conftest import raw_from_sequences
+
+    tmp = tmp_path_factory.mktemp("rep")
+    ring = {f"u{u:02d}": [str((u + k) % 15 + 1) for k in range(6)] for u in range(40)}
+    ds = prepare(raw_from_sequences(ring), tmp / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    for method, epochs in (("pop", 2), ("sasrec", 12)):
+        for seed in (0, 1):
+            run = from_dict(RunConfig, {"dataset": str(ds), "method": method,
+                                        "model": {"hidden": 16, "inner": 32} if method == "sasrec" else {},
+                                        "train": {"epochs": epochs, "lr": 0.01, "threads": 1, "batch_size": 16,
+                                                  "seed": seed, "patience": 20}})
+            Trainer(run, tmp / "table" / f"{method}-s{seed}", log=lambda s: None).fit()
+    return tmp / "table"
+
+
+def test_report_groups_seeds_tests_against_the_baseline_and_draws_curves(runs, tmp_path):
+    res = build_report([runs], tmp_path / "r.html", baseline="pop", n_permutations=2000)
+    assert set(res["groups"]) == {"pop", "sasrec"} and res["baseline"] == "pop" and res["images"] == 2
+    for g in ("pop", "sasrec"):
+        want = [json.loads((runs / f"{g}-s{s}" / "results.json").read_text())["test"]["ndcg@10"] for s in (0, 1)]
+        assert res["groups"][g]["test/ndcg@10"] == want
+    t = res["tests"]["sasrec"]
+    a = np.mean([case_metric(np.load(runs / f"pop-s{s}" / "test_ranks.npy"), "ndcg@10") for s in (0, 1)], 0)
+    b = np.mean([case_metric(np.load(runs / f"sasrec-s{s}" / "test_ranks.npy"), "ndcg@10") for s in (0, 1)], 0)
+    assert t["n_cases"] == 40 and t["mean_diff"] == pytest.approx(float((b - a).mean()))
+    assert t["mean_diff"] > 0 and t["p_value"] < 0.01  # SASRec learns the ring, popularity cannot
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "Paired tests against pop" in page
+
+
+def test_report_cli_and_errors(runs, tmp_path):
+    r = CliRunner().invoke(app, ["report", str(runs / "sasrec-s0"), str(runs / "pop-s1"), "-o", str(tmp_path / "x.html"),
+                                 "--permutations", "200"])
+    assert r.exit_code == 0, r.output
+    assert "2 groups, 1 paired tests against sasrec" in r.output
+    with pytest.raises(ConfigError, match="--baseline 'gru' is not a group of these runs; groups: pop, sasrec"):
+        build_report([runs], tmp_path / "y.html", baseline="gru")
+    with pytest.raises(ConfigError, match="no finished runs"):
+        build_report([tmp_path], tmp_path / "z.html")
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "nothing"), "-o", str(tmp_path / "z.html")])
+    assert r.exit_code == 2 and "no such folder" in r.output
