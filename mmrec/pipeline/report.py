@@ -90,6 +90,12 @@ def _fmt(values: list[float]) -> str:
     return f"{m:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{m:.4f}"
 
 
+def _cell(g: Group, part: str, values: list[float]) -> str:
+    if not values and any("note" in r.results.get(part, {}) for r in g.runs):
+        return "n/a (ids only)"  # a method that scores by id cannot rank held-out items
+    return _fmt(values)
+
+
 def case_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
     """Per-case value of ``metric`` (``ndcg@K``, ``hr@K`` or ``mrr@K``) from 0-based ranks."""
     name, _, k = metric.partition("@")
@@ -203,7 +209,7 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
                if r.results.get("timing", {}).get("seconds_per_epoch_mean") is not None]
         spe_txt = f"{statistics.fmean(spe):.1f}" if spe else "-"
         parts.append(f"<tr><td>{e(g.label)}</td><td>{e(g.runs[0].results.get('method', '?'))}</td><td>{len(g.runs)}</td>"
-                     + "".join(f"<td>{_fmt(vals[f'{p}/{m}'])}</td>" for p, m in cols)
+                     + "".join(f"<td>{_cell(g, p, vals[f'{p}/{m}'])}</td>" for p, m in cols)
                      + f"<td>{', '.join(str(r.results.get('best_epoch')) for r in g.runs)}</td><td>{spe_txt}</td></tr>")
     parts.append("</table>")
     # variants and domains
