@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="setting for every row")
     ap.add_argument("--row", dest="rows", action="append", required=True, help="label=method[:k=v,...]")
     ap.add_argument("--metric", default="ndcg@10")
+    ap.add_argument("--only-finished", action="store_true",
+                    help="train nothing: print the table of the runs that have finished (seeds per row may differ)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,8 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = out / f"{label}-s{seed}"
             res_path = run_dir / "results.json"
+            if not res_path.exists() and args.only_finished:
+                continue
             if not res_path.exists():
                 base = {"dataset": args.dataset, "method": method, "store": args.store,
                         "cold": {"fraction": args.cold, "seed": 0}}
@@ -71,6 +75,9 @@ def main() -> None:
                 Trainer(run, run_dir, log=lambda m: None).fit(resume=True)  # an interrupted run continues
                 print(f"{label} seed {seed}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
             runs.append(json.loads(res_path.read_text()))
+        if not runs:
+            continue
+        some_runs = runs
         k = args.metric
         hr = k.replace("ndcg", "hr")
         col = {
@@ -92,14 +99,16 @@ def main() -> None:
                 "cold": [x["cold"][k] for x in vs if k in x.get("cold", {})],
             }
         (out / "table.json").write_text(json.dumps(table, indent=1))
-    cases = runs[0]
+    if not table:
+        sys.exit("no finished runs")
+    cases = some_runs[0]
     print(f"\ndataset {args.dataset}; seeds {args.seeds}; cold fraction {args.cold}; test cases "
           f"{cases['test']['n_cases']} (warm {cases.get('test_warm', {}).get('n_cases', '-')}, "
           f"cold {cases.get('test_cold', {}).get('n_cases', '-')}); settings {' '.join(args.sets)}")
-    print(f"| row | method | {k} (all) | HR@{k.split('@')[1]} (all) | {k} warm | {k} cold | s/epoch | best epoch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| row | method | seeds | {k} (all) | HR@{k.split('@')[1]} (all) | {k} warm | {k} cold | s/epoch | best epoch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, c in table.items():
-        print(f"| {label} | {c['method']} | {_fmt(c['all'])} | {_fmt(c['all_hr'])} | {_fmt(c['warm'])} | "
+        print(f"| {label} | {c['method']} | {len(c['all'])} | {_fmt(c['all'])} | {_fmt(c['all_hr'])} | {_fmt(c['warm'])} | "
               f"{_fmt(c['cold']) if c['cold'] else 'n/a (ids only)'} | {statistics.fmean(c['s_per_epoch']):.1f} | "
               f"{', '.join(map(str, c['best_epoch']))} |")
 
