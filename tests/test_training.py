@@ -159,3 +159,33 @@ def test_early_stop_any_keeps_an_epoch_when_any_metric_beats_the_kept_one():
                 kept[rule].append(e)
                 state["best_value"] = v["ndcg@10"]
     assert kept == {"any": [1, 2, 3], "metric": [1]}
+
+
+def test_trackers_are_checked_and_off_by_default(ds, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'; use any of tensorboard, wandb"):
+        _run(ds, trackers=["tensorbord"])
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"wandb needs the wandb package \(pip install wandb\)"):
+        _run(ds, trackers=["wandb"])
+    monkeypatch.undo()
+    Trainer(_run(ds, epochs=1), tmp_path / "plain", log=lambda s: None).fit()
+    assert not (tmp_path / "plain" / "trackers").exists()
+
+
+def test_tensorboard_tracker_gets_the_epoch_metrics(ds, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard package is not installed (pip install tensorboard)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(_run(ds, epochs=2, trackers=["tensorboard"]), tmp_path / "tb", log=lambda s: None).fit()
+    events = list((tmp_path / "tb" / "trackers").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "valid/ndcg@10" in tags and "loss" in tags
+    vals = [e.value for e in acc.Scalars("valid/ndcg@10")]
+    lines = [json.loads(l) for l in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    assert vals == pytest.approx([l["valid"]["ndcg@10"] for l in lines])

@@ -17,6 +17,7 @@ the same steps as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -38,6 +39,22 @@ from mmrec.errors import ConfigError, Preempted
 from mmrec.trainers.batching import TrainSamples
 from mmrec.trainers.evaluation import EvalConfig, Evaluator
 from mmrec.trainers.methods import get_method
+
+
+# Accelerate's tracker names -> the package each needs
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+
+
+def _scalars(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested dict, flattened to ``a/b`` keys (what trackers take)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_scalars(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
 
 
 @dataclass
@@ -67,12 +84,21 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     threads: int | None = None
     log_every_s: float = 30.0
+    # experiment trackers through Accelerate (off by default: no network calls from batch nodes);
+    # metrics.jsonl is always written
+    trackers: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_len < 1:
             raise ConfigError("train.epochs, train.batch_size and train.max_len must be positive")
         if self.lr <= 0:
             raise ConfigError("train.lr must be positive")
+        for t in self.trackers:
+            if t not in TRACKERS:
+                raise ConfigError(f"train.trackers: unknown tracker {t!r}; use any of {', '.join(TRACKERS)}")
+            if importlib.util.find_spec(TRACKERS[t]) is None:
+                raise ConfigError(f"train.trackers: {t} needs the {TRACKERS[t]} package (pip install {TRACKERS[t]}), "
+                                  "or leave it out")
         name, _, k = self.valid_metric.partition("@")
         if name not in ("hr", "ndcg", "mrr") or not k.isdigit():
             raise ConfigError(f"train.valid_metric {self.valid_metric!r} must look like ndcg@10, hr@20 or mrr@10")
@@ -162,6 +188,16 @@ def build_model(run: RunConfig, data: PreparedDataset):
     return cls(mcfg, data.n_items, run.train.max_len, features=features, **extra), mcfg
 
 
+def _flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -188,7 +224,9 @@ class Trainer:
         cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
         if tc.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-        self.accel = Accelerator(cpu=cpu, mixed_precision=tc.mixed_precision if not cpu else "no")
+        self.accel = Accelerator(cpu=cpu, mixed_precision=tc.mixed_precision if not cpu else "no",
+                                 log_with=list(tc.trackers) or None,
+                                 project_dir=str(self.run_dir / "trackers") if tc.trackers else None)
         if not self.accel.is_main_process:  # one process speaks
             self.log = lambda msg: None
         torch.manual_seed(tc.seed)
@@ -359,6 +397,10 @@ class Trainer:
                                   "settings, or start a new run folder")
         if self.accel.is_main_process:
             _atomic_json(cfg_path, resolved)
+        if tc.trackers:
+            flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+                    for k, v in _flatten_config(resolved).items()}
+            self.accel.init_trackers(self.run_dir.name, config=flat)
         state = self._load_last() if resume else None
         if resume and state is None:
             self.log(f"no checkpoint in {self.run_dir / 'last'}; starting from scratch")
@@ -417,6 +459,8 @@ class Trainer:
             if self.accel.is_main_process:
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
+            if tc.trackers:
+                self.accel.log(_scalars({k: v for k, v in row.items() if k != "epoch"}), step=epoch)
             self._save_last(state)
             if self._stop_agreed() and not state["done"] and state["epoch"] < tc.epochs:
                 raise Preempted(self._stop_reason, str(self.run_dir), epoch, None)
@@ -519,4 +563,7 @@ class Trainer:
         }
         if self.accel.is_main_process:
             _atomic_json(self.run_dir / "results.json", results)
+        if self.run.train.trackers:
+            self.accel.log(_scalars({"final": {"valid": valid, "test": test}}), step=state["epoch"])
+            self.accel.end_training()
         return results
