@@ -308,3 +308,32 @@ def test_disk_full_during_a_shard_write_keeps_earlier_shards_and_resumes(catalog
     a = sorted((clean.entry_dir / "shards").glob("part-*.h5"))
     b = sorted((res.entry_dir / "shards").glob("part-*.h5"))
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+def test_image_paths_that_leave_the_image_folder_are_refused(tmp_path):
+    """Relative catalogue paths resolve under the image folder; '..' or a symbolic link that leads
+    outside it is refused (recorded as missing with the reason), never read."""
+    from PIL import Image
+
+    from mmrec.features.encoders.images import images_to_tensor, load_rgb
+    from mmrec.pipeline.extract import load_catalogue
+
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(root / "ok.jpg")
+    Image.new("RGB", (8, 8), (10, 10, 200)).save(tmp_path / "secret.jpg")
+    (root / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    raw = raw_from_sequences({f"u{u}": ["1", "2", "3", "4"] for u in range(3)})
+    raw.catalogue = Catalogue.build(["1", "2", "3", "4"],
+                                    images=[["ok.jpg"], ["../secret.jpg"], ["link.jpg"], ["sub/../ok.jpg"]])
+    ds = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    cfg = ExtractConfig(encoder="hashtext", dataset=str(ds), store=str(tmp_path / "s"), image_root=str(root))
+    paths = [row[0] for row in load_catalogue(cfg)["images"].to_pylist()]
+    assert paths[0] == str(root / "ok.jpg") and paths[3] == str(root / "sub/../ok.jpg")
+    for bad, shown in ((paths[1], "../secret.jpg"), (paths[2], "link.jpg")):
+        reason = load_rgb(bad)
+        assert isinstance(reason, str) and reason.startswith("path leaves the image folder") and shown in reason
+        out = images_to_tensor({"images": [bad]}, lambda im: torch.zeros(3, 2, 2), max_images=4,
+                               max_pixels=10**6, max_image_pixels=10**7)
+        assert "leaves the image folder" in out.reason
+    assert load_rgb(paths[3]).size == (8, 8)

@@ -128,7 +128,10 @@ def load_catalogue(cfg: ExtractConfig) -> pa.Table:
                             hint="pass --set image_root=DIR (the folder they are relative to), or prepare the "
                                  "dataset again with this mmrec, which records it in dataset.json")
     if image_root and "images" in table.column_names:
-        fixed = [[p if p is None or os.path.isabs(p) else os.path.join(image_root, p) for p in (row or [])]
+        from mmrec.features.encoders.images import within_root
+
+        # relative paths stay inside the image folder: one that leaves it (../, a link) is refused
+        fixed = [[p if p is None or os.path.isabs(p) else within_root(image_root, p) for p in (row or [])]
                  for row in imgs]
         table = table.set_column(table.column_names.index("images"), "images", pa.array(fixed, pa.list_(pa.string())))
     if cfg.limit is not None:

@@ -106,6 +106,19 @@ def _to_rgb(im: Any) -> Any:
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, ...
 
 
+# marks a catalogue image path that, relative to the image folder, resolves outside it
+OUTSIDE_ROOT = "mmrec-refused:outside-image-root:"
+
+
+def within_root(root: str, relative: str) -> str:
+    """``root/relative``, or the refused marker when it resolves (``..``, symbolic links) outside ``root``."""
+    full = os.path.join(root, relative)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
+        return OUTSIDE_ROOT + relative
+    return full
+
+
 def load_rgb(path: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
              max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
     """Open an image file as an upright RGB ``PIL.Image``, or return the reason (a str) it cannot be used.
@@ -119,6 +132,9 @@ def load_rgb(path: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     if path is None or (isinstance(path, str) and not path.strip()):
         return "no image path"
+    if isinstance(path, str) and path.startswith(OUTSIDE_ROOT):
+        return (f"path leaves the image folder (through '..' or a link), refused: {path[len(OUTSIDE_ROOT):]}; "
+                "give paths inside the folder, or absolute paths")
     try:
         p = os.fspath(path)
         if not os.path.exists(p):
