@@ -20,10 +20,13 @@ raises ConfigError listing the valid ones, malformed data raises DataError namin
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from mmrec.data.readers.amazon import read_amazon_raw, read_lcrec, read_s3rec, read_unisrec
 from mmrec.data.readers.generic import read_table
@@ -31,7 +34,7 @@ from mmrec.data.readers.hm import read_hm
 from mmrec.data.readers.movielens import read_movielens
 from mmrec.data.readers.recbole import read_recbole
 from mmrec.data.schema import RawDataset
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, DataError
 
 Reader = Callable[..., RawDataset]
 
@@ -52,7 +55,12 @@ def read_dataset(format: str, path: str | Path, **options: Any) -> RawDataset:  
     reader = READERS.get(format)
     if reader is None:
         raise ConfigError(f"unknown dataset format {format!r}; known formats: {', '.join(sorted(READERS))}")
-    return reader(path, **options)
+    try:
+        return reader(path, **options)
+    except (UnicodeDecodeError, pa.ArrowInvalid, json.JSONDecodeError, csv.Error) as e:
+        # the readers name the file for the damage they expect; this is the net for the rest
+        raise DataError(f"cannot read the {format} dataset: {type(e).__name__}: {e}", path=str(path),
+                        hint="one of its files is damaged, cut or not UTF-8: re-download it") from None
 
 
 def detect_format(path: str | Path) -> str | None:

@@ -5,6 +5,7 @@ Nothing here is a reader; see the sibling modules for the formats.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -90,11 +91,68 @@ def find_one(folder: Path, patterns: Sequence[str], what: str, option: str, *, r
     return None
 
 
+class _CheckedText:
+    """A text file whose decoding errors become ``DataError`` naming the file and line."""
+
+    def __init__(self, fh: IO[str], path: Path, encoding: str):
+        self._fh, self._path, self._encoding, self._line = fh, path, encoding, 0
+
+    def __enter__(self) -> "_CheckedText":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._fh.close()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def _fail(self, e: UnicodeDecodeError, line: int | None) -> DataError:
+        return DataError(f"not valid {self._encoding} text: {e.reason}", path=str(self._path), line=line,
+                         hint="save the file as UTF-8 (or re-download it: it may be damaged)")
+
+    def readline(self, *a: Any) -> str:
+        try:
+            line = self._fh.readline(*a)
+        except UnicodeDecodeError as e:
+            raise self._fail(e, self._line + 1) from None
+        if line:
+            self._line += 1
+        return line
+
+    def read(self, *a: Any) -> str:
+        try:
+            return self._fh.read(*a)
+        except UnicodeDecodeError as e:
+            raise self._fail(e, None) from None
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
 def open_text(path: Path, encoding: str = "utf-8", errors: str = "strict") -> IO[str]:
-    """Open a text file, gunzipping ``*.gz`` transparently."""
+    """Open a text file, gunzipping ``*.gz`` transparently; undecodable bytes raise ``DataError``
+    with the file and line."""
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, errors=errors, newline=None)
-    return open(path, encoding=encoding, errors=errors, newline=None)
+        fh: IO[str] = io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, errors=errors, newline=None)
+    else:
+        fh = open(path, encoding=encoding, errors=errors, newline=None)
+    return _CheckedText(fh, path, encoding)  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def parsing(path: Path, hint: str = "the file is cut, damaged or not in this reader's layout: re-download or fix it"):
+    """Turn pyarrow's CSV errors and decoding errors met while reading ``path`` into ``DataError``."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise DataError(f"not valid UTF-8 text ({e.reason} at byte {e.start})", path=str(path),
+                        hint="save the file as UTF-8 (or re-download it: it may be damaged)") from None
+    except pa.ArrowInvalid as e:
+        raise DataError(f"cannot parse: {e}", path=str(path), hint=hint) from None
 
 
 def read_bytes(path: Path) -> bytes:

@@ -187,6 +187,9 @@ def read_s3rec(path: str | Path, **options: Any) -> RawDataset:
                 items.append(iid)
     if repeated:
         report.add("read", repeated, f"{seq_path.name}: users with more than one line (their lines are joined in file order)")
+    if not users:
+        raise DataError("no sequences in the file (it is empty)", path=str(seq_path),
+                        hint="each line is 'uid iid iid ...'; re-download the dataset")
     interactions = _sequence_interactions(users, items)
 
     # catalogue

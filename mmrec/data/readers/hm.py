@@ -60,6 +60,7 @@ from mmrec.data.readers._common import (
     find_one,
     image_lists,
     list_images,
+    parsing,
     require_dir,
     require_file,
     resolve_option_path,
@@ -167,7 +168,13 @@ def read_hm(path: str | Path, **options: Any) -> RawDataset:
 
 
 def _read_csv(path: Path, types: dict[str, pa.DataType], *, all_columns: bool = False) -> pa.Table:
-    """Read the named columns (all of them with ``all_columns``), with a clear error for missing ones."""
+    """Read the named columns (all of them with ``all_columns``), with a clear error for missing ones
+    and for a damaged file."""
+    with parsing(path):
+        return _read_csv_columns(path, types, all_columns)
+
+
+def _read_csv_columns(path: Path, types: dict[str, pa.DataType], all_columns: bool) -> pa.Table:
     header = _csv_columns(path)
     missing = [c for c in types if c not in header]
     if missing and not all_columns:
@@ -245,6 +252,13 @@ def _median_price(item_ids: pa.Array, prices: pa.Array) -> dict[str, float]:
 
 
 def _read_articles(
+    path: Path, folder: Path, opts: dict[str, Any], interactions: pa.Table, report: ReadReport
+) -> Catalogue:
+    with parsing(path):
+        return _read_articles_table(path, folder, opts, interactions, report)
+
+
+def _read_articles_table(
     path: Path, folder: Path, opts: dict[str, Any], interactions: pa.Table, report: ReadReport
 ) -> Catalogue:
     header = _csv_columns(path)

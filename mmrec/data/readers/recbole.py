@@ -170,8 +170,13 @@ def _require_field(path: Path, types: dict[str, str], name: str) -> None:
 
 def read_atomic(path: Path) -> tuple[pa.Table, dict[str, str]]:
     """Read one atomic file: every column as string, plus the header's ``{field: type}``."""
-    with open(path, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\r\n")
+    with open(path, "rb") as fh:
+        raw_header = fh.readline()
+    try:
+        header = raw_header.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise DataError(f"the header is not UTF-8 text ({e.reason})", path=str(path), line=1,
+                        hint="save the file as UTF-8") from None
     types: dict[str, str] = {}
     for col in header.split("\t"):
         name, sep, typ = col.strip().rpartition(":")
