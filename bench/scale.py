@@ -1,0 +1,128 @@
+"""How cost grows with scale: synthetic catalogues and interaction logs, one subprocess per size.
+
+For each (items, interactions) size: prepare time (k-core, ordering, splitting, writing), training
+seconds per step (SASRec, and SASRec with a 384-d text feature fused in), full-ranking evaluation
+time over every item, and peak memory (max RSS of the subprocess, which holds everything). Users
+get Zipf-like item choices so k-core keeps most of the data. Each size runs in a fresh process so
+peak memory is its own; a size that fails (e.g. out of memory) is reported with the error and the
+next one still runs.
+
+    python bench/scale.py --sizes 10000:1000000 100000:3000000 1000000:10000000 --steps 20
+
+Prints a Markdown table and the growth ratios between consecutive sizes (a linear cost has a
+ratio equal to the size ratio), and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def one_size(n_items: int, n_events: int, steps: int, seed: int = 0) -> dict:
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from mmrec.config import from_dict
+    from mmrec.data.prepare import PrepareConfig, prepare
+    from mmrec.data.prepared import PreparedDataset
+    from mmrec.data.schema import RawDataset, make_interactions
+    from mmrec.features.aligned import ItemFeatures
+    from mmrec.trainers.batching import TrainSamples
+    from mmrec.trainers.evaluation import EvalConfig, Evaluator
+    from mmrec.trainers.methods import METHODS
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    n_users = max(1000, n_events // 50)
+    out: dict = {"items": n_items, "events": n_events, "users": n_users}
+    # events: users with geometric-ish lengths, items from a Zipf-like popularity
+    users = rng.integers(0, n_users, n_events)
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    items = rng.choice(n_items, size=n_events, p=pop / pop.sum())
+    ts = rng.integers(0, 10**9, n_events)
+    raw = RawDataset(name="synthetic", interactions=make_interactions({
+        "user_id": pa.array(users.astype(str)), "item_id": pa.array(items.astype(str)),
+        "timestamp": pa.array(ts.astype(np.float64))}))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        folder = prepare(raw, Path(tmp) / "ds", PrepareConfig(min_user_interactions=5, min_item_interactions=5))
+        out["prepare_s"] = round(time.perf_counter() - t, 2)
+        data = PreparedDataset(folder)
+        out["items_kept"], out["events_kept"] = data.n_items, int(data.offsets[-1])
+        samples = TrainSamples(data, max_len=50)
+        feats = {"text": ItemFeatures("text", torch.randn(data.n_items + 1, 384), torch.ones(data.n_items + 1, dtype=torch.bool), {})}
+        for name, kw in (("sasrec", {}), ("sasrec_ef", {"features": feats})):
+            cls = METHODS[name]
+            model = cls(from_dict(cls.Config, {}), data.n_items, 50, **kw)
+            opt = torch.optim.Adam(model.parameters(), 1e-3)
+            tc = type("T", (), {"loss": "ce"})()
+            batches = samples.epoch_batches(256, np.random.default_rng(0), True)[:steps]
+            t = time.perf_counter()
+            for idx in batches:
+                batch = {k: torch.as_tensor(v) for k, v in samples.batch(idx, 0, rng).items()}
+                loss = model.loss(batch, tc)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            out[f"{name}_step_s"] = round((time.perf_counter() - t) / max(len(batches), 1), 4)
+            if name == "sasrec":
+                ev = Evaluator(data, from_dict(EvalConfig, {"item_chunk": 65536}), 50, torch.device("cpu"))
+                cases = data.eval_cases("test")
+                sub = type(cases)(cases.user[:2000], cases.pos[:2000])  # 2,000 test users, every item ranked
+                t = time.perf_counter()
+                ev.evaluate(model, "test", cases=sub)
+                out["eval_s_per_1000_users"] = round((time.perf_counter() - t) / len(sub) * 1000, 3)
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["10000:1000000", "100000:3000000", "1000000:10000000"],
+                    help="items:interactions pairs")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", default="scale.json")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        n_items, n_events = map(int, args.one.split(":"))
+        print(json.dumps(one_size(n_items, n_events, args.steps)))
+        return
+    rows = []
+    for size in args.sizes:
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, __file__, "--one", size, "--steps", str(args.steps)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            rows.append({"size": size, "error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]})
+        else:
+            rows.append({"size": size, **json.loads(p.stdout.strip().splitlines()[-1])})
+        rows[-1]["wall_s"] = round(time.perf_counter() - t, 1)
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+    cols = ["items_kept", "events_kept", "prepare_s", "sasrec_step_s", "sasrec_ef_step_s",
+            "eval_s_per_1000_users", "peak_rss_mib"]
+    print("| size | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['size']} | failed: {r['error']} |")
+        else:
+            print(f"| {r['size']} | " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |")
+    ok = [r for r in rows if "error" not in r]
+    for a, b in zip(ok, ok[1:]):
+        ratios = {c: round(b[c] / a[c], 2) for c in ("prepare_s", "sasrec_step_s", "eval_s_per_1000_users", "peak_rss_mib") if a[c]}
+        print(f"{a['size']} -> {b['size']}: items x{b['items_kept'] / a['items_kept']:.1f}, "
+              f"events x{b['events_kept'] / a['events_kept']:.1f}; cost ratios {ratios}")
+
+
+if __name__ == "__main__":
+    main()
