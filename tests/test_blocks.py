@@ -381,3 +381,31 @@ def test_loss_gradients_flow(loss_fn):
     loss.backward()
     assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
     assert torch.isfinite(emb.grad).all() and emb.grad[1:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("temperature,with_exclude", [(1.0, False), (0.07, True)])
+def test_chunked_cross_entropy_equals_the_whole_softmax(temperature, with_exclude):
+    """Above max_logits the loss is computed in row chunks by a custom backward: the loss and the
+    gradients of the states and of the item table equal those of the plain computation."""
+    from mmrec.trainers.modules.losses import ce_all_items
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 8, generator=g, requires_grad=True)
+    emb = torch.randn(51, 8, generator=g, requires_grad=True)
+    targets = torch.randint(1, 51, (37,), generator=g)
+    exclude = None
+    if with_exclude:
+        exclude = torch.zeros(51, dtype=torch.bool)
+        exclude[[3, 9, 40]] = True
+        targets[targets == 3] = 4
+        targets[targets == 9] = 10
+        targets[targets == 40] = 41
+    whole = ce_all_items(h, targets, emb, temperature, exclude)
+    gh, ge = torch.autograd.grad(whole, (h, emb))
+    chunked = ce_all_items(h, targets, emb, temperature, exclude, max_logits=7 * 50)  # 7 rows a chunk
+    ch, ce = torch.autograd.grad(chunked, (h, emb))
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-5)
+    assert torch.allclose(ch, gh, rtol=1e-4, atol=1e-5) and torch.allclose(ce, ge, rtol=1e-4, atol=1e-5)
+    assert not ce[0].any()  # the padding row is no class
+    if with_exclude:
+        assert not ce[[3, 9, 40]].any()  # excluded items get no gradient

@@ -6,14 +6,61 @@ import torch
 import torch.nn.functional as F
 
 
+class _ChunkedCE(torch.autograd.Function):
+    """Mean softmax cross-entropy of ``h @ w.T`` computed ``chunk`` rows at a time, forward and
+    backward, so the ``[N, V]`` logits never exist whole (memory ``chunk x V``, not ``N x V``)."""
+
+    @staticmethod
+    def forward(ctx, h, w, targets, exclude, chunk):  # type: ignore[override]
+        wf = w.float()
+        lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        for s in range(0, h.shape[0], chunk):
+            logits = h[s:s + chunk].float() @ wf.T
+            if exclude is not None:
+                logits.masked_fill_(exclude, float("-inf"))
+            lse[s:s + chunk] = torch.logsumexp(logits, dim=1)
+        target_logit = (h.float() * wf[targets]).sum(-1)
+        ctx.save_for_backward(h, w, targets, lse, exclude if exclude is not None else torch.zeros(0, dtype=torch.bool))
+        ctx.chunk, ctx.has_exclude = chunk, exclude is not None
+        return (lse - target_logit).mean()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        h, w, targets, lse, exclude = ctx.saved_tensors
+        wf = w.float()
+        scale = grad.float() / h.shape[0]
+        gh = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+        gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for s in range(0, h.shape[0], ctx.chunk):
+            hc = h[s:s + ctx.chunk].float()
+            logits = hc @ wf.T
+            if ctx.has_exclude:
+                logits.masked_fill_(exclude, float("-inf"))
+            p = torch.exp(logits - lse[s:s + ctx.chunk, None])  # softmax
+            p[torch.arange(hc.shape[0], device=h.device), targets[s:s + ctx.chunk]] -= 1.0
+            p *= scale
+            gh[s:s + ctx.chunk] = p @ wf
+            gw += p.T @ hc
+        return gh.to(h.dtype), gw.to(w.dtype), None, None, None
+
+
 def ce_all_items(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
-                 temperature: float = 1.0, exclude: torch.Tensor | None = None) -> torch.Tensor:
+                 temperature: float = 1.0, exclude: torch.Tensor | None = None,
+                 max_logits: int = 2**28) -> torch.Tensor:
     """Cross-entropy over every item: softmax of ``h @ item_emb[1:].T / temperature``.
 
     ``h``: [N, d] states at target positions; ``targets``: [N] ids in 1..n_items; ``item_emb``:
     [n_items + 1, d] with row 0 the padding item, which is not a class. ``exclude``: optional bool
-    ``[n_items + 1]``; those items are not classes (held-out cold items).
+    ``[n_items + 1]``; those items are not classes (held-out cold items). When ``N x n_items`` exceeds
+    ``max_logits`` (a large catalogue), the loss and its gradients are computed in row chunks of
+    ``max_logits / n_items`` (the same values; memory no longer grows with N x n_items; about 30%
+    slower, as the backward recomputes the logits, so it starts at 2^28 logits: 1 GiB in float32).
     """
+    n_items = item_emb.shape[0] - 1
+    if h.shape[0] * n_items > max_logits:
+        chunk = max(1, max_logits // max(n_items, 1))
+        hs = h / temperature if temperature != 1.0 else h
+        return _ChunkedCE.apply(hs, item_emb[1:], targets - 1, None if exclude is None else exclude[1:], chunk)
     logits = h @ item_emb[1:].T
     if temperature != 1.0:
         logits = logits / temperature
