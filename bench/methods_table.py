@@ -38,8 +38,9 @@ def _fmt(values: list[float]) -> str:
     if not values:
         return "-"
     m = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{m:.4f} ± {sd:.4f}"
+    if len(values) == 1:
+        return f"{m:.4f}"  # one seed: no spread to show
+    return f"{m:.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main() -> None:
