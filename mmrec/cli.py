@@ -317,7 +317,7 @@ def report(
 def demo(
     out: Path = typer.Option(Path("mmrec-demo"), "--out", help="Folder for the demo data, prepared dataset and runs."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs per method."),
-    methods: str = typer.Option("pop,gru4rec,sasrec,sasrec_ef", "--methods",
+    methods: str = typer.Option("pop,gru4rec,sasrec,sasrec_lf", "--methods",
                                 help="Comma-separated methods to train (feature methods use the extracted features)."),
     seed: int = typer.Option(0, "--seed"),
     encoders: str = typer.Option("minilm,effnet,price", "--encoders",
