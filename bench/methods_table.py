@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from mmrec.config import apply_overrides, from_dict
+from mmrec.pipeline.report import mean_sd
 from mmrec.trainers.loop import RunConfig, Trainer
 
 
@@ -32,15 +33,6 @@ def _row(spec: str) -> tuple[str, str, list[str]]:
     label, _, rest = spec.partition("=")
     method, _, sets = rest.partition(":")
     return label, method, [s for s in sets.split(",") if s]
-
-
-def _fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    m = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{m:.4f}"  # one seed: no spread to show
-    return f"{m:.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main() -> None:
@@ -109,8 +101,8 @@ def main() -> None:
     print(f"| row | method | seeds | {k} (all) | HR@{k.split('@')[1]} (all) | {k} warm | {k} cold | s/epoch | best epoch |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, c in table.items():
-        print(f"| {label} | {c['method']} | {len(c['all'])} | {_fmt(c['all'])} | {_fmt(c['all_hr'])} | {_fmt(c['warm'])} | "
-              f"{_fmt(c['cold']) if c['cold'] else 'n/a (ids only)'} | {statistics.fmean(c['s_per_epoch']):.1f} | "
+        print(f"| {label} | {c['method']} | {len(c['all'])} | {mean_sd(c['all'])} | {mean_sd(c['all_hr'])} | {mean_sd(c['warm'])} | "
+              f"{mean_sd(c['cold']) if c['cold'] else 'n/a (ids only)'} | {statistics.fmean(c['s_per_epoch']):.1f} | "
               f"{', '.join(map(str, c['best_epoch']))} |")
 
 

@@ -3,6 +3,7 @@ ways (cut in the middle, garbage bytes, emptied, deleted, every line doubled, wr
 and preparing must then either succeed (with what was dropped reported) or raise mmrec's own error
 (DataError / ConfigError: a message naming the file and what to do), never another exception."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,6 @@ def test_damaged_files_give_mmrec_errors_or_reported_drops(fmt, fixture, how, re
     outcomes = {}
     for i, f in enumerate(_files(base)):
         work = tmp_path / f"case{i}"
-        import shutil
-
         shutil.copytree(base, work)
         target = work / f.relative_to(base)
         _mutate(target, how)

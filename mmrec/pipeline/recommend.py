@@ -84,8 +84,7 @@ def _unrankable(model: Any, run: Any, n_items: int) -> np.ndarray:
 
     out = np.zeros(n_items + 1, dtype=bool)
     out[0] = True
-    ranks_unseen = model.ranks_unseen_items if model.ranks_unseen_items is not None else bool(model.modalities)
-    if run.cold.fraction > 0 and not ranks_unseen:
+    if run.cold.fraction > 0 and not model.can_rank_unseen():
         out |= cold_items(n_items, run.cold)
     return out
 

@@ -83,7 +83,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return list(groups.values())
 
 
-def _fmt(values: list[float]) -> str:
+def mean_sd(values: list[float]) -> str:
+    """``mean ± sample sd`` to 4 decimals; the mean alone for one value; ``-`` for none."""
     if not values:
         return "-"
     m = statistics.fmean(values)
@@ -93,7 +94,7 @@ def _fmt(values: list[float]) -> str:
 def _cell(g: Group, part: str, values: list[float]) -> str:
     if not values and any("note" in r.results.get(part, {}) for r in g.runs):
         return "n/a (ids only)"  # a method that scores by id cannot rank held-out items
-    return _fmt(values)
+    return mean_sd(values)
 
 
 def case_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
@@ -221,7 +222,7 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
             extra.append((f"{g.label}, domain {d}", [r.results["test_domains"][d].get(metric) for r in g.runs]))
     if extra:
         parts.append(f"<h2>Sub-networks and domains</h2><table><tr><th>row</th><th>test {e(metric)}</th></tr>")
-        parts += [f"<tr><td>{e(n)}</td><td>{_fmt([x for x in v if x is not None])}</td></tr>" for n, v in extra]
+        parts += [f"<tr><td>{e(n)}</td><td>{mean_sd([x for x in v if x is not None])}</td></tr>" for n, v in extra]
         parts.append("</table>")
     # paired tests
     tests: dict[str, Any] = {}

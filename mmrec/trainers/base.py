@@ -58,6 +58,21 @@ class SequentialRecommender(nn.Module):
         self.register_buffer("item_popularity", None, persistent=False)
 
     # --- hooks the shared loop calls (defaults do nothing special) ------------------------------
+    @classmethod
+    def dataset_kwargs(cls, cfg: Any, data: Any) -> dict[str, Any]:
+        """More constructor arguments taken from the prepared dataset (``build_model`` passes them;
+        e.g. SyNCRec's item domains)."""
+        return {}
+
+    def can_rank_unseen(self) -> bool:
+        """Whether items never seen in training get a meaningful score (``ranks_unseen_items``, or by
+        default: the method builds items from feature slots)."""
+        return self.ranks_unseen_items if self.ranks_unseen_items is not None else bool(self.modalities)
+
+    def evaluation_domains(self) -> tuple[Any, list[str]] | None:
+        """Item domain codes ``[n_items + 1]`` (1..D) and names for per-domain metrics; None: no domains."""
+        return None
+
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups (e.g. a slower learning rate for some parameters, as KDSR's
         asynchronous rate). Frozen parameters are left out."""

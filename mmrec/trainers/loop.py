@@ -46,15 +46,21 @@ TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", 
             "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
 
 
-def _scalars(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numbers of a nested dict, flattened to ``a/b`` keys (what trackers take)."""
-    out: dict[str, float] = {}
+def _flatten(d: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
+    """The leaves of a nested dict, keyed ``a<sep>b``."""
+    out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_scalars(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = float(v)
+            out.update(_flatten(v, sep, f"{prefix}{k}{sep}"))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a nested dict, keyed ``a/b`` (what trackers take)."""
+    return {k: float(v) for k, v in _flatten(d, "/").items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 @dataclass
@@ -172,7 +178,6 @@ def improved(valid: dict[str, Any], state: dict[str, Any], metric: str, rule: st
 
 
 def build_model(run: RunConfig, data: PreparedDataset):
-    from mmrec.config import from_dict
     from mmrec.features.aligned import check_slots, load_features
 
     cls = get_method(run.method)
@@ -180,22 +185,11 @@ def build_model(run: RunConfig, data: PreparedDataset):
     if run.train.loss not in cls.losses:
         raise ConfigError(f"method {run.method} does not support train.loss={run.train.loss}; use one of {cls.losses}")
     check_slots(run.method, run.features, cls.modalities, cls.required_modalities, run.store)
-    # a method may take more constructor arguments from the dataset (SyNCRec: each item's domain)
-    extra = cls.dataset_kwargs(mcfg, data) if hasattr(cls, "dataset_kwargs") else {}
+    extra = cls.dataset_kwargs(mcfg, data)  # e.g. SyNCRec's item domains
     if not cls.modalities:
         return cls(mcfg, data.n_items, run.train.max_len, **extra), mcfg
     features = load_features(run.features, data, run.store)
     return cls(mcfg, data.n_items, run.train.max_len, features=features, **extra), mcfg
-
-
-def _flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -399,7 +393,7 @@ class Trainer:
             _atomic_json(cfg_path, resolved)
         if tc.trackers:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                    for k, v in _flatten_config(resolved).items()}
+                    for k, v in _flatten(resolved, ".").items()}
             self.accel.init_trackers(self.run_dir.name, config=flat)
         state = self._load_last() if resume else None
         if resume and state is None:
@@ -474,8 +468,7 @@ class Trainer:
 
         cases = self.data.eval_cases(part)
         is_cold = self.cold[np.asarray(self.data.items)[cases.pos]]
-        m = self.raw_model
-        ids_only = not (m.ranks_unseen_items if m.ranks_unseen_items is not None else bool(m.modalities))
+        ids_only = not self.raw_model.can_rank_unseen()
         out: dict[str, Any] = {}
         for name, sel in (("cold", is_cold), ("warm", ~is_cold)):
             n = int(sel.sum())
@@ -490,10 +483,10 @@ class Trainer:
         item domains (``evaluation_domains()``, e.g. SyNCRec); empty otherwise."""
         from mmrec.trainers.evaluation import metrics_by_group
 
-        declared = getattr(self.raw_model, "evaluation_domains", None)
+        declared = self.raw_model.evaluation_domains()
         if declared is None:
             return {}
-        codes, names = declared()
+        codes, names = declared
         target = np.asarray(self.data.items)[self.data.eval_cases(part).pos]
         return {f"{part}_domains": metrics_by_group(ranks, np.asarray(codes)[target], names, self.run.eval.ks)}
 
