@@ -1,4 +1,5 @@
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,28 @@ def random_features(n_items: int, dims: dict, missing: dict | None = None, seed:
         table[~present] = 0.0
         out[slot] = ItemFeatures(slot, table, present, {})
     return out
+
+
+# ----------------------------------------------------------------- fault-injection tally
+# The fault-injection tests (bad inputs, kills, full disks) add what they survived to one counter per
+# pytest session, printed at the end of the run:
+#   python -m pytest -q tests/test_bad_inputs.py tests/test_preemption.py tests/test_extract.py
+FAULTS = pytest.StashKey[Counter]()
+
+
+def pytest_configure(config):
+    config.stash[FAULTS] = Counter()
+
+
+@pytest.fixture
+def faults(request) -> Counter:
+    """The session's fault tally; a test adds to it only after its checks passed."""
+    return request.config.stash[FAULTS]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    tally = config.stash.get(FAULTS, None)
+    if tally:
+        terminalreporter.section("fault injection (survived, checks passed)")
+        for what, n in sorted(tally.items()):
+            terminalreporter.write_line(f"{n:6d}  {what}")

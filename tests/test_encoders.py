@@ -498,7 +498,7 @@ def test_clip_tokens(tiny_clip, image_files):
 # price
 
 
-def test_price_sinusoid_by_hand_and_bad_prices():
+def test_price_sinusoid_by_hand_and_bad_prices(faults):
     enc = build_encoder("price", dim=4, scale=1.0)
     enc.load(CPU)
     out = run(enc, [{"price": 9.0}, {"price": 0}])
@@ -512,6 +512,7 @@ def test_price_sinusoid_by_hand_and_bad_prices():
                        (float("inf"), "infinite"), (True, "not a number")):
         m = enc.make_input({"price": bad})
         assert isinstance(m, Missing) and cause in m.reason, (bad, m)
+        faults["catalogue prices NaN / negative / missing / text / inf / bool, recorded as missing"] += 1
     assert isinstance(enc.make_input({}), Missing)
     with pytest.raises(ConfigError, match="even"):
         build_encoder("price", dim=5)

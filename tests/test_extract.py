@@ -228,7 +228,7 @@ extract(cfg, log=lambda m: None, on_shard_done=after)
 
 
 @pytest.mark.parametrize("mode,at", [("after", 3), ("during", 5)])
-def test_sigkill_then_resume_is_byte_identical(priced_ds, tmp_path, mode, at):
+def test_sigkill_then_resume_is_byte_identical(priced_ds, tmp_path, mode, at, faults):
     script = tmp_path / "killer.py"
     script.write_text(_KILLER)
     clean = subprocess.run([sys.executable, str(script), str(priced_ds), str(tmp_path / "clean"), "none", "0"],
@@ -249,6 +249,7 @@ def test_sigkill_then_resume_is_byte_identical(priced_ds, tmp_path, mode, at):
     assert not list((entry / "shards").glob(".*tmp"))
     assert _shard_bytes(entry) == _shard_bytes(tmp_path / "clean" / "price")
     assert FeatureEntry(entry).validate() == []
+    faults["extractions SIGKILLed (between or inside shard writes), resumed to a byte-identical store"] += 1
 
 
 def test_relative_image_paths_without_a_root_are_refused(tmp_path):
@@ -278,7 +279,7 @@ def test_default_item_text_is_title_and_the_catalogues_text_fields(tmp_path):
     assert catalogue_text_fields(ExtractConfig(encoder="minilm", dataset=str(ds2))) == []
 
 
-def test_disk_full_during_a_shard_write_keeps_earlier_shards_and_resumes(catalogue_ds, tmp_path, monkeypatch):
+def test_disk_full_during_a_shard_write_keeps_earlier_shards_and_resumes(catalogue_ds, tmp_path, monkeypatch, faults):
     """The second shard's write fails with ENOSPC: a DataError that names the shard file and what to
     do; the first shard (file + sidecar) is intact, no temporary file is left; after space is freed
     the same command resumes and the store equals one written without the failure."""
@@ -308,9 +309,10 @@ def test_disk_full_during_a_shard_write_keeps_earlier_shards_and_resumes(catalog
     a = sorted((clean.entry_dir / "shards").glob("part-*.h5"))
     b = sorted((res.entry_dir / "shards").glob("part-*.h5"))
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    faults["disk-full shard writes: clear error, earlier shards intact, resumed identical"] += 1
 
 
-def test_image_paths_that_leave_the_image_folder_are_refused(tmp_path):
+def test_image_paths_that_leave_the_image_folder_are_refused(tmp_path, faults):
     """Relative catalogue paths resolve under the image folder; '..' or a symbolic link that leads
     outside it is refused (recorded as missing with the reason), never read."""
     from PIL import Image
@@ -337,3 +339,4 @@ def test_image_paths_that_leave_the_image_folder_are_refused(tmp_path):
                                max_pixels=10**6, max_image_pixels=10**7)
         assert "leaves the image folder" in out.reason
     assert load_rgb(paths[3]).size == (8, 8)
+    faults["catalogue image paths escaping the image folder ('..', symlink), refused"] += 2

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
-from mmrec.errors import Preempted
+from mmrec.errors import DataError, Preempted
 from mmrec.trainers.loop import RunConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,7 +46,7 @@ def _signal_at(trainer, calls, sig):
 
 
 @pytest.mark.parametrize("sig,calls", [(signal.SIGTERM, 3), (signal.SIGUSR1, 14)])
-def test_a_signal_inside_an_epoch_checkpoints_and_resume_matches_an_uninterrupted_run(ds, tmp_path, sig, calls):
+def test_a_signal_inside_an_epoch_checkpoints_and_resume_matches_an_uninterrupted_run(ds, tmp_path, sig, calls, faults):
     ref = Trainer(_run(ds), tmp_path / "ref", log=lambda s: None).fit()
     t = Trainer(_run(ds), tmp_path / "cut", log=lambda s: None)
     steps_per_epoch = len(t.samples.epoch_batches(8, np.random.default_rng(0), True))
@@ -69,6 +69,7 @@ def test_a_signal_inside_an_epoch_checkpoints_and_resume_matches_an_uninterrupte
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = lambda d: [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()]
     assert losses(tmp_path / "cut") == losses(tmp_path / "ref")
+    faults["training stopped by a signal mid-epoch, resumed to identical weights and metrics"] += 1
 
 
 def test_a_stop_on_the_last_step_of_an_epoch_stops_at_its_end(ds, tmp_path):
@@ -82,7 +83,7 @@ def test_a_stop_on_the_last_step_of_an_epoch_stops_at_its_end(ds, tmp_path):
     assert state["epoch"] == 1 and "partial" not in state
 
 
-def test_cli_exits_75_on_sigterm_and_resumes(ds, tmp_path):
+def test_cli_exits_75_on_sigterm_and_resumes(ds, tmp_path, faults):
     """A real `mmrec train` process gets SIGTERM while training: it exits with 75 and a message
     saying how to continue; the same command with --resume finishes."""
     run_dir = tmp_path / "run"
@@ -113,6 +114,7 @@ def test_cli_exits_75_on_sigterm_and_resumes(ds, tmp_path):
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads((run_dir / "results.json").read_text())["epochs_run"] == state["epoch"] + 1
+    faults["`mmrec train` processes stopped by SIGTERM (exit 75), resumed"] += 1
 
 
 def test_slurm_train_script_forwards_usr1_and_exits_75(ds, tmp_path):
@@ -140,7 +142,7 @@ def test_slurm_train_script_forwards_usr1_and_exits_75(ds, tmp_path):
     assert json.loads((run_dir / "last" / "state.json").read_text())["epoch"] >= 1
 
 
-def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(ds, tmp_path):
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(ds, tmp_path, faults):
     """`mmrec train` killed with SIGKILL (no chance to checkpoint) three times at random moments,
     resumed each time: the final results equal an uninterrupted run's, and metrics.jsonl has each
     epoch once."""
@@ -178,3 +180,35 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(d
     assert got["test"] == want["test"] and got["valid"] == want["valid"]
     epochs = [json.loads(l)["epoch"] for l in metrics.read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6]
+    faults["`mmrec train` processes SIGKILLed at random moments, resumed to identical results"] += kills
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, 'w')``: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("target", ["optimizer.pt", "model.safetensors"])
+def test_an_untrusted_checkpoint_is_refused_without_running_code(ds, tmp_path, target, faults):
+    """A run folder from elsewhere whose checkpoint holds a pickled payload (or damaged weights):
+    --resume refuses it with an error naming the file, and the payload never runs."""
+    t = Trainer(_run(ds), tmp_path / "run", log=lambda s: None)
+    _signal_at(t, 3, signal.SIGTERM)  # a resumable run: stopped inside epoch 1
+    with pytest.raises(Preempted):
+        t.fit()
+    marker = tmp_path / "payload-ran"
+    bad = tmp_path / "run" / "last" / target
+    if target == "optimizer.pt":
+        torch.save({"state": _Payload(marker)}, bad)  # torch.save pickles the object as is
+    else:
+        bad.write_bytes(b"not safetensors")
+    with pytest.raises(DataError, match=target.replace(".", r"\.")) as e:
+        Trainer(_run(ds), tmp_path / "run", log=lambda s: None).fit(resume=True)
+    assert "last/" in str(e.value)
+    assert not marker.exists()
+    faults["untrusted checkpoints (pickled code, damaged weights), refused without running code"] += 1

@@ -82,6 +82,13 @@ def _id_order(values: list[str]) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
+def _interactions_file(raw: RawDataset) -> str:
+    """The file an interactions error is about: every reader lists its interactions file first in
+    ``source["files"]``; else the path the reader was given."""
+    files = list((raw.source.get("files") or {}).values())
+    return str(files[0] if files else raw.source.get("path", raw.name))
+
+
 def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None = None,
             *, overwrite: bool = False) -> Path:
     """Run the steps above on ``raw`` and write a prepared dataset folder at ``out_dir``."""
@@ -94,7 +101,9 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
     table = raw.interactions
     n0 = table.num_rows
     if n0 == 0:
-        raise DataError("the reader returned no interactions", path=str(raw.source.get("path", raw.name)))
+        raise DataError("the reader returned no interactions (the file is empty, or every row was dropped)",
+                        path=_interactions_file(raw),
+                        hint="check that this is the interactions file and that it is not cut")
     table = table.append_column("_row", pa.array(np.arange(n0, dtype=np.int64)))
 
     if cfg.min_rating is not None:
@@ -115,7 +124,7 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
             if cfg.unknown_items == "error":
                 raise DataError(
                     f"{n_unknown} interactions name items missing from the catalogue (e.g. {examples})",
-                    path=str(raw.source.get("path", raw.name)),
+                    path=_interactions_file(raw),
                     hint="set unknown_items=drop to drop them (they are counted in dataset.json), "
                          "or unknown_items=keep to keep them with empty side information",
                 )
@@ -141,7 +150,7 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
         bad = int(np.flatnonzero(np.isnan(ts))[0])
         raise DataError(f"{int(np.isnan(ts).sum())} interactions have no timestamp (first at source row "
                         f"{int(table['_row'][bad].as_py()) + 1})",
-                        path=str(raw.source.get("path", raw.name)),
+                        path=_interactions_file(raw),
                         hint="fix the timestamps, or use a reader option that orders events by file position")
     row = table["_row"].to_numpy()
     extra_cols = {c: table[c] for c in ("price", "domain") if c in table.column_names}

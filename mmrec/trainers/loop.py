@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from mmrec.config import from_dict, to_dict
 from mmrec.data.prepared import PreparedDataset
-from mmrec.errors import ConfigError, Preempted
+from mmrec.errors import ConfigError, DataError, Preempted
 from mmrec.trainers.batching import TrainSamples
 from mmrec.trainers.evaluation import EvalConfig, Evaluator
 from mmrec.trainers.methods import get_method
@@ -204,6 +204,19 @@ def _save_weights(model: torch.nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _load_tensors(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``): a file
+    that holds anything else, as a pickled payload from an untrusted source would, is refused
+    without running it."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - pickle and torch raise several types
+        raise DataError(f"refused to load: not a plain tensor file ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                        path=str(path),
+                        hint="mmrec never unpickles code; if this run folder came from elsewhere, delete its "
+                             "last/ folder and train again") from None
+
+
 class Trainer:
     def __init__(self, run: RunConfig, run_dir: str | Path, *, log: Callable[[str], None] = print):
         self.run = run
@@ -278,8 +291,13 @@ class Trainer:
         d = self._last_dir()
         if d is None:
             return None
-        self.raw_model.load_state_dict(load_file(str(d / "model.safetensors"), device="cpu"))
-        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location="cpu"))
+        try:
+            weights = load_file(str(d / "model.safetensors"), device="cpu")
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise DataError(f"cannot read the checkpoint's weights: {e}", path=str(d / "model.safetensors"),
+                            hint="it is damaged: delete the run's last/ folder and rerun without --resume") from None
+        self.raw_model.load_state_dict(weights)
+        self.opt.load_state_dict(_load_tensors(d / "optimizer.pt"))
         return json.loads((d / "state.json").read_text())
 
     # -- training ---------------------------------------------------------------------------------
@@ -297,7 +315,7 @@ class Trainer:
             torch.manual_seed(tc.seed * 100003 + epoch)
             first, total, count, parts = rank, 0.0, 0, {}
         else:
-            torch.set_rng_state(torch.load(self._last_dir() / f"rng-{rank}.pt", weights_only=True))
+            torch.set_rng_state(_load_tensors(self._last_dir() / f"rng-{rank}.pt"))
             first, total, count = partial["next_batch"], partial["total"], partial["count"]
             parts = dict(partial["parts"])
         dev = self.accel.device

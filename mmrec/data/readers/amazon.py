@@ -736,7 +736,10 @@ def _read_reviews(path: Path, skip: bool, report: ReadReport) -> pa.Table:
 
 
 def _read_meta(path: Path, skip: bool, images_dir: Path | None, report: ReadReport) -> Catalogue:
-    cols = _meta_fast(path, skip, report)
+    try:
+        cols = _meta_fast(path, skip, report)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        cols = None  # e.g. text that is not UTF-8: the line scan names the line
     if cols is None:
         cols = _meta_slow(path, skip, report)
     ids: list[str] = cols.pop("asin")

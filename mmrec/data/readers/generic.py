@@ -213,12 +213,16 @@ def read_columns(path: Path, columns: list[str], string_cols: list[str], delimit
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # a type guess failed on a later block: read everything as strings, columns convert below
+        pass
+    try:  # a type guess failed on a later block: read everything as strings, columns convert below
         return pacsv.read_csv(
             path,
             parse_options=pacsv.ParseOptions(delimiter=_delimiter(path, delimiter)),
             convert_options=pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in columns}),
         )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise DataError(f"cannot read the table: {e}", path=str(path),
+                        hint="a row has the wrong number of fields, or the file is cut or not UTF-8: fix it and rerun") from None
 
 
 def _row_line(path: Path, row: int) -> tuple[int | None, str]:
