@@ -142,4 +142,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mmrec.errors import Preempted
+
+    try:
+        main()
+    except Preempted as stop:  # SIGTERM / SIGUSR1: the run checkpointed; the same command resumes it
+        print(stop, "\nRerun this command to resume.", file=sys.stderr)
+        sys.exit(Preempted.EXIT_CODE)
