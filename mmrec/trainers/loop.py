@@ -88,6 +88,9 @@ class TrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # torch.compile the model (inductor) through Accelerate: worth it on a GPU for long runs; the first
+    # steps pay the compilation (tens of seconds), and each new batch shape may recompile once
+    compile: bool = False
     threads: int | None = None
     log_every_s: float = 30.0
     # experiment trackers through Accelerate (off by default: no network calls from batch nodes);
@@ -243,13 +246,15 @@ class Trainer:
         model.item_popularity = torch.from_numpy(np.asarray(self.data.item_popularity, dtype=np.int64))
         opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
         self.model, self.opt = self.accel.prepare(model, opt)
+        if tc.compile:  # here rather than Accelerate's dynamo_backend, which its process-wide state keeps
+            self.model = torch.compile(self.model)  # from the first Trainer of a process
         self.samples = TrainSamples(self.data, tc.max_len, tc.windows, exclude=self.cold,
                                     negatives_avoid=tc.negatives_avoid)
         self.evaluator = Evaluator(self.data, run.eval, tc.max_len, self.accel.device, self.run_dir)
 
     @property
     def raw_model(self) -> torch.nn.Module:
-        return self.accel.unwrap_model(self.model)
+        return self.accel.unwrap_model(self.model, keep_torch_compile=False)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_last(self, state: dict[str, Any], with_rng: bool = False) -> None:
