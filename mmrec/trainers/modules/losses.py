@@ -46,15 +46,17 @@ class _ChunkedCE(torch.autograd.Function):
 
 def ce_all_items(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
                  temperature: float = 1.0, exclude: torch.Tensor | None = None,
-                 max_logits: int = 2**28) -> torch.Tensor:
+                 max_logits: int = 2**22) -> torch.Tensor:
     """Cross-entropy over every item: softmax of ``h @ item_emb[1:].T / temperature``.
 
     ``h``: [N, d] states at target positions; ``targets``: [N] ids in 1..n_items; ``item_emb``:
     [n_items + 1, d] with row 0 the padding item, which is not a class. ``exclude``: optional bool
     ``[n_items + 1]``; those items are not classes (held-out cold items). When ``N x n_items`` exceeds
-    ``max_logits`` (a large catalogue), the loss and its gradients are computed in row chunks of
-    ``max_logits / n_items`` (the same values; memory no longer grows with N x n_items; about 30%
-    slower, as the backward recomputes the logits, so it starts at 2^28 logits: 1 GiB in float32).
+    ``max_logits`` (4M, 16 MiB in float32), the loss and its gradients are computed in row chunks of
+    ``max_logits / n_items`` (the same values; memory no longer grows with N x n_items). On the CPU
+    this costs no time although the backward recomputes the logits: 256 x 50 positions over Beauty's
+    12,101 items, one thread, 0.85-1.03x the seconds of one big softmax and 175 MiB instead of
+    1,795 MiB (``bench/ce_memory.py``, docs/benchmarks.md).
     """
     n_items = item_emb.shape[0] - 1
     if h.shape[0] * n_items > max_logits:
