@@ -88,8 +88,8 @@ class TrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    # torch.compile the model (inductor) through Accelerate: worth it on a GPU for long runs; the first
-    # steps pay the compilation (tens of seconds), and each new batch shape may recompile once
+    # torch.compile the model (inductor): worth it on a GPU for long runs; the first steps pay the
+    # compilation (tens of seconds), and each new batch shape may recompile once
     compile: bool = False
     threads: int | None = None
     log_every_s: float = 30.0
