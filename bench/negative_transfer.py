@@ -142,10 +142,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from mmrec.errors import Preempted
+    from mmrec.errors import exit_on_preemption
 
-    try:
-        main()
-    except Preempted as stop:  # SIGTERM / SIGUSR1: the run checkpointed; the same command resumes it
-        print(stop, "\nRerun this command to resume.", file=sys.stderr)
-        sys.exit(Preempted.EXIT_CODE)
+    exit_on_preemption(main)
