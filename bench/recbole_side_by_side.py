@@ -180,7 +180,7 @@ def child_mmrec(args) -> dict:
 
     sets = [
         "train.loss=ce", "eval.history_mask=none", "eval.mode=full", "train.threads=1", "train.device=cpu",
-        f"train.epochs={args.epochs}", f"train.patience={args.patience}", f"train.seed={SEED}",
+        f"train.epochs={args.epochs}", f"train.patience={args.patience}", f"train.seed={args.seed}",
         f"train.batch_size={BATCH}", f"train.lr={LR}", f"train.max_len={MAX_LEN}", "train.valid_metric=ndcg@10",
         "train.windows=last", f"eval.batch_size={EVAL_BATCH}",
         f"model.hidden={HIDDEN}", f"model.layers={LAYERS}", f"model.heads={HEADS}", f"model.inner={INNER}",
@@ -283,7 +283,7 @@ def child_recbole(args) -> dict:
         "learner": "adam", "learning_rate": LR, "weight_decay": 0.0,
         "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10", "metric_decimal_place": 6,
         "epochs": args.epochs, "stopping_step": max(args.patience - 1, 0), "eval_step": 1,
-        "seed": SEED, "reproducibility": True, "device": "cpu", "use_gpu": False, "show_progress": False,
+        "seed": args.seed, "reproducibility": True, "device": "cpu", "use_gpu": False, "show_progress": False,
         "checkpoint_dir": str(Path(args.workdir) / "recbole-saved"), "worker": 0,
         "log_wandb": False, "state": "INFO",
     }
@@ -344,7 +344,7 @@ def _run_child(python: str, kind: str, args, extra: list[str], workdir: Path) ->
     out = workdir / f"{kind}.json"
     log = workdir / f"{kind}.log"
     cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--epochs", str(args.epochs),
-           "--patience", str(args.patience), *(["--recbole-as-shipped"] if args.recbole_as_shipped else []),
+           "--patience", str(args.patience), "--seed", str(args.seed), *(["--recbole-as-shipped"] if args.recbole_as_shipped else []),
            "--workdir", str(workdir), "--child-out", str(out), *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
@@ -379,11 +379,12 @@ def table(results: list[dict]) -> str:
     lines = [head, "|" + "---|" * (3 + len(COLS))]
     for res in results:
         m, r = _row(res["mmrec"]), _row(res["recbole"])
+        name = res["dataset"] + (f" (seed {res['seed']})" if res.get("seed", SEED) != SEED else "")
         for kind, row in (("mmrec", m), ("RecBole", r)):
             raw = res[kind.lower()]
-            lines.append(f"| {res['dataset']} | {kind} | {raw['epochs_run']} ({raw['best_epoch']}) | "
+            lines.append(f"| {name} | {kind} | {raw['epochs_run']} ({raw['best_epoch']}) | "
                          + " | ".join(fmt.format(row[k]) for k, _, fmt in COLS) + " |")
-        lines.append(f"| {res['dataset']} | mmrec/RecBole | | "
+        lines.append(f"| {name} | mmrec/RecBole | | "
                      + " | ".join(f"{m[k] / r[k]:.2f}x" if r[k] else "-" for k, _, _ in COLS) + " |")
     return "\n".join(lines)
 
@@ -397,7 +398,9 @@ def main() -> None:
                     help="a few epochs (2 unless --epochs), no convergence: the metrics are not comparable")
     ap.add_argument("--recbole-python", default="/work/venv-recbole/bin/python")
     ap.add_argument("--mmrec-python", default=sys.executable)
-    ap.add_argument("--only", choices=["mmrec", "recbole"], help="run one side only (debugging)")
+    ap.add_argument("--seed", type=int, default=SEED, help="seed of both sides (default 0)")
+    ap.add_argument("--only", choices=["mmrec", "recbole"],
+                    help="run one side only (two --only runs can go in parallel; --show merges their JSON)")
     ap.add_argument("--profile", action="store_true", help="mmrec child: cProfile one extra epoch into its log")
     ap.add_argument("--recbole-as-shipped", action="store_true",
                     help="leave RecBole's import-time torch.autograd.set_detect_anomaly(True) on (slower)")
@@ -430,7 +433,16 @@ def main() -> None:
 
     if args.show:
         docs = [json.loads(Path(p).read_text()) for p in args.show]
-        doc = {"settings": [d["settings"] for d in docs], "results": [r for d in docs for r in d["results"]]}
+        # results of the same dataset and seed from separate --only runs are merged into one row pair
+        merged: dict[tuple, dict] = {}
+        for d in docs:
+            for r in d["results"]:
+                key = (r["dataset"], r.get("seed", SEED), r.get("timing_only"))
+                merged.setdefault(key, {}).update(r)
+        incomplete = [k for k, r in merged.items() if not ("mmrec" in r and "recbole" in r)]
+        if incomplete:
+            ap.error(f"no mmrec or no RecBole side for {incomplete}: pass the JSON of both sides")
+        doc = {"settings": [d["settings"] for d in docs], "results": list(merged.values())}
         doc["table"] = table(doc["results"])
         print(doc["table"])
         if args.out:
@@ -450,7 +462,7 @@ def main() -> None:
         assert exp["n_items_seen"] == exp["n_items"], "an item never occurs in a sequence: RecBole would drop it"
         assert exp["loo"], "the prepared split is not leave-one-out on every user; RecBole's LS would differ"
         res = {"dataset": name, "data": str(data), "export": exp, "epochs_cap": args.epochs,
-               "patience": args.patience, "timing_only": args.timing_only}
+               "patience": args.patience, "timing_only": args.timing_only, "seed": args.seed}
         sides = [args.only] if args.only else ["mmrec", "recbole"]
         for kind in sides:  # one after the other: never two heavy jobs at once
             wd = tmp / kind
@@ -474,7 +486,7 @@ def main() -> None:
         else:
             print(f"  kept {tmp}", file=sys.stderr)
     doc = {"settings": {"hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "inner": INNER, "dropout": DROPOUT,
-                        "max_len": MAX_LEN, "batch": BATCH, "lr": LR, "eval_batch": EVAL_BATCH, "seed": SEED,
+                        "max_len": MAX_LEN, "batch": BATCH, "lr": LR, "eval_batch": EVAL_BATCH, "seed": args.seed,
                         "threads": 1, "epochs": args.epochs, "patience": args.patience,
                         "timing_only": args.timing_only},
            "results": results}

@@ -1,7 +1,11 @@
 """The RecBole exporter of bench/recbole_side_by_side.py: rows, order and counts (RecBole not needed)."""
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
+
+import pytest
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
@@ -61,3 +65,28 @@ def test_repeated_targets_are_counted(tmp_path):
     exp = _bench().export_recbole(tmp_path / "p", tmp_path / "atomic", "rep")
     assert exp["targets_repeating_history"] == {"valid": 1, "test": 2}
     assert (tmp_path / "atomic" / "rep" / "rep.inter").read_text().count("\n") == 1 + 8
+
+
+def test_show_merges_the_sides_of_two_only_runs(tmp_path, capsys, monkeypatch):
+    def side(spe, ndcg):
+        return {"epoch_seconds": [spe, spe], "train_targets_per_epoch": 1000, "final_eval_seconds": 2.0,
+                "peak_rss_mib": 100.0, "test_ndcg10": ndcg, "test_hr10": 2 * ndcg, "epochs_run": 2, "best_epoch": 1}
+    docs = {"m.json": ("mmrec", side(10.0, 0.03)), "r.json": ("recbole", side(40.0, 0.02))}
+    for name, (kind, res) in docs.items():
+        (tmp_path / name).write_text(json.dumps({"settings": {"seed": 1}, "results": [
+            {"dataset": "toy", "seed": 1, "timing_only": False, kind: res}]}))
+    bench = _bench()
+    monkeypatch.setattr(sys, "argv", ["x", "--show", str(tmp_path / "m.json"), str(tmp_path / "r.json"),
+                                      "--out", str(tmp_path / "both.json")])
+    bench.main()
+    out = capsys.readouterr().out
+    ratio = [l for l in out.splitlines() if "mmrec/RecBole" in l][0]
+    # s/epoch 10 / 40, targets/s 100 / 25, NDCG 0.03 / 0.02; the seed is named
+    assert ratio.startswith("| toy (seed 1) | mmrec/RecBole |")
+    assert "| 0.25x | 1.00x | 4.00x |" in ratio and "| 1.50x |" in ratio
+    assert len(json.loads((tmp_path / "both.json").read_text())["results"]) == 1
+    # one side alone cannot make a row
+    monkeypatch.setattr(sys, "argv", ["x", "--show", str(tmp_path / "m.json")])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "no mmrec or no RecBole side" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import torch
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
+from mmrec.trainers import evaluation
 from mmrec.trainers.evaluation import EvalConfig, Evaluator, metrics_from_ranks
 
 from conftest import raw_from_sequences
@@ -86,7 +87,7 @@ def test_target_repeating_history_is_never_masked(tmp_path):
     assert out["ranks"].tolist() == [0]  # 2 and 4 are history, masked; the target 1 stays
 
 
-def test_chunked_ranking_equals_unchunked(tmp_path):
+def test_chunked_ranking_equals_unchunked(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     seqs = {f"u{u}": [str(x) for x in rng.integers(1, 60, size=8)] for u in range(40)}
     d = PreparedDataset(prepare(raw_from_sequences(seqs), tmp_path / "p",
@@ -98,6 +99,14 @@ def test_chunked_ranking_equals_unchunked(tmp_path):
         b = Evaluator(d, EvalConfig(history_mask=mask, item_chunk=7, batch_size=3), 5,
                       torch.device("cpu")).evaluate(m, "test", return_ranks=True)
         assert a["ranks"].tolist() == b["ranks"].tolist()
+        # score tiles of 2 users: batches split in row blocks, each with its own history pairs
+        with monkeypatch.context() as mp:
+            mp.setattr(evaluation, "_TILE_ELEMENTS", 1)
+            mp.setattr(evaluation, "_TILE_MIN_ROWS", 2)
+            for chunk in (7, 65536):
+                c = Evaluator(d, EvalConfig(history_mask=mask, item_chunk=chunk, batch_size=5), 5,
+                              torch.device("cpu")).evaluate(m, "test", return_ranks=True)
+                assert c["ranks"].tolist() == a["ranks"].tolist()
         # brute force
         cases = d.eval_cases("test")
         expect = []

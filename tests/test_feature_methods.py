@@ -198,3 +198,20 @@ def test_every_method_overfits_a_tiny_ring_and_round_trips_its_checkpoint(tmp_pa
     again = json.loads(r.output)
     for k, v in res["test"].items():
         assert again[k] == pytest.approx(v, abs=1e-12), k
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_query_is_the_state_at_the_last_real_position(name):
+    """Methods whose ``query`` skips work (the transformer's last block at one position) must give
+    the state of ``sequence_states`` at each row's last real position."""
+    from mmrec.trainers.modules.sequence import gather_last
+
+    cls = METHODS[name]
+    kw = {"features": _feats(30, {"text": 12})} if cls.modalities else {}
+    m = cls(from_dict(cls.Config, {}), 30, 10, **kw).eval()
+    torch.manual_seed(0)
+    items = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8], [9, 0, 0, 0, 0]])
+    lengths = torch.tensor([3, 5, 1])
+    with torch.no_grad():
+        expect = gather_last(m.sequence_states(items, lengths), lengths)
+        assert torch.allclose(m.query(items, lengths), expect, atol=1e-5)

@@ -63,3 +63,25 @@ def test_bce_loss_hand_computed():
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
     expect = -math.log(sig(2)) - math.log(1 - sig(-1))
     assert bce_sampled(h, torch.tensor([1]), torch.tensor([2]), emb).item() == pytest.approx(expect, rel=1e-6)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_last_position_read_out_equals_the_full_encoder(layers):
+    """`TransformerEncoder.last` computes the last block at each row's last real position only; it
+    must equal the full encoder read at that position, for every length, padding and position mode."""
+    torch.manual_seed(layers)
+    for mode in ("forward", "reverse"):
+        enc = TransformerEncoder(hidden=8, heads=2, inner=16, layers=layers, max_len=6, position=mode).eval()
+        x = torch.randn(4, 6, 8)
+        lengths = torch.tensor([1, 3, 6, 5])
+        x[0, 1:] = 0.0  # padding
+        x[1, 3:] = 0.0
+        with torch.no_grad():
+            full = gather_last(enc(x, lengths), lengths)
+            last = enc.last(x, lengths)
+            # what follows the last real position (padding or not) cannot change its state
+            x2 = x.clone()
+            x2[1, 3:] = torch.randn(3, 8)
+            assert torch.allclose(enc.last(x2, lengths), last, atol=1e-6)
+        assert last.shape == (4, 8)
+        assert torch.allclose(last, full, atol=1e-6)

@@ -133,7 +133,7 @@ def recommend(run_dir: str | Path, out_path: str | Path, cfg: RecommendConfig | 
             best_i = torch.zeros((len(u), 0), dtype=torch.long)
             for lo in range(1, n_items + 1, cfg.item_chunk):
                 hi = min(n_items, lo + cfg.item_chunk - 1) + 1
-                sc = model.score(q, torch.arange(lo, hi)).float()
+                sc = model.score_range(q, lo, hi).float()
                 sc[:, blocked[lo:hi]] = float("-inf")
                 if cfg.exclude_seen:
                     sel = (seen_items >= lo) & (seen_items < hi)

@@ -143,6 +143,10 @@ class SequentialRecommender(nn.Module):
             cached = self._eval_table = self.item_embeddings().detach()
         return cached
 
+    def score_range(self, query: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Scores ``[B, hi - lo]`` of items ``lo..hi-1`` (a slice of the table, no gather)."""
+        return query @ self.scoring_table()[lo:hi].T
+
     def score(self, query: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         emb = self.scoring_table()
         if item_ids.dim() == 1:

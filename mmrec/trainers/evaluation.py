@@ -90,6 +90,19 @@ def rank_from_counts(greater: np.ndarray, equal: np.ndarray, ties: str, rng: np.
     return greater + np.floor(rng.random(len(greater)) * (equal + 1)).astype(np.int64)
 
 
+# score tiles on a CPU: about 4 MiB of float32 scores (a few rows of a large catalogue's chunk)
+_TILE_ELEMENTS = 1 << 20
+_TILE_MIN_ROWS = 16
+
+
+def _score_range(model: torch.nn.Module, q: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Scores of items ``lo..hi-1``: the model's ``score_range`` (a table slice) where it has one, else
+    its ``score`` on the ids (any object with ``query`` and ``score`` can be evaluated)."""
+    if hasattr(model, "score_range"):
+        return model.score_range(q, lo, hi)
+    return model.score(q, torch.arange(lo, hi, device=q.device))
+
+
 class Evaluator:
     """Ranks the targets of a dataset part with a model; see the module docstring for the protocol."""
 
@@ -173,36 +186,53 @@ class Evaluator:
         n_items, chunk, dev = self.data.n_items, self.cfg.item_chunk, self.device
         ranks = np.zeros(len(cases), dtype=np.int64)
         rng = np.random.default_rng(self.cfg.seed)
+        n_chunks = -(-n_items // chunk)
+        # users of a batch are scored in row blocks whose score tile (rows x chunk columns) stays in
+        # a CPU's last-level cache: writing and re-reading a [1024, n_items] matrix from memory cost
+        # twice the time of the same work in tiles (bench/eval_speed.py)
+        rows = max(_TILE_MIN_ROWS, _TILE_ELEMENTS // min(chunk, n_items)) if dev.type == "cpu" else self.cfg.batch_size
         for idx in self._batches(cases):
             start, pos, items, lengths, targets = self._inputs(cases, idx)
-            q = model.query(torch.as_tensor(items, device=dev), torch.as_tensor(lengths, device=dev))
-            h_rows, h_items = self._history_pairs(start, pos, items, lengths, targets)
-            b = len(idx)
-            t_chunk = (targets - 1) // chunk
-            first = int(t_chunk[0])
-            n_chunks = -(-n_items // chunk)
+            q_all = model.query(torch.as_tensor(items, device=dev), torch.as_tensor(lengths, device=dev))
+            h_rows_all, h_items_all = self._history_pairs(start, pos, items, lengths, targets)
+            first = int((targets[0] - 1) // chunk)  # every target of the batch is in this chunk
             order = [first] + [c for c in range(n_chunks) if c != first]
-            tscore = None
-            # counts of items scoring >= and (unless ties are pessimistic, which needs only >=) > the
-            # target; int32 sums of the comparisons: 4x faster than two int64 sums on a CPU
-            at_least = torch.zeros(b, dtype=torch.int32, device=dev)
-            above = torch.zeros(b, dtype=torch.int32, device=dev) if self.cfg.ties != "pessimistic" else None
-            for c in order:
-                lo, hi = 1 + c * chunk, min(n_items, (c + 1) * chunk) + 1
-                s = model.score(q, torch.arange(lo, hi, device=dev)).float()
-                sel = (h_items >= lo) & (h_items < hi)
-                if sel.any():
-                    s[torch.as_tensor(h_rows[sel], device=dev), torch.as_tensor(h_items[sel] - lo, device=dev)] = -torch.inf
-                if tscore is None:  # the first chunk holds every target of this batch
-                    tscore = s[torch.arange(b, device=dev), torch.as_tensor(targets - lo, device=dev)].clone()
-                t = tscore[:, None]
-                at_least += (s >= t).sum(1, dtype=torch.int32)
-                if above is not None:
-                    above += (s > t).sum(1, dtype=torch.int32)
-            ge = at_least.cpu().numpy().astype(np.int64) - 1  # the target itself
-            greater = ge if above is None else above.cpu().numpy().astype(np.int64)
+            ge = np.zeros(len(idx), np.int64)
+            greater = np.zeros(len(idx), np.int64)
+            for r0 in range(0, len(idx), rows):
+                r1 = min(r0 + rows, len(idx))
+                in_block = (h_rows_all >= r0) & (h_rows_all < r1)
+                h_rows, h_items = h_rows_all[in_block] - r0, h_items_all[in_block]
+                ge[r0:r1], greater[r0:r1] = self._count_block(model, q_all[r0:r1], targets[r0:r1], order,
+                                                              h_rows, h_items)
             ranks[idx] = rank_from_counts(greater, ge - greater, self.cfg.ties, rng)
         return ranks
+
+    def _count_block(self, model: torch.nn.Module, q: torch.Tensor, targets: np.ndarray, order: list[int],
+                     h_rows: np.ndarray, h_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Counts of items scoring >= and > the target (target excluded) for the queries ``q``,
+        over the item chunks in ``order`` (the first holds every target)."""
+        n_items, chunk, dev = self.data.n_items, self.cfg.item_chunk, self.device
+        b = len(targets)
+        tscore = None
+        # counts of items scoring >= and (unless ties are pessimistic, which needs only >=) > the
+        # target; int32 sums of the comparisons: 4x faster than two int64 sums on a CPU
+        at_least = torch.zeros(b, dtype=torch.int32, device=dev)
+        above = torch.zeros(b, dtype=torch.int32, device=dev) if self.cfg.ties != "pessimistic" else None
+        for c in order:
+            lo, hi = 1 + c * chunk, min(n_items, (c + 1) * chunk) + 1
+            s = _score_range(model, q, lo, hi).float()
+            sel = (h_items >= lo) & (h_items < hi)
+            if sel.any():
+                s[torch.as_tensor(h_rows[sel], device=dev), torch.as_tensor(h_items[sel] - lo, device=dev)] = -torch.inf
+            if tscore is None:
+                tscore = s[torch.arange(b, device=dev), torch.as_tensor(targets - lo, device=dev)].clone()
+            t = tscore[:, None]
+            at_least += (s >= t).sum(1, dtype=torch.int32)
+            if above is not None:
+                above += (s > t).sum(1, dtype=torch.int32)
+        ge = at_least.cpu().numpy().astype(np.int64) - 1  # the target itself
+        return ge, (ge if above is None else above.cpu().numpy().astype(np.int64))
 
     def negatives_for(self, cases: EvalCases, part: str) -> np.ndarray:
         """Seeded sampled negatives for ``part`` (loaded from the run folder when saved before)."""

@@ -92,7 +92,7 @@ from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.adaptors import MoEAdaptor
 from mmrec.trainers.modules.items import FeatureItems, present_slots
 from mmrec.trainers.modules.losses import ce_all_items, infonce_in_batch
-from mmrec.trainers.modules.sequence import TransformerConfig, TransformerEncoder, gather_last
+from mmrec.trainers.modules.sequence import TransformerConfig, TransformerEncoder, gather_last, last_states
 
 
 @dataclass
@@ -217,6 +217,9 @@ class ANT(SequentialRecommender):
 
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder(self.item_vectors(items), lengths), dim=-1)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return F.normalize(last_states(self.encoder, self.item_vectors(items), lengths), dim=-1)
 
     def item_embeddings(self) -> torch.Tensor:
         return F.normalize(self.item_vectors(None), dim=-1)

@@ -117,7 +117,7 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import present_slots
 from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
-from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone
+from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone, last_states
 
 METRICS = ("cosine", "dot", "euclidean", "manhattan")
 
@@ -454,6 +454,9 @@ class KDSR(SequentialRecommender):
 
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.fuse(items), lengths)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return last_states(self.encoder, self.fuse(items), lengths)
 
     # -- distillation --------------------------------------------------------------------------------
     def pair_mask(self, items: torch.Tensor, slot: str, first: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
-from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone
+from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone, last_states
 
 @dataclass
 class MMSRConfig(TransformerConfig, FeatureConfig):
@@ -60,6 +60,9 @@ class MMSR(SequentialRecommender):
 
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.items.lookup(items), lengths)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return last_states(self.encoder, self.items.lookup(items), lengths)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.items.table()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.sequence import TransformerConfig
+from mmrec.trainers.modules.sequence import TransformerConfig, last_states
 
 
 @dataclass
@@ -37,6 +37,9 @@ class SASRec(SequentialRecommender):
 
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.item(items), lengths)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return last_states(self.encoder, self.item(items), lengths)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item.weight

@@ -18,7 +18,7 @@ from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
-from mmrec.trainers.modules.sequence import TransformerConfig
+from mmrec.trainers.modules.sequence import TransformerConfig, last_states
 
 
 @dataclass
@@ -45,6 +45,9 @@ class SASRecEF(SequentialRecommender):
 
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.item(items) + self.feat.lookup(items), lengths)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return last_states(self.encoder, self.item(items) + self.feat.lookup(items), lengths)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item.weight + self.feat.table()

@@ -38,7 +38,7 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureItems
 from mmrec.trainers.modules.losses import ce_all_items
-from mmrec.trainers.modules.sequence import TransformerConfig, gather_last
+from mmrec.trainers.modules.sequence import TransformerConfig, gather_last, last_states
 
 
 @dataclass
@@ -111,6 +111,9 @@ class UniSRec(SequentialRecommender):
 
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder(self._items(items), lengths), dim=-1)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return F.normalize(last_states(self.encoder, self._items(items), lengths), dim=-1)
 
     def item_embeddings(self) -> torch.Tensor:
         return F.normalize(self._items(None), dim=-1)
