@@ -82,7 +82,7 @@ def main() -> None:
             "max_rank_difference": int(np.abs(ranks["untiled"] - ranks["tiled"]).max()),
             "times": times,
         })
-    print(f"| dataset | items | valid cases | untiled s | tiled s | speed-up | ranks differing |")
+    print("| dataset | items | valid cases | untiled s | tiled s | speed-up | ranks differing |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['dataset']} | {r['n_items']:,} | {r['cases']:,} | {r['untiled_s']:.2f} | {r['tiled_s']:.2f} "
