@@ -143,8 +143,9 @@ def test_in_batch_masks_and_log_popularity_correction():
     windows = [{1, 2, 3, 4}] * 3 + [{7, 3, 8}] * 2
     tgt = [2, 3, 4, 3, 8]
     for mode in ("window", "label"):
-        m = _model(in_batch_mask=mode, distill=False).train()
-        logits, t = m.batch_logits(_batch())
+        m = _model(in_batch_mask=mode, distill=False, candidates="positions").train()
+        logits, t, label, log_mult = m.batch_logits(_batch())
+        assert label.tolist() == list(range(5)) and log_mult is None
         assert t.tolist() == tgt and set(logits) == {"id", "text", "image"}
         for n in range(5):
             for j in range(5):
@@ -152,22 +153,65 @@ def test_in_batch_masks_and_log_popularity_correction():
                 assert (logits["id"][n, j].item() == inf) == masked, (mode, n, j)
     # popularity: with counts c, z_debiased - z_plain = -log(c_j / sum c) on every finite entry
     counts = torch.tensor([0, 1, 4, 2, 1, 1, 1, 3, 5, 1, 1, 1, 1])
-    m = _model(in_batch_mask="label").train()
+    m = _model(in_batch_mask="label", candidates="positions").train()
     m.item_popularity = counts
-    z, _ = m.batch_logits(_batch())
+    z = m.batch_logits(_batch()).logits
     m.cfg.debias = False
-    z0, _ = m.batch_logits(_batch())
+    z0 = m.batch_logits(_batch()).logits
     total = counts[1:].sum().item()
     for j, item in enumerate(tgt):
         corr = -math.log(counts[item].item() / total)
         assert z["text"][0, j].item() == pytest.approx(z0["text"][0, j].item() + corr, abs=1e-4)
     # without popularity from the loop: the in-batch target counts (item 3 twice out of 5)
-    m = _model(in_batch_mask="label", debias=True).train()
-    z, _ = m.batch_logits(_batch())
+    m = _model(in_batch_mask="label", debias=True, candidates="positions").train()
+    z = m.batch_logits(_batch()).logits
     m.cfg.debias = False
-    z0, _ = m.batch_logits(_batch())
+    z0 = m.batch_logits(_batch()).logits
     assert (z["id"][0, 0] - z0["id"][0, 0]).item() == pytest.approx(-math.log(1 / 5), abs=1e-4)
     assert (z["id"][0, 1] - z0["id"][0, 1]).item() == pytest.approx(-math.log(2 / 5), abs=1e-4)
+
+
+def _dup_batch():
+    # targets with repeats across and within rows (3 four times, 2 twice), two rows of one user
+    return {
+        "items": torch.tensor([[1, 2, 3, 0, 0], [7, 3, 2, 3, 0], [5, 3, 9, 4, 6]]),
+        "targets": torch.tensor([[2, 3, 4, 0, 0], [3, 2, 3, 8, 0], [3, 9, 4, 6, 1]]),
+        "lengths": torch.tensor([3, 4, 5]),
+        "user": torch.tensor([0, 1, 0]),
+    }
+
+
+@pytest.mark.parametrize("cfg", [
+    {"in_batch_mask": "label", "detach_teacher": True},
+    {"in_batch_mask": "window", "detach_teacher": False},
+    {"in_batch_mask": "label", "debias": False, "temperature": 2.0},
+])
+def test_distinct_item_candidates_give_the_per_position_loss_and_gradients(cfg):
+    """`candidates=items` (one column per distinct target, log-count added) is the same objective as
+    the code's one column per position: same total loss, same parts, same gradient on every weight."""
+    out = {}
+    for cand in ("positions", "items"):
+        m = _model(seed=3, candidates=cand, rampup=0.5, **cfg).train()
+        m.item_popularity = torch.tensor([0, 1, 4, 2, 1, 1, 1, 3, 5, 1, 1, 1, 1])
+        loss = m.loss(_dup_batch(), _Train())
+        loss.backward()
+        out[cand] = (loss.item(), dict(m._loss_parts),
+                     {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    (l_pos, parts_pos, g_pos), (l_item, parts_item, g_item) = out["positions"], out["items"]
+    assert l_item == pytest.approx(l_pos, rel=1e-5)
+    assert parts_item.keys() == parts_pos.keys() and "kd_ens_id" in parts_item
+    for k in parts_pos:
+        assert parts_item[k] == pytest.approx(parts_pos[k], rel=1e-5, abs=1e-6), k
+    assert g_item.keys() == g_pos.keys() and len(g_pos) > 10
+    for k in g_pos:
+        assert torch.allclose(g_item[k], g_pos[k], atol=1e-5, rtol=1e-4), k
+    # and the logits are smaller: 12 target positions, 7 distinct items
+    m = _model(candidates="items").train()
+    z, t, label, log_mult = m.batch_logits(_dup_batch())
+    assert len(t) == 12 and z["id"].shape == (12, 7)
+    assert [int(x) for x in torch.unique(t)[label]] == t.tolist()
+    # row 1's label is item 3 (one column); item 3 in another row stands for its 4 positions
+    assert log_mult[1, label[1]].item() == 0.0 and log_mult[0, label[1]].item() == pytest.approx(math.log(4))
 
 
 # --- distillation ---------------------------------------------------------------------------------

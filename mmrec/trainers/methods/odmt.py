@@ -65,6 +65,10 @@ Arts settings of ``run_arts.py`` (H&M 0.5 / 60, Office 0.4 / 40, KS 0.5 / 50); `
   tokens after each modality's own projection, which works when text and image dimensions differ.
 - In-batch candidates are the batch's *targets* (the shared ``in_batch_logpop_logits``); the code also
   uses the first input item of each sequence as a candidate. Masked logits are -inf, not -1e4.
+  The code has one column per target position (N = B x L columns, ``model.candidates=positions``);
+  the default ``items`` has one column per distinct target item with log(count) added to its logit,
+  which gives the same losses and gradients (tests/test_odmt.py) at K <= min(N, n_items) columns:
+  on ml-1m (256 x 50 positions, 3,416 items) a quarter of the logits or fewer.
 - The item popularity comes from the loop (``item_popularity``, training counts); without it (a model
   used outside the loop) the in-batch target counts are used.
 - The IMT padding mask applies to every modality (all-zero token rows); the code masks text only.
@@ -86,7 +90,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -95,10 +99,27 @@ from torch import nn
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import present_slots
-from mmrec.trainers.modules.losses import in_batch_logpop_logits, log_sampling_prob, soft_ce
+from mmrec.trainers.modules.losses import (
+    candidate_logpop_logits,
+    in_batch_logpop_logits,
+    in_batch_multiplicity,
+    log_sampling_prob,
+    soft_ce,
+)
 from mmrec.trainers.modules.sequence import TransformerBlock, TransformerConfig, TransformerEncoder
 
 LN_EPS = 1e-6  # ODMT's LayerNorm epsilon (IMT and user encoders)
+
+
+class InBatch(NamedTuple):
+    """``ODMT.batch_logits``: ``logits`` ``{m: [N, K]}``, the N ``targets``, each row's ``label`` column,
+    and ``log_multiplicity`` ``[N, K]`` (how many per-position columns a column stands for; None when
+    the columns are the positions)."""
+
+    logits: dict[str, torch.Tensor]
+    targets: torch.Tensor
+    label: torch.Tensor
+    log_multiplicity: torch.Tensor | None
 
 
 @dataclass
@@ -118,6 +139,10 @@ class ODMTConfig(TransformerConfig):
     # label item; "window" (ODMT's code) also every item of the row's window (its user's inputs and
     # targets), which suits an evaluation that masks the history (eval.history_mask=whole, as ODMT)
     in_batch_mask: Literal["label", "window"] = "label"
+    # "items": one column per distinct target item, with its count added to the logit (the same loss
+    # and gradients as "positions", the code's one column per target position, at K x N logits
+    # instead of N x N; N = B x L positions, K <= min(N, n_items))
+    candidates: Literal["items", "positions"] = "items"
     distill: bool = True
     temperature: float = 0.3
     rampup: float = 20.0  # a >= 1: sigmoid ramp-up over a epochs; 0 <= a < 1: a constant weight a
@@ -361,9 +386,11 @@ class ODMT(SequentialRecommender):
             self._log_pop, self._log_pop_src = log_sampling_prob(counts), pop
         return self._log_pop
 
-    def batch_logits(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Each sub-network's debiased in-batch logits ``{m: [N, N]}`` over the N target positions of
-        the batch (the label of row n is column n), and the targets ``[N]``."""
+    def batch_logits(self, batch: dict[str, torch.Tensor]) -> InBatch:
+        """Each sub-network's debiased in-batch logits over the N target positions of the batch:
+        ``{m: [N, K]}`` with K = N (``candidates=positions``: column j is position j's target, row n's
+        label is column n) or the K distinct targets (``candidates=items``, with their multiplicities;
+        see ``InBatch``)."""
         items, targets, lengths = batch["items"], batch["targets"], batch["lengths"]
         b, l = items.shape
         uniq, tables = self._batch_tables(torch.cat([items, targets], dim=1))
@@ -372,17 +399,24 @@ class ODMT(SequentialRecommender):
         pos = targets > 0
         tgt, tloc = targets[pos], loc_targets[pos]
         row = torch.arange(b, device=items.device)[:, None].expand(b, l)[pos]
-        exclude = torch.zeros(len(tgt), len(tgt), dtype=torch.bool, device=items.device)
+        by_item = self.cfg.candidates == "items"
+        if by_item:
+            cand, label = torch.unique(tgt, return_inverse=True)
+            cloc = torch.searchsorted(uniq, cand)
+            log_mult = in_batch_multiplicity(label, len(cand))
+        else:
+            cand, cloc, label, log_mult = tgt, tloc, torch.arange(len(tgt), device=items.device), None
+        exclude = torch.zeros(len(tgt), len(cand), dtype=torch.bool, device=items.device)
         if self.cfg.in_batch_mask == "window":
-            # candidates j that occur in the window of row n's user are not negatives (the label excepted)
+            # candidates that occur in the window of row n's user are not negatives (the label excepted)
             owner = batch.get("user", torch.arange(b, device=items.device)).long()
             span = self.n_items + 1
             seq = torch.cat([items, targets], dim=1)
             seq_keys = (owner[:, None] * span + seq)[seq > 0]
-            member = torch.isin(owner[:, None] * span + tgt[None, :], seq_keys)  # [B, N]
+            member = torch.isin(owner[:, None] * span + cand[None, :], seq_keys)  # [B, K]
             exclude = member[row]
         if self.train_exclusion is not None:
-            exclude = exclude | self.train_exclusion[tgt][None, :]
+            exclude = exclude | self.train_exclusion[cand][None, :]
         if not self.cfg.debias:
             log_pop = torch.zeros(len(uniq), device=items.device)
         else:
@@ -395,31 +429,35 @@ class ODMT(SequentialRecommender):
         logits = {}
         for m in self.subnets:
             h = self.encoders[m](tables[m][loc_items], lengths)[pos]
-            logits[m] = in_batch_logpop_logits(h, tloc, tables[m], log_pop, exclude)
-        return logits, tgt
+            if by_item:
+                logits[m] = candidate_logpop_logits(h, cloc, label, tables[m], log_pop, exclude)
+            else:
+                logits[m] = in_batch_logpop_logits(h, tloc, tables[m], log_pop, exclude)
+        return InBatch(logits, tgt, label, log_mult)
 
-    def distillation_terms(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def distillation_terms(self, logits: dict[str, torch.Tensor],
+                           log_multiplicity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``{kd_id_text, kd_id_image, kd_ens_id}`` (those whose sub-networks exist)."""
         cfg = self.cfg
         out = {}
         for s in self.slots:
-            out[f"kd_id_{s}"] = soft_ce(logits[s], logits["id"], cfg.temperature, cfg.detach_teacher)
+            out[f"kd_id_{s}"] = soft_ce(logits[s], logits["id"], cfg.temperature, cfg.detach_teacher, log_multiplicity)
         ens = torch.stack([logits[m] for m in self.subnets]).mean(0)
-        out["kd_ens_id"] = soft_ce(logits["id"], ens, cfg.temperature, cfg.detach_teacher)
+        out["kd_ens_id"] = soft_ce(logits["id"], ens, cfg.temperature, cfg.detach_teacher, log_multiplicity)
         return out
 
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
-        logits, tgt = self.batch_logits(batch)
+        logits, tgt, label, log_mult = self.batch_logits(batch)
         n = len(tgt)
         if n == 0:
             self._loss_parts = {}
             return self.id_emb.weight.sum() * 0.0
-        label = torch.arange(n, device=tgt.device)
-        parts = {f"ce_{m}": F.cross_entropy(z, label) for m, z in logits.items()}
+        # the per-position layout's cross-entropy: column k counts log m times in the denominator
+        parts = {f"ce_{m}": F.cross_entropy(z if log_mult is None else z + log_mult, label) for m, z in logits.items()}
         total = sum(parts.values())
         if self.cfg.distill:
             w = self.current_distill_weight()
-            kd = self.distillation_terms(logits)
+            kd = self.distillation_terms(logits, log_mult)
             total = total + w * sum(kd.values())
             parts.update(kd)
             parts["distill_weight"] = torch.tensor(w)

@@ -160,16 +160,52 @@ def ce_in_batch_logpop(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.T
     return F.cross_entropy(logits, torch.arange(len(h), device=h.device))
 
 
+def candidate_logpop_logits(h: torch.Tensor, candidates: torch.Tensor, label: torch.Tensor,
+                            item_emb: torch.Tensor, log_pop: torch.Tensor,
+                            exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """``in_batch_logpop_logits`` over *distinct* candidate items: ``z_ik = h_i . e_{c_k} - log p_{c_k}``
+    ``[N, K]``, row i's label in column ``label[i]``; ``exclude`` ([N, K] bool) entries other than the
+    label are -inf. With the multiplicities of ``in_batch_multiplicity`` added, its softmax equals the
+    per-position one of ``in_batch_logpop_logits`` (an item held by c positions is c equal columns
+    there, ``c exp(z) = exp(z + log c)``) at K <= N columns instead of N."""
+    logits = (h @ item_emb[candidates].T).float() - log_pop[candidates].float()[None, :]
+    if exclude is not None:
+        keep_label = torch.zeros_like(exclude)
+        keep_label[torch.arange(len(h), device=h.device), label] = True
+        logits = logits.masked_fill(exclude & ~keep_label, float("-inf"))
+    return logits
+
+
+def in_batch_multiplicity(label: torch.Tensor, n_candidates: int) -> torch.Tensor:
+    """``log m`` ``[N, K]``: how many in-batch columns of the per-position layout hold candidate k for
+    row i: its count among the targets, except the row's own label, which is one column (the other
+    positions holding the label item are masked there)."""
+    counts = torch.bincount(label, minlength=n_candidates).float()
+    log_m = counts.log()[None, :].repeat(len(label), 1)
+    log_m[torch.arange(len(label), device=label.device), label] = 0.0
+    return log_m
+
+
 def soft_ce(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
-            detach_teacher: bool = True) -> torch.Tensor:
+            detach_teacher: bool = True, log_multiplicity: torch.Tensor | None = None) -> torch.Tensor:
     """Distillation loss (ODMT's ``kd_ce_loss``): ``-mean_i sum_j q_ij log p_ij * temperature^2`` with
     ``q = softmax(teacher / T)`` and ``p = softmax(student / T)`` row-wise. Entries that are -inf in both
     (masked candidates) contribute 0. ``detach_teacher=False`` lets gradients reach the teacher, as ODMT's
     code does.
+
+    ``log_multiplicity`` (``log m_ij``, e.g. ``in_batch_multiplicity``): column j stands for m_ij equal
+    columns; the value and gradients are those of the loss over the expanded columns,
+    ``-sum_j q'_ij log p'_ij + sum_j q'_ij log m_ij`` with ``q' = softmax(teacher / T + log m)``.
     """
     if detach_teacher:
         teacher = teacher.detach()
-    q = torch.softmax(teacher.float() / temperature, dim=-1)
-    log_p = torch.log_softmax(student.float() / temperature, dim=-1)
+    zt, zs = teacher.float() / temperature, student.float() / temperature
+    if log_multiplicity is not None:
+        zt, zs = zt + log_multiplicity, zs + log_multiplicity
+    q = torch.softmax(zt, dim=-1)
+    log_p = torch.log_softmax(zs, dim=-1)
     log_p = log_p.masked_fill(~torch.isfinite(log_p), 0.0)
-    return -(q * log_p).sum(-1).mean() * temperature ** 2
+    loss = -(q * log_p).sum(-1)
+    if log_multiplicity is not None:
+        loss = loss + (q * log_multiplicity).sum(-1)
+    return loss.mean() * temperature ** 2
