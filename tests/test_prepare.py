@@ -102,6 +102,27 @@ def test_dedup_and_max_seq_len(tmp_path):
     assert [f["step"] for f in d3.meta["filters"]] == ["max_seq_len"]
 
 
+def test_sample_users_keeps_whole_histories_of_a_seeded_sample(tmp_path):
+    seqs = {f"u{k}": [str(k), str(k + 1), str(k + 2)] for k in range(10)}
+    kw = dict(min_user_interactions=1, min_item_interactions=1)
+    a = PreparedDataset(prepare(raw_from_sequences(seqs), tmp_path / "a", PrepareConfig(sample_users=4, **kw)))
+    b = PreparedDataset(prepare(raw_from_sequences(seqs), tmp_path / "b", PrepareConfig(sample_users=4, **kw)))
+    c = PreparedDataset(prepare(raw_from_sequences(seqs), tmp_path / "c",
+                                PrepareConfig(sample_users=4, sample_seed=1, **kw)))
+    assert a.n_users == 4 and list(a.raw_user_ids) == list(b.raw_user_ids)
+    assert list(c.raw_user_ids) != list(a.raw_user_ids)
+    for u in range(a.n_users):  # every kept user keeps its whole history, in order
+        k = int(a.raw_user_ids[u][1:])
+        assert a.raw_item_ids[a.sequence(u)].tolist() == [str(k), str(k + 1), str(k + 2)]
+    f = a.meta["filters"][0]
+    assert (f["step"], f["rows_before"], f["rows_after"], f["users_kept"]) == ("sample_users", 30, 12, 4)
+    # more users asked for than there are: everything is kept, and the log says so
+    d = PreparedDataset(prepare(raw_from_sequences(seqs), tmp_path / "d", PrepareConfig(sample_users=50, **kw)))
+    assert d.n_users == 10 and d.meta["filters"][0]["rows_dropped"] == 0
+    with pytest.raises(Exception, match="sample_users must be at least 1"):
+        PrepareConfig(sample_users=0).validate()
+
+
 def test_overwrite_protection_and_json(tmp_path, successor_raw):
     out = prepare(successor_raw, tmp_path / "p", PrepareConfig())
     with pytest.raises(Exception, match="--overwrite"):

@@ -7,6 +7,8 @@ Steps, in order, each recorded in ``dataset.json`` with the rows it dropped and 
    drop``, the default, counted), fatal (``error``) or kept with an empty catalogue row (``keep``).
 3. ``dedup``: ``none`` keeps repeated events; ``consecutive`` drops an event that repeats the
    user's previous item; ``first`` keeps only a user's first event on each item.
+   ``sample_users``: keep the events of N users drawn uniformly (seeded by ``sample_seed``) before
+   the k-core, for quick experiments on a subset (none by default).
 4. Iterative k-core: drop users with fewer than ``min_user_interactions`` and items with fewer
    than ``min_item_interactions`` events, repeated until both hold (or ``kcore_iterative: false``
    for one pass). A dataset emptied by a filter is an error that names the filter.
@@ -49,6 +51,8 @@ class PrepareConfig:
     unknown_items: Literal["drop", "error", "keep"] = "drop"
     dedup: Literal["none", "consecutive", "first"] = "none"
     max_seq_len: int | None = None
+    sample_users: int | None = None
+    sample_seed: int = 0
     split: Literal["loo", "time", "ratio"] = "loo"
     time_split: list[float] = field(default_factory=lambda: [0.8, 0.9])
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
@@ -56,6 +60,8 @@ class PrepareConfig:
     def validate(self) -> None:
         if self.min_user_interactions < 1 or self.min_item_interactions < 1:
             raise ConfigError("min_user_interactions and min_item_interactions must be at least 1")
+        if self.sample_users is not None and self.sample_users < 1:
+            raise ConfigError("sample_users must be at least 1 (or unset to keep every user)")
         if self.max_seq_len is not None and self.max_seq_len < 3:
             raise ConfigError("max_seq_len must be at least 3 (train, valid and test need one event each)")
         if len(self.time_split) != 2 or not self.time_split[0] <= self.time_split[1]:
@@ -172,6 +178,17 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
             keep[first_idx] = True
         u, it, ts, row, sel = u[keep], it[keep], ts[keep], row[keep], sel[keep]
         log.add("dedup", before, len(u), f"repeated events ({cfg.dedup})")
+
+    if cfg.sample_users is not None:
+        present = np.unique(u)
+        before = len(u)
+        if cfg.sample_users < len(present):
+            chosen = np.random.default_rng(cfg.sample_seed).choice(present, cfg.sample_users, replace=False)
+            keep = np.isin(u, chosen)
+            u, it, ts, row, sel = u[keep], it[keep], ts[keep], row[keep], sel[keep]
+        log.add("sample_users", before, len(u),
+                f"events of users outside a uniform sample of {cfg.sample_users} (seed {cfg.sample_seed}) "
+                f"of {len(present)}", users_kept=int(min(cfg.sample_users, len(present))))
 
     # iterative k-core
     rounds = 0
