@@ -6,6 +6,8 @@ Protocol, as recorded in every ``results.json``:
   last ``max_len`` of them).
 - ``mode=full`` scores every item 1..n_items (never the padding id 0), in chunks of
   ``item_chunk`` items so a large catalogue fits in memory; only the rank of the target is kept.
+  On a CPU the scores are computed in cache-sized tiles (at most 8,192 items by a few hundred
+  users); the ranks do not depend on the chunk or tile sizes.
 - ``history_mask``: ``none`` ranks every item; ``input`` excludes the items of the model's input
   window; ``whole`` excludes every item of the user's history. The target itself is never
   excluded (a repeated item stays a reachable target).
@@ -90,9 +92,12 @@ def rank_from_counts(greater: np.ndarray, equal: np.ndarray, ties: str, rng: np.
     return greater + np.floor(rng.random(len(greater)) * (equal + 1)).astype(np.int64)
 
 
-# score tiles on a CPU: about 4 MiB of float32 scores (a few rows of a large catalogue's chunk)
+# score tiles on a CPU: about 4 MiB of float32 scores, at most 8,192 items wide (2 MiB of a 64-d item
+# table), so the product's output and the items it reads stay in the last-level cache for the count
+# (bench/eval_speed.py; at 440k items, 1,024 users: 5.9 s untiled, 1.9 s in 128 x 8,192 tiles)
 _TILE_ELEMENTS = 1 << 20
 _TILE_MIN_ROWS = 16
+_CPU_MAX_CHUNK = 8192
 
 
 def _score_range(model: torch.nn.Module, q: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -166,7 +171,7 @@ class Evaluator:
         target so the target's own score comes from the same computation as its competitors'."""
         n = len(cases)
         bs = self.cfg.batch_size
-        chunk = self.cfg.item_chunk
+        chunk = self._chunk()
         # cases of similar history length share a batch, so batches trim well (results do not
         # depend on the order)
         hist = np.minimum(cases.pos - self.data.offsets[cases.user], self.max_len)
@@ -182,14 +187,18 @@ class Evaluator:
             out += [members[i:i + bs] for i in range(0, len(members), bs)]
         return out
 
+    def _chunk(self) -> int:
+        """Items scored per product: ``eval.item_chunk``, and on a CPU at most ``_CPU_MAX_CHUNK``."""
+        return min(self.cfg.item_chunk, _CPU_MAX_CHUNK) if self.device.type == "cpu" else self.cfg.item_chunk
+
     def _rank_full(self, model: torch.nn.Module, cases: EvalCases) -> np.ndarray:
-        n_items, chunk, dev = self.data.n_items, self.cfg.item_chunk, self.device
+        n_items, chunk, dev = self.data.n_items, self._chunk(), self.device
         ranks = np.zeros(len(cases), dtype=np.int64)
         rng = np.random.default_rng(self.cfg.seed)
         n_chunks = -(-n_items // chunk)
         # users of a batch are scored in row blocks whose score tile (rows x chunk columns) stays in
         # a CPU's last-level cache: writing and re-reading a [1024, n_items] matrix from memory cost
-        # twice the time of the same work in tiles (bench/eval_speed.py)
+        # twice the time of the same work in tiles on Beauty (bench/eval_speed.py)
         rows = max(_TILE_MIN_ROWS, _TILE_ELEMENTS // min(chunk, n_items)) if dev.type == "cpu" else self.cfg.batch_size
         for idx in self._batches(cases):
             start, pos, items, lengths, targets = self._inputs(cases, idx)
@@ -212,7 +221,7 @@ class Evaluator:
                      h_rows: np.ndarray, h_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Counts of items scoring >= and > the target (target excluded) for the queries ``q``,
         over the item chunks in ``order`` (the first holds every target)."""
-        n_items, chunk, dev = self.data.n_items, self.cfg.item_chunk, self.device
+        n_items, chunk, dev = self.data.n_items, self._chunk(), self.device
         b = len(targets)
         tscore = None
         # counts of items scoring >= and (unless ties are pessimistic, which needs only >=) > the
