@@ -421,3 +421,126 @@ def test_loop_logs_loss_parts_and_the_rising_modality_rate(tmp_path):
     assert set(rows[0]["loss_parts"]) == {"ce", "holistic_text", "code_text"}
     assert rows[0]["weight_holistic_text"] == 4.0
     assert "ndcg@10" in res["test"]
+
+
+# --- backbone=graph: the code's session graph, every prefix at once ------------------------------------
+
+def _code_graph(prefix):
+    """The session graph of one prefix by the released code's rules, written out: one node per
+    distinct item; self-loops 1; for each consecutive pair u -> v (u != v): 2 on (u, v) and 3 on
+    (v, u), or 4 on both when the opposite direction was already there."""
+    adj = {}
+    for it in prefix:
+        adj[(it, it)] = 1
+    for u, v in zip(prefix, prefix[1:]):
+        if u == v or adj.get((u, v)) == 4:
+            continue
+        if adj.get((v, u)) == 2:
+            adj[(u, v)] = adj[(v, u)] = 4
+        else:
+            adj[(u, v)], adj[(v, u)] = 2, 3
+    return adj
+
+
+SEQS = [[5, 3, 5, 7, 3, 3, 9, 0, 0], [4, 4, 2, 8, 2, 4, 1, 6, 2]]
+
+
+@pytest.mark.parametrize("lag", [0, 1, 2])
+def test_prefix_relations_are_the_code_graph_of_each_prefix(lag):
+    from mmrec.trainers.modules.sequence import prefix_relations, session_nodes
+
+    items = torch.tensor(SEQS)
+    rel, node = prefix_relations(items, lag), session_nodes(items)
+    for b, seq in enumerate(SEQS):
+        real = [x for x in seq if x]
+        first = {}
+        for pos, it in enumerate(seq):
+            first.setdefault(it, pos)
+        assert node[b].tolist()[:len(real)] == [first[it] for it in real]
+        for t in range(len(seq)):
+            if t >= len(real) or t - lag < 0:
+                assert (rel[b, t] == 0).all(), (b, t)
+                continue
+            adj = _code_graph(real[:t + 1])
+            src = real[t - lag]
+            for j in range(len(seq)):
+                it = seq[j]
+                expect = adj.get((src, it), 0) if it and first[it] == j else 0  # columns are nodes only
+                assert rel[b, t, j].item() == expect, (b, t, j)
+
+
+def test_relational_gat_on_a_prefix_equals_the_layer_written_out():
+    from mmrec.trainers.modules.sequence import RelationalGAT, prefix_relations, session_nodes
+
+    torch.manual_seed(0)
+    gat = RelationalGAT(6, slope=0.1, dropout=0.0)
+    items = torch.tensor(SEQS)
+    x = torch.randn(2, 9, 6)
+    node = session_nodes(items)
+    out = gat(x, prefix_relations(items, 0), node)  # row t: the node of position t, prefix t
+    W, A, S = gat.weight.detach(), gat.att.detach(), gat.scale.detach()
+    for b, seq in enumerate(SEQS):
+        real = [v for v in seq if v]
+        first = {}
+        for pos, it in enumerate(seq):
+            first.setdefault(it, pos)
+        for t in range(len(real)):
+            adj = _code_graph(real[:t + 1])
+            g = {it: x[b, first[it]] @ W for it in set(real[:t + 1])}
+            gi = g[real[t]]
+            logits = {it: torch.nn.functional.leaky_relu((gi * g[it]) @ A[r - 1], 0.1) * S[r - 1]
+                      for (src, it), r in adj.items() if src == real[t]}
+            z = torch.stack(list(logits.values()))
+            expect = (torch.softmax(z, 0)[:, None] * torch.stack([g[it] for it in logits])).sum(0)
+            assert torch.allclose(out[b, t], expect.detach(), atol=1e-5), (b, t)
+        for t in range(len(real), len(seq)):
+            assert (out[b, t] == 0).all()  # padding rows
+
+
+def test_graph_backbone_is_causal_trains_and_reads_the_last_two_positions():
+    from mmrec.trainers.modules.sequence import prefix_relations, session_nodes
+
+    m = _model(backbone="graph", feature_dropout=0.0, graph_dropout=0.0).eval()
+    assert m.encoder is None and m.cfg.last_n == 2
+    items = torch.tensor([[1, 2, 3, 2, 5, 0], [6, 7, 6, 8, 9, 4]])
+    lengths = torch.tensor([5, 6])
+    with torch.no_grad():
+        h = m.sequence_states(items, lengths)
+        later = items.clone()
+        later[1, 4:] = torch.tensor([11, 12])  # change the future of row 1 after position 3
+        h2 = m.sequence_states(later, lengths)
+        assert torch.allclose(h[1, :4], h2[1, :4], atol=1e-6) and not torch.allclose(h[1, 4:], h2[1, 4:])
+        # a position's state is the sum of two fused items, the first position's of one
+        g = m.graph(m.item(items), prefix_relations(items, 0), session_nodes(items))
+        one = m.fuse(items[:, :1], {s: v[:, :1] for s, v in m.modality_vectors(items).items()}, graph=g[:, :1])
+        assert torch.allclose(h[:, 0], one[:, 0], atol=1e-6)
+        q = m.query(items, lengths)
+        assert torch.allclose(q, h[torch.arange(2), lengths - 1], atol=1e-6)
+    m.train()
+    loss = m.loss(_batch(), _Train())
+    loss.backward()
+    for p in (m.graph.weight, m.graph.att, m.graph.scale, m.item.weight, m.modality["text"].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="last_n"):
+        _model(backbone="graph", last_n=0)
+
+
+def test_graph_backbone_overfits_the_ring_and_round_trips(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmrec.cli import app
+    from mmrec.trainers.loop import RunConfig, Trainer
+
+    from test_feature_methods import _prepared_with_text
+
+    ring = {f"u{u:03d}": [str((u + k) % 20 + 1) for k in range(10)] for u in range(100)}
+    ds, store = _prepared_with_text(tmp_path, ring, 20, dim=16)
+    run = from_dict(RunConfig, {"dataset": str(ds), "method": "kdsr", "features": {"text": "text"}, "store": str(store),
+                                "model": {"hidden": 32, "backbone": "graph", "feature_dropout": 0.0, "graph_dropout": 0.0,
+                                          "code_count": 8, "code_sample_pairs": 400},
+                                "train": {"epochs": 40, "lr": 0.01, "batch_size": 32, "threads": 1, "patience": 40}})
+    res = Trainer(run, tmp_path / "run", log=lambda s: None).fit()
+    assert res["test"]["hr@5"] >= 0.9, res["test"]
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["ndcg@10"] == pytest.approx(res["test"]["ndcg@10"], abs=1e-12)

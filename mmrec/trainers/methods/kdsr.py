@@ -13,6 +13,15 @@ Items and sequences (the paper's representation learning module, Sec. 3.2; the c
     x_v    = dropout( sum_c softmax_c(g(c)) c ),   c in {E_v, M^text_v, M^image_v}
     g      = Linear(d, d) -> ReLU -> Linear(d, 1)  (shared by the candidates)
     h      = backbone(x_{v_1}, ..., x_{v_L})       sasrec | gru4rec | nextitnet (``build_backbone``)
+
+or, with ``backbone=graph`` (the code's session graph), no sequence encoder: the prefix
+``v_1..v_t`` is a graph with one node per distinct item, an edge u -> v where v directly follows u,
+relation types self / out / in / both (``prefix_relations``); a relational GAT over the id
+embeddings gives each node a state ``G_t(v)`` (``RelationalGAT``), which joins the gate candidates,
+and the position's state sums the last ``last_n`` (2) fused items (the code's ``last_sum``):
+
+    x_{v,t} = dropout( sum_c softmax_c(g(c)) c ),  c in {E_v, G_t(v), M^text_v, M^image_v}
+    h_t     = sum_{s = t - last_n + 1 .. t, s >= 1} x_{v_s, t}
     score(i | h) = <h_L, E_i>   (``score_with=id``, the code)   or <h_L, x_i> (``score_with=fused``)
 
 ``M^m`` starts as the rank-d truncated SVD of the features (``x V_d``, V_d the top right singular
@@ -77,9 +86,16 @@ the only catalogue-sized tensors are the feature tables and embeddings (N x dim)
 
 **Differences from the released code** (and the flags that restore it where it matters):
 
-- Backbone: the code runs a session-graph relational GAT with ``last_sum`` pooling; its SASRec and
-  GRU4Rec classes are not wired in. Here the backbone is mmrec's (``backbone``), reading the
-  gate-fused items in order; the GNN output is therefore not a gate candidate.
+- Backbone: the code runs only the session-graph relational GAT with ``last_sum`` pooling (its
+  SASRec and GRU4Rec classes are not wired in); the default here is SASRec over the gate-fused items
+  (the paper reports several backbones), and ``backbone=graph`` is the code's. For the graph, the
+  code builds one graph per training prefix; here every prefix of a row is scored at once
+  (``prefix_relations`` gives each position's relations within its own prefix), which is the same
+  set of samples and the same states at O(L^2) per row. Differences in the graph path: dropout on
+  the attention weights (the code drops attention logits, where a dropped -9e15 becomes 0 and
+  un-masks an absent edge); a one-item prefix sums its one state once (the code's clamped gather
+  counts it ``last_n`` times); the code truncates a long history to its *first* ``max_len`` items,
+  here the last.
 - Loss weights: the code multiplies the image-code loss by ``t_s_weight`` and the text-holistic loss
   by ``v_c_weight`` (effective image 4 / 4, text 0.5 / 0.5). Default here is the evident intent
   (image-holistic 4, image-code 0.5, text-holistic 4, text-code 0.5); ``code_weight_bug=true``
@@ -117,7 +133,15 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import present_slots
 from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
-from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone, last_states
+from mmrec.trainers.modules.sequence import (
+    RelationalGAT,
+    TransformerConfig,
+    build_backbone,
+    gather_last,
+    last_states,
+    prefix_relations,
+    session_nodes,
+)
 
 METRICS = ("cosine", "dot", "euclidean", "manhattan")
 
@@ -127,7 +151,11 @@ class KDSRConfig(TransformerConfig):
     """``TransformerConfig`` (the sasrec backbone; ``layers`` and ``dropout`` serve all backbones)
     and KDSR's settings (module docstring)."""
 
-    backbone: Literal["sasrec", "gru4rec", "nextitnet"] = "sasrec"
+    backbone: Literal["sasrec", "gru4rec", "nextitnet", "graph"] = "sasrec"
+    # backbone=graph (the code's session-graph RGAT with last_sum pooling; module docstring)
+    last_n: int = 2
+    graph_slope: float = 0.1
+    graph_dropout: float = 0.2
     score_with: Literal["id", "fused"] = "id"
     feature_dropout: float = 0.1  # dropout on the gate-fused item vectors (the code's dropout_output 0.4)
     modality_scale: float = 0.5  # RMS of the initial modality tables (the code's sigmoid-AE features ~0.5)
@@ -175,6 +203,10 @@ class KDSRConfig(TransformerConfig):
             raise ConfigError("model.modality_scale must be positive")
         if not 0.0 <= self.feature_dropout < 1.0:
             raise ConfigError("model.feature_dropout must be in [0, 1)")
+        if self.last_n < 1:
+            raise ConfigError("model.last_n must be at least 1 (the positions summed by the graph backbone)")
+        if not 0.0 <= self.graph_dropout < 1.0:
+            raise ConfigError("model.graph_dropout must be in [0, 1)")
 
 
 # --- correlation scores ---------------------------------------------------------------------------
@@ -370,11 +402,7 @@ def modality_lr(lr: float, epoch: int, cfg: KDSRConfig) -> float:
 
 def _first_occurrence(items: torch.Tensor) -> torch.Tensor:
     """Bool ``[B, L]``: position j is real and its item does not occur at an earlier position."""
-    l = items.shape[1]
-    same = items[:, :, None] == items[:, None, :]
-    earlier = torch.ones(l, l, dtype=torch.bool, device=items.device).tril(-1)  # [j, i]: i < j
-    dup = (same & earlier[None]).any(-1)
-    return (items > 0) & ~dup
+    return (items > 0) & (session_nodes(items) == torch.arange(items.shape[1], device=items.device))
 
 
 class KDSR(SequentialRecommender):
@@ -392,15 +420,21 @@ class KDSR(SequentialRecommender):
         self.missing = nn.ParameterDict({s: nn.Parameter(torch.randn(d) * cfg.init_std) for s in self.slots})
         self.gate = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 1))
         self.dropout = nn.Dropout(cfg.feature_dropout)
-        self.encoder = build_backbone(cfg.backbone, d, max_len, layers=cfg.layers, heads=cfg.heads, inner=cfg.inner,
-                                      dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, act=cfg.act,
-                                      position=cfg.position)
+        if cfg.backbone == "graph":
+            self.encoder = None
+            self.graph = RelationalGAT(d, cfg.graph_slope, cfg.graph_dropout)
+        else:
+            self.encoder = build_backbone(cfg.backbone, d, max_len, layers=cfg.layers, heads=cfg.heads,
+                                          inner=cfg.inner, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
+                                          act=cfg.act, position=cfg.position)
         if cfg.holistic:  # P^m = Lin_2(Lin_1(M^m))
             self.cor_project = nn.ModuleDict({s: nn.Sequential(nn.Linear(d, d), nn.Linear(d, d)) for s in self.slots})
         if cfg.codes:
             self.code_head = nn.ModuleDict({s: nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.code_count))
                                             for s in self.slots})
         init_weights(self, cfg.init_std)  # as the code: N(0, 0.02) everywhere, then the tables from features
+        if cfg.backbone == "graph":
+            self.graph.reset_parameters()  # the code's RGAT keeps its own uniform initialisation
         for s in self.slots:
             f = self.features[s]
             if f.table.dim() != 2:
@@ -439,23 +473,50 @@ class KDSR(SequentialRecommender):
             out[s] = torch.where(has.unsqueeze(-1), v, self.missing[s].to(v.dtype))
         return out
 
-    def fuse(self, ids: torch.Tensor, mods: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The gate-fused item vectors ``x_v`` ``[*ids.shape, d]`` (padding, id 0, is zero)."""
+    def fuse(self, ids: torch.Tensor, mods: dict[str, torch.Tensor] | None = None,
+             graph: torch.Tensor | None = None) -> torch.Tensor:
+        """The gate-fused item vectors ``x_v`` ``[*ids.shape, d]`` (padding, id 0, is zero); ``graph``
+        (the RGAT state of each item) is one more gate candidate, as in the code."""
         mods = self.modality_vectors(ids) if mods is None else mods
-        cand = torch.stack([self.item(ids), *(mods[s] for s in self.slots)], dim=-2)  # [..., C, d]
+        extra = [] if graph is None else [graph]
+        cand = torch.stack([self.item(ids), *extra, *(mods[s] for s in self.slots)], dim=-2)  # [..., C, d]
         w = torch.softmax(self.gate(cand).squeeze(-1), dim=-1)
         x = self.dropout((w.unsqueeze(-1) * cand).sum(-2))
         return x.masked_fill((ids == 0).unsqueeze(-1), 0.0)
+
+    def graph_states(self, items: torch.Tensor, mods: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``backbone=graph``: the state at position t is the sum, over the last ``last_n`` positions
+        s = t, t-1, ... of the prefix, of the gate-fused vector of the item at s, whose graph candidate
+        is its RGAT state in the session graph of ``items[:t + 1]`` (every prefix is a training sample
+        of the code; here all prefixes of a row at once, so position t sees only positions <= t)."""
+        mods = self.modality_vectors(items) if mods is None else mods
+        b, l = items.shape
+        node = session_nodes(items)
+        e = self.item(items)  # node j's features: the id embedding at its first-occurrence position j
+        t = torch.arange(l, device=items.device)
+        h = torch.zeros(b, l, self.cfg.hidden, device=e.device, dtype=e.dtype)
+        for lag in range(min(self.cfg.last_n, l)):
+            src = (t - lag).clamp(min=0)
+            g = self.graph(e, prefix_relations(items, lag), node[:, src])
+            ids = torch.where((t >= lag)[None, :], items[:, src], 0)
+            x = self.fuse(ids, {s: v[:, src] for s, v in mods.items()}, graph=g)
+            h = h + x  # fuse() zeroes padding and the positions before the start
+        return h
 
     def item_embeddings(self) -> torch.Tensor:
         if self.cfg.score_with == "id":
             return self.item.weight
         return self.fuse(torch.arange(self.n_items + 1, device=self.item.weight.device))
 
-    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.fuse(items), lengths)
+    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor,
+                        mods: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if self.encoder is None:
+            return self.graph_states(items, mods)
+        return self.encoder(self.fuse(items, mods), lengths)
 
     def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.encoder is None:
+            return gather_last(self.graph_states(items), lengths)
         return last_states(self.encoder, self.fuse(items), lengths)
 
     # -- distillation --------------------------------------------------------------------------------
@@ -518,7 +579,7 @@ class KDSR(SequentialRecommender):
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
         items, targets = batch["items"], batch["targets"]
         mods = self.modality_vectors(items)
-        h = self.encoder(self.fuse(items, mods), batch["lengths"])
+        h = self.sequence_states(items, batch["lengths"], mods)
         mask = targets > 0
         emb = self.item_embeddings()
         if train_cfg.loss == "ce":

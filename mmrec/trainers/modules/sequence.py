@@ -184,6 +184,96 @@ def gather_last(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return h.gather(1, idx).squeeze(1)
 
 
+# relation types of a session graph (KDSR's code, after SR-GNN): 0 none, 1 self-loop, 2 the row node
+# precedes the column node, 3 it follows it, 4 both
+REL_NONE, REL_SELF, REL_OUT, REL_IN, REL_BOTH = 0, 1, 2, 3, 4
+
+
+def session_nodes(items: torch.Tensor) -> torch.Tensor:
+    """``[B, L]``: the node of each position, i.e. the position of the item's first occurrence in the
+    row (a session graph has one node per distinct item); padding (id 0) maps to its own position."""
+    l = items.shape[1]
+    same = (items[:, :, None] == items[:, None, :]) & (items[:, :, None] > 0)
+    earlier_or_self = torch.ones(l, l, dtype=torch.bool, device=items.device).tril()  # [t, j]: j <= t
+    first = torch.where(same & earlier_or_self[None], torch.arange(l, device=items.device), l).amin(-1)
+    return torch.where(items > 0, first, torch.arange(l, device=items.device).expand_as(items))
+
+
+def prefix_relations(items: torch.Tensor, lag: int = 0) -> torch.Tensor:
+    """``R`` ``[B, L, L]`` (int64): ``R[b, t, j]`` is the relation, in the session graph of the
+    prefix ``items[b, :t + 1]``, from the node of position ``t - lag`` to node ``j`` (nodes are
+    first-occurrence positions, ``session_nodes``). An edge u -> v exists when v follows u directly
+    somewhere in the prefix (u != v); relations as ``REL_*``. Rows with ``t - lag < 0`` or padding at
+    t are all ``REL_NONE``. O(B L^2) memory: every prefix graph at once, without building one."""
+    b, l = items.shape
+    dev = items.device
+    node = session_nodes(items)
+    real = items > 0
+    # tau[u, v]: the first step s + 1 at which the transition node u -> node v happens (l + 1: never)
+    never = l + 1
+    tau = torch.full((b, l * l), never, dtype=torch.long, device=dev)
+    if l > 1:
+        u, v = node[:, :-1], node[:, 1:]
+        ok = real[:, :-1] & real[:, 1:] & (u != v)
+        step = torch.arange(1, l, device=dev).expand(b, -1)
+        tau.scatter_reduce_(1, torch.where(ok, u * l + v, 0), torch.where(ok, step, never), reduce="amin")
+    tau = tau.view(b, l, l)
+    t = torch.arange(l, device=dev)
+    src_pos = (t - lag).clamp(min=0)
+    row_node = node[:, src_pos]  # [B, L]: node read at each t
+    out_t = tau.gather(1, row_node[:, :, None].expand(b, l, l))  # tau[row, j]
+    in_t = tau.transpose(1, 2).gather(1, row_node[:, :, None].expand(b, l, l))  # tau[j, row]
+    now = t[None, :, None]
+    out, inn = out_t <= now, in_t <= now
+    rel = torch.full((b, l, l), REL_NONE, dtype=torch.long, device=dev)
+    rel = torch.where(out & ~inn, REL_OUT, rel)
+    rel = torch.where(inn & ~out, REL_IN, rel)
+    rel = torch.where(out & inn, REL_BOTH, rel)
+    rel = torch.where(row_node[:, :, None] == t[None, None, :], REL_SELF, rel)
+    valid = real & (t >= lag)[None, :] & real[:, src_pos]
+    return torch.where(valid[:, :, None], rel, REL_NONE)
+
+
+class RelationalGAT(nn.Module):
+    """One relational graph-attention layer over a session graph (KDSR's ``RGATLayer``):
+
+        g = x W;   e_ij = LeakyReLU(<g_i * g_j, a_r>) * s_r   for r = R_ij != 0, else -inf
+        out_i = sum_j softmax_j(e_i)_j g_j
+
+    with one attention vector ``a_r`` and one scale ``s_r`` (the code's "relation amplifier") per
+    relation type 1..4. ``forward(x, rel)`` takes node features ``x`` ``[B, L, d]`` and rows of
+    relations ``rel`` ``[B, T, L]`` (row t's node attends to every node j), and returns ``[B, T, d]``.
+    Dropout is on the attention weights; the code drops logits, which can unmask absent edges."""
+
+    n_relations = 4
+
+    def __init__(self, hidden: int, slope: float = 0.1, dropout: float = 0.2):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(hidden, hidden))
+        self.att = nn.Parameter(torch.empty(self.n_relations, hidden))
+        self.scale = nn.Parameter(torch.empty(self.n_relations))
+        self.slope = slope
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / self.weight.shape[0] ** 0.5  # as the code: U(-1/sqrt(d), 1/sqrt(d)) for all
+        for p in (self.weight, self.att, self.scale):
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: torch.Tensor, rel: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` ``[B, T]``: the node (index into L) of each relation row."""
+        g = x @ self.weight  # [B, L, d]
+        g_rows = g.gather(1, rows[:, :, None].expand(-1, -1, g.shape[-1]))  # [B, T, d]
+        logits = torch.full(rel.shape, float("-inf"), dtype=g.dtype, device=g.device)
+        for r in range(1, self.n_relations + 1):
+            e = F.leaky_relu((g_rows * self.att[r - 1]) @ g.transpose(1, 2), self.slope) * self.scale[r - 1]
+            logits = torch.where(rel == r, e, logits)
+        empty = ~(rel > 0).any(-1, keepdim=True)  # rows without a node (padding): zero output
+        w = torch.softmax(logits.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+        return self.dropout(w) @ g
+
+
 def last_states(encoder: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """The encoder's state ``[B, d]`` at each row's last real position, by the encoder's own
     ``last`` where it has one (the transformer), else from all its states."""
