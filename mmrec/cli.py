@@ -456,7 +456,8 @@ def features_info(entry: str = typer.Argument(..., help="Entry folder, or its na
 
 @features_app.command("merge")
 def features_merge(
-    parts: list[str] = typer.Argument(..., help="name=entry, two or more, the names as given to `mmrec data merge`."),
+    parts: list[str] = typer.Argument(..., help="name=entry, one per part that has this modality, the names as given "
+                                                "to `mmrec data merge` (the other parts' items are missing it)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder of the merged entry (e.g. features/pretrain/minilm)."),
     store: Path = typer.Option(Path("features"), "--store", help="Where entries given by name are."),
     overwrite: bool = typer.Option(False, "--overwrite"),

@@ -70,6 +70,13 @@ def test_merged_features_align_with_the_merged_dataset(two, tmp_path):
     assert merged.present.tolist() == [False, True, True, False, True, True]
     assert np.array_equal(merged.table[1:4].numpy(), pa_.table[1:4].numpy())
     assert np.array_equal(merged.table[4:6].numpy(), pb.table[1:3].numpy())
+    # a part without this modality is not given: its items are missing in the merged entry
+    r = runner.invoke(app, ["features", "merge", f"b={tmp_path / 'features' / 'b' / 'price'}",
+                            "-o", str(tmp_path / "features" / "m" / "bonly")])
+    assert r.exit_code == 0, r.output
+    only_b = load_features({"price": "bonly"}, PreparedDataset(tmp_path / "m"), tmp_path / "features" / "m")["price"]
+    assert only_b.present.tolist() == [False, False, False, False, True, True]
+    assert np.array_equal(only_b.table[4:6].numpy(), pb.table[1:3].numpy()) and not only_b.table[1:4].any()
     # a UniSRec pre-training run on the merged dataset reads the merged entry
     run = from_dict(RunConfig, {"dataset": str(tmp_path / "m"), "method": "unisrec", "features": {"text": "price"},
                                 "store": str(tmp_path / "features" / "m"), "model": {"hidden": 8, "inner": 16}})

@@ -860,12 +860,14 @@ def merge_entries(parts: dict[str, str | Path], out_dir: str | Path, *, store_ro
                   overwrite: bool = False) -> FeatureEntry:
     """One entry holding the features of several entries, item ids prefixed with the part's name
     (``"office:B00..."``), matching ``mmrec data merge``. The parts must share modality, shape per
-    item and dtype; the shards are rewritten (one per source shard) in the first part's format."""
+    item and dtype; the shards are rewritten (one per source shard) in the first part's format.
+    A merged dataset's part that has no entry for this modality is simply not given: its items are
+    absent from the merged entry, i.e. missing that feature (one part alone is allowed for this)."""
     out = Path(out_dir)
     if (out / MANIFEST_NAME).exists() and not overwrite:
         raise DataError("the merged entry exists", path=str(out), hint="pass --overwrite to replace it")
-    if len(parts) < 2:
-        raise ValueError("merging needs at least two entries (name=entry)")
+    if not parts:
+        raise ValueError("give at least one entry (name=entry)")
     entries = {name: find_entry(ref, store_root) for name, ref in parts.items()}
     first = next(iter(entries.values()))
     for name, e in entries.items():
