@@ -35,6 +35,8 @@ def main() -> None:
                          "items (random 64-d vectors), in one block per 65,536-item chunk against tiles")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="on a GPU the batch is one block, so only the last-block change is measured")
     ap.add_argument("--batch-size", type=int, default=1024, help="eval.batch_size")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
@@ -66,8 +68,9 @@ def main() -> None:
     for path in args.data:
         data = PreparedDataset(path)
         torch.manual_seed(0)
-        model = SASRec(SASRecConfig(), data.n_items, 50).eval()
-        ev = Evaluator(data, EvalConfig(batch_size=args.batch_size), 50, torch.device("cpu"))
+        dev = torch.device(args.device)
+        model = SASRec(SASRecConfig(), data.n_items, 50).to(dev).eval()
+        ev = Evaluator(data, EvalConfig(batch_size=args.batch_size), 50, dev)
         cases = data.eval_cases("valid")
         times: dict[str, list[float]] = {"untiled": [], "tiled": []}
         ranks = {}

@@ -171,15 +171,26 @@ def _vm_hwm_mib() -> float | None:
     return None
 
 
+def _cuda_peak_mib(device: str) -> float | None:
+    """Peak GPU memory allocated by torch in this process (None on a CPU run)."""
+    import torch
+
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def child_mmrec(args) -> dict:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     from mmrec.config import apply_overrides, from_dict
     from mmrec.trainers.loop import RunConfig, Trainer
 
     sets = [
-        "train.loss=ce", "eval.history_mask=none", "eval.mode=full", "train.threads=1", "train.device=cpu",
+        "train.loss=ce", "eval.history_mask=none", "eval.mode=full", f"train.threads={args.threads}",
+        f"train.device={args.device}",
         f"train.epochs={args.epochs}", f"train.patience={args.patience}", f"train.seed={args.seed}",
         f"train.batch_size={BATCH}", f"train.lr={LR}", f"train.max_len={MAX_LEN}", "train.valid_metric=ndcg@10",
         "train.windows=last", f"eval.batch_size={EVAL_BATCH}",
@@ -200,7 +211,7 @@ def child_mmrec(args) -> dict:
     import dataclasses
 
     whole = Evaluator(d, dataclasses.replace(run.eval, history_mask="whole"), run.train.max_len,
-                      torch.device("cpu")).evaluate(trainer.raw_model, "test")
+                      trainer.accel.device).evaluate(trainer.raw_model, "test")
     whole_s = time.perf_counter() - t
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     if args.profile:
@@ -224,7 +235,7 @@ def child_mmrec(args) -> dict:
         "test_ndcg10": res["test"]["ndcg@10"], "test_hr10": res["test"]["hr@10"],
         "valid_ndcg10": res["valid"]["ndcg@10"], "threads": torch.get_num_threads(),
         "test_whole_mask": {"ndcg10": whole["ndcg@10"], "hr10": whole["hr@10"], "seconds": whole_s},
-        "versions": {"torch": torch.__version__},
+        "versions": {"torch": torch.__version__}, "device": args.device, "cuda_peak_mib": _cuda_peak_mib(args.device),
     }
 
 
@@ -253,7 +264,7 @@ def _patch_for_recbole() -> list[str]:
 def child_recbole(args) -> dict:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     patches = _patch_for_recbole()
     import recbole
     from recbole.config import Config
@@ -283,7 +294,9 @@ def child_recbole(args) -> dict:
         "learner": "adam", "learning_rate": LR, "weight_decay": 0.0,
         "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10", "metric_decimal_place": 6,
         "epochs": args.epochs, "stopping_step": max(args.patience - 1, 0), "eval_step": 1,
-        "seed": args.seed, "reproducibility": True, "device": "cpu", "use_gpu": False, "show_progress": False,
+        "seed": args.seed, "reproducibility": True, "show_progress": False,
+        # RecBole 1.2.1 picks its device from gpu_id alone: "" is the CPU, "0" the first visible GPU
+        "use_gpu": args.device == "cuda", "gpu_id": "0" if args.device == "cuda" else "",
         "checkpoint_dir": str(Path(args.workdir) / "recbole-saved"), "worker": 0,
         "log_wandb": False, "state": "INFO",
     }
@@ -334,6 +347,7 @@ def child_recbole(args) -> dict:
         "valid_ndcg10": float(valid["ndcg@10"]), "threads": torch.get_num_threads(),
         "versions": {"recbole": recbole.__version__, "torch": torch.__version__,
                      "numpy": __import__("numpy").__version__},
+        "device": args.device, "cuda_peak_mib": _cuda_peak_mib(args.device),
         "patches": patches, "anomaly_detection_on_import": anomaly_as_shipped,
         "anomaly_detection_during_run": torch.is_anomaly_enabled(),
     }
@@ -344,9 +358,11 @@ def _run_child(python: str, kind: str, args, extra: list[str], workdir: Path) ->
     out = workdir / f"{kind}.json"
     log = workdir / f"{kind}.log"
     cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--epochs", str(args.epochs),
-           "--patience", str(args.patience), "--seed", str(args.seed), *(["--recbole-as-shipped"] if args.recbole_as_shipped else []),
+           "--patience", str(args.patience), "--seed", str(args.seed), "--device", args.device,
+           "--threads", str(args.threads), *(["--recbole-as-shipped"] if args.recbole_as_shipped else []),
            "--workdir", str(workdir), "--child-out", str(out), *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+    n = str(args.threads)
+    env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n,
                HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
     print(f"  {kind}: {' '.join(cmd)}  (log {log})", file=sys.stderr, flush=True)
     t = time.perf_counter()
@@ -363,29 +379,35 @@ def _run_child(python: str, kind: str, args, extra: list[str], workdir: Path) ->
 def _row(r: dict) -> dict:
     secs = r["epoch_seconds"]
     spe = sum(secs) / len(secs)
+    valid = [v for v in r.get("valid_eval_seconds") or [] if v is not None]
     return {"s_per_epoch": spe, "targets_per_epoch": r["train_targets_per_epoch"],
             "targets_per_s": r["train_targets_per_epoch"] / spe, "eval_s": r["final_eval_seconds"],
-            "peak_rss_mib": r["peak_rss_mib"], "ndcg10": r["test_ndcg10"], "hr10": r["test_hr10"]}
+            "valid_eval_s": sum(valid) / len(valid) if valid else None,
+            "peak_rss_mib": r["peak_rss_mib"], "cuda_peak_mib": r.get("cuda_peak_mib"),
+            "ndcg10": r["test_ndcg10"], "hr10": r["test_hr10"]}
 
 
 COLS = [("s_per_epoch", "s/epoch", "{:.1f}"), ("targets_per_epoch", "train targets/epoch", "{:,}"),
         ("targets_per_s", "targets/s", "{:,.0f}"), ("eval_s", "eval s (valid+test)", "{:.1f}"),
-        ("peak_rss_mib", "peak RSS MiB", "{:,.0f}"), ("ndcg10", "test NDCG@10", "{:.4f}"),
-        ("hr10", "test HR@10", "{:.4f}")]
+        ("valid_eval_s", "valid eval s (mean per epoch)", "{:.1f}"),
+        ("peak_rss_mib", "peak RSS MiB", "{:,.0f}"), ("cuda_peak_mib", "peak GPU MiB", "{:,.0f}"),
+        ("ndcg10", "test NDCG@10", "{:.4f}"), ("hr10", "test HR@10", "{:.4f}")]
 
 
 def table(results: list[dict]) -> str:
-    head = "| dataset | toolkit | epochs (best) | " + " | ".join(c[1] for c in COLS) + " |"
-    lines = [head, "|" + "---|" * (3 + len(COLS))]
-    for res in results:
-        m, r = _row(res["mmrec"]), _row(res["recbole"])
+    rows = [(_row(res["mmrec"]), _row(res["recbole"])) for res in results]
+    # a column that no row has (GPU memory of CPU runs) is left out
+    cols = [c for c in COLS if any(r[c[0]] is not None for pair in rows for r in pair)]
+    head = "| dataset | toolkit | epochs (best) | " + " | ".join(c[1] for c in cols) + " |"
+    lines = [head, "|" + "---|" * (3 + len(cols))]
+    for res, (m, r) in zip(results, rows):
         name = res["dataset"] + (f" (seed {res['seed']})" if res.get("seed", SEED) != SEED else "")
         for kind, row in (("mmrec", m), ("RecBole", r)):
             raw = res[kind.lower()]
             lines.append(f"| {name} | {kind} | {raw['epochs_run']} ({raw['best_epoch']}) | "
-                         + " | ".join(fmt.format(row[k]) for k, _, fmt in COLS) + " |")
+                         + " | ".join("-" if row[k] is None else fmt.format(row[k]) for k, _, fmt in cols) + " |")
         lines.append(f"| {name} | mmrec/RecBole | | "
-                     + " | ".join(f"{m[k] / r[k]:.2f}x" if r[k] else "-" for k, _, _ in COLS) + " |")
+                     + " | ".join(f"{m[k] / r[k]:.2f}x" if m[k] is not None and r[k] else "-" for k, _, _ in cols) + " |")
     return "\n".join(lines)
 
 
@@ -399,6 +421,10 @@ def main() -> None:
     ap.add_argument("--recbole-python", default="/work/venv-recbole/bin/python")
     ap.add_argument("--mmrec-python", default=sys.executable)
     ap.add_argument("--seed", type=int, default=SEED, help="seed of both sides (default 0)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="both sides on this device; cuda: the first visible GPU (set CUDA_VISIBLE_DEVICES to pick "
+                         "one), peak GPU memory is then reported too")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of each side (default 1)")
     ap.add_argument("--only", choices=["mmrec", "recbole"],
                     help="run one side only (two --only runs can go in parallel; --show merges their JSON)")
     ap.add_argument("--profile", action="store_true", help="mmrec child: cProfile one extra epoch into its log")
@@ -487,13 +513,14 @@ def main() -> None:
             print(f"  kept {tmp}", file=sys.stderr)
     doc = {"settings": {"hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "inner": INNER, "dropout": DROPOUT,
                         "max_len": MAX_LEN, "batch": BATCH, "lr": LR, "eval_batch": EVAL_BATCH, "seed": args.seed,
-                        "threads": 1, "epochs": args.epochs, "patience": args.patience,
+                        "threads": args.threads, "device": args.device, "epochs": args.epochs, "patience": args.patience,
                         "timing_only": args.timing_only},
            "results": results}
     if not args.only:
         kind = "timing run: metrics after {} epochs, not converged".format(args.epochs) if args.timing_only \
             else f"early stopping on valid NDCG@10, patience {args.patience}, at most {args.epochs} epochs"
-        print(f"SASRec, mmrec vs RecBole {results[0]['recbole']['versions'].get('recbole')}, 1 thread CPU ({kind}); "
+        where = f"{args.threads} thread CPU" if args.device == "cpu" else f"GPU ({args.threads} CPU thread)"
+        print(f"SASRec, mmrec vs RecBole {results[0]['recbole']['versions'].get('recbole')}, {where} ({kind}); "
               "s/epoch: mmrec trains one last-50 window per user with a loss at every position, RecBole one "
               "sample per prefix; targets/s is the like-for-like throughput\n")
         doc["table"] = table(results)

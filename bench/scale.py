@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 
-def one_size(n_items: int, n_events: int, steps: int, seed: int = 0) -> dict:
+def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str = "cpu") -> dict:
     import numpy as np
     import pyarrow as pa
     import torch
@@ -40,6 +40,7 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0) -> dict:
     from mmrec.trainers.methods import METHODS
 
     torch.set_num_threads(1)
+    dev = torch.device(device)
     rng = np.random.default_rng(seed)
     n_users = max(1000, n_events // 50)
     out: dict = {"items": n_items, "events": n_events, "users": n_users}
@@ -59,28 +60,33 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0) -> dict:
         out["items_kept"], out["events_kept"] = data.n_items, int(data.offsets[-1])
         samples = TrainSamples(data, max_len=50)
         feats = {"text": ItemFeatures("text", torch.randn(data.n_items + 1, 384), torch.ones(data.n_items + 1, dtype=torch.bool), {})}
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         for name, kw in (("sasrec", {}), ("sasrec_ef", {"features": feats})):
             cls = METHODS[name]
-            model = cls(from_dict(cls.Config, {}), data.n_items, 50, **kw)
+            model = cls(from_dict(cls.Config, {}), data.n_items, 50, **kw).to(dev)
             opt = torch.optim.Adam(model.parameters(), 1e-3)
             tc = type("T", (), {"loss": "ce"})()
             batches = samples.epoch_batches(256, np.random.default_rng(0), True)[:steps]
             t = time.perf_counter()
             for idx in batches:
-                batch = {k: torch.as_tensor(v) for k, v in samples.batch(idx, 0, rng).items()}
+                batch = {k: torch.as_tensor(v, device=dev) for k, v in samples.batch(idx, 0, rng).items()}
                 loss = model.loss(batch, tc)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            sync()
             out[f"{name}_step_s"] = round((time.perf_counter() - t) / max(len(batches), 1), 4)
             if name == "sasrec":
-                ev = Evaluator(data, from_dict(EvalConfig, {"item_chunk": 65536}), 50, torch.device("cpu"))
+                ev = Evaluator(data, from_dict(EvalConfig, {"item_chunk": 65536}), 50, dev)
                 cases = data.eval_cases("test")
                 sub = type(cases)(cases.user[:2000], cases.pos[:2000])  # 2,000 test users, every item ranked
                 t = time.perf_counter()
                 ev.evaluate(model, "test", cases=sub)
+                sync()
                 out["eval_s_per_1000_users"] = round((time.perf_counter() - t) / len(sub) * 1000, 3)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if dev.type == "cuda":
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
 
@@ -90,16 +96,17 @@ def main() -> None:
                     help="items:interactions pairs")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="scale.json")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training and evaluation run")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         n_items, n_events = map(int, args.one.split(":"))
-        print(json.dumps(one_size(n_items, n_events, args.steps)))
+        print(json.dumps(one_size(n_items, n_events, args.steps, device=args.device)))
         return
     rows = []
     for size in args.sizes:
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, __file__, "--one", size, "--steps", str(args.steps)],
+        p = subprocess.run([sys.executable, __file__, "--one", size, "--steps", str(args.steps), "--device", args.device],
                            capture_output=True, text=True)
         if p.returncode != 0:
             rows.append({"size": size, "error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]})
@@ -109,7 +116,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     cols = ["items_kept", "events_kept", "prepare_s", "sasrec_step_s", "sasrec_ef_step_s",
-            "eval_s_per_1000_users", "peak_rss_mib"]
+            "eval_s_per_1000_users", "peak_rss_mib"] + (["peak_gpu_mib"] if args.device == "cuda" else [])
     print("| size | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for r in rows:

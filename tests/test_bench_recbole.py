@@ -85,6 +85,10 @@ def test_show_merges_the_sides_of_two_only_runs(tmp_path, capsys, monkeypatch):
     assert ratio.startswith("| toy (seed 1) | mmrec/RecBole |")
     assert "| 0.25x | 1.00x | 4.00x |" in ratio and "| 1.50x |" in ratio
     assert len(json.loads((tmp_path / "both.json").read_text())["results"]) == 1
+    assert "peak GPU MiB" not in out  # CPU runs: no GPU column
+    table = bench.table([{"dataset": "g", "mmrec": dict(side(1.0, 0.1), cuda_peak_mib=300.0),
+                          "recbole": dict(side(2.0, 0.1), cuda_peak_mib=600.0)}])
+    assert "peak GPU MiB" in table and "| 300 |" in table and "| 0.50x |" in table.splitlines()[-1]
     # one side alone cannot make a row
     monkeypatch.setattr(sys, "argv", ["x", "--show", str(tmp_path / "m.json")])
     with pytest.raises(SystemExit):
