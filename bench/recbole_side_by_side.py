@@ -196,7 +196,7 @@ def child_mmrec(args) -> dict:
         "train.windows=last", f"eval.batch_size={EVAL_BATCH}",
         f"model.hidden={HIDDEN}", f"model.layers={LAYERS}", f"model.heads={HEADS}", f"model.inner={INNER}",
         f"model.dropout={DROPOUT}", f"model.attn_dropout={DROPOUT}",
-    ]
+    ] + list(args.mmrec_set or [])
     run = from_dict(RunConfig, apply_overrides({"dataset": args.data, "method": "sasrec"}, sets))
     run_dir = Path(args.workdir) / "mmrec-run"
     t = time.perf_counter()
@@ -359,7 +359,7 @@ def _run_child(python: str, kind: str, args, extra: list[str], workdir: Path) ->
     log = workdir / f"{kind}.log"
     cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--epochs", str(args.epochs),
            "--patience", str(args.patience), "--seed", str(args.seed), "--device", args.device,
-           "--threads", str(args.threads), *(["--recbole-as-shipped"] if args.recbole_as_shipped else []),
+           "--threads", str(args.threads), *[f"--mmrec-set={x}" for x in (args.mmrec_set or [])], *(["--recbole-as-shipped"] if args.recbole_as_shipped else []),
            "--workdir", str(workdir), "--child-out", str(out), *extra]
     n = str(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n,
@@ -402,6 +402,8 @@ def table(results: list[dict]) -> str:
     lines = [head, "|" + "---|" * (3 + len(cols))]
     for res, (m, r) in zip(results, rows):
         name = res["dataset"] + (f" (seed {res['seed']})" if res.get("seed", SEED) != SEED else "")
+        if res.get("mmrec_set"):
+            name += " [mmrec " + ", ".join(res["mmrec_set"]) + "]"
         for kind, row in (("mmrec", m), ("RecBole", r)):
             raw = res[kind.lower()]
             lines.append(f"| {name} | {kind} | {raw['epochs_run']} ({raw['best_epoch']}) | "
@@ -425,6 +427,9 @@ def main() -> None:
                     help="both sides on this device; cuda: the first visible GPU (set CUDA_VISIBLE_DEVICES to pick "
                          "one), peak GPU memory is then reported too")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of each side (default 1)")
+    ap.add_argument("--mmrec-set", action="append", metavar="KEY=VALUE",
+                    help="an mmrec setting on top of the shared ones (repeatable), e.g. train.batch_size=64; "
+                         "the table names it")
     ap.add_argument("--only", choices=["mmrec", "recbole"],
                     help="run one side only (two --only runs can go in parallel; --show merges their JSON)")
     ap.add_argument("--profile", action="store_true", help="mmrec child: cProfile one extra epoch into its log")
@@ -459,13 +464,22 @@ def main() -> None:
 
     if args.show:
         docs = [json.loads(Path(p).read_text()) for p in args.show]
-        # results of the same dataset and seed from separate --only runs are merged into one row pair
-        merged: dict[tuple, dict] = {}
+        # results of the same dataset and seed from separate --only runs are merged into one row pair;
+        # a RecBole side pairs with every mmrec side of its dataset and seed (whatever its --mmrec-set)
+        mm: dict[tuple, dict] = {}
+        rb: dict[tuple, dict] = {}
         for d in docs:
             for r in d["results"]:
-                key = (r["dataset"], r.get("seed", SEED), r.get("timing_only"))
-                merged.setdefault(key, {}).update(r)
-        incomplete = [k for k, r in merged.items() if not ("mmrec" in r and "recbole" in r)]
+                base = (r["dataset"], r.get("seed", SEED), r.get("timing_only"))
+                if "mmrec" in r:
+                    mm[base + (tuple(r.get("mmrec_set", [])),)] = r
+                if "recbole" in r:
+                    rb[base] = r
+        merged: dict[tuple, dict] = {}
+        for key, r in mm.items():
+            if key[:3] in rb:
+                merged[key] = {**r, "recbole": rb[key[:3]]["recbole"]}
+        incomplete = sorted({k[:3] for k in mm if k[:3] not in rb} | {k for k in rb if not any(m[:3] == k for m in mm)})
         if incomplete:
             ap.error(f"no mmrec or no RecBole side for {incomplete}: pass the JSON of both sides")
         doc = {"settings": [d["settings"] for d in docs], "results": list(merged.values())}
@@ -488,7 +502,8 @@ def main() -> None:
         assert exp["n_items_seen"] == exp["n_items"], "an item never occurs in a sequence: RecBole would drop it"
         assert exp["loo"], "the prepared split is not leave-one-out on every user; RecBole's LS would differ"
         res = {"dataset": name, "data": str(data), "export": exp, "epochs_cap": args.epochs,
-               "patience": args.patience, "timing_only": args.timing_only, "seed": args.seed}
+               "patience": args.patience, "timing_only": args.timing_only, "seed": args.seed,
+               "mmrec_set": list(args.mmrec_set or [])}
         sides = [args.only] if args.only else ["mmrec", "recbole"]
         for kind in sides:  # one after the other: never two heavy jobs at once
             wd = tmp / kind

@@ -86,6 +86,15 @@ def test_show_merges_the_sides_of_two_only_runs(tmp_path, capsys, monkeypatch):
     assert "| 0.25x | 1.00x | 4.00x |" in ratio and "| 1.50x |" in ratio
     assert len(json.loads((tmp_path / "both.json").read_text())["results"]) == 1
     assert "peak GPU MiB" not in out  # CPU runs: no GPU column
+    # an mmrec variant (--mmrec-set) pairs with the same RecBole side
+    (tmp_path / "v.json").write_text(json.dumps({"settings": {"seed": 1}, "results": [
+        {"dataset": "toy", "seed": 1, "timing_only": False, "mmrec_set": ["train.batch_size=64"],
+         "mmrec": side(20.0, 0.02)}]}))
+    monkeypatch.setattr(sys, "argv", ["x", "--show", str(tmp_path / "m.json"), str(tmp_path / "r.json"),
+                                      str(tmp_path / "v.json")])
+    bench.main()
+    ratios = [l for l in capsys.readouterr().out.splitlines() if "mmrec/RecBole" in l]
+    assert len(ratios) == 2 and ratios[1].startswith("| toy (seed 1) [mmrec train.batch_size=64] | mmrec/RecBole | | 0.50x |")
     table = bench.table([{"dataset": "g", "mmrec": dict(side(1.0, 0.1), cuda_peak_mib=300.0),
                           "recbole": dict(side(2.0, 0.1), cuda_peak_mib=600.0)}])
     assert "peak GPU MiB" in table and "| 300 |" in table and "| 0.50x |" in table.splitlines()[-1]
