@@ -209,3 +209,25 @@ def test_compiled_model_trains_like_the_eager_one_and_saves_plain_weights(ds, tm
     b = load_file(str(tmp_path / "comp" / "best.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("weighting, expect", [("batch", 5.0), ("target", 8.2)])
+def test_loss_weighting_by_batch_or_by_target(tmp_path, monkeypatch, weighting, expect):
+    """Two users whose windows hold 1 and 9 training targets, one per batch. A stub loss equal to
+    the batch's number of targets gives the epoch loss each weighting implies: "batch" averages
+    the two batches, (1 + 9) / 2 = 5; "target" scales each by its targets over the mean per batch
+    (5), so (1 * 1/5 + 9 * 9/5) / 2 = 8.2."""
+    from mmrec.trainers.methods.sasrec import SASRec
+
+    raw = raw_from_sequences({"a": ["1", "2", "3", "4"], "b": [str(i) for i in range(1, 13)]})
+    d = prepare(raw, tmp_path / "p", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+
+    def stub(self, batch, train_cfg):
+        return (batch["targets"] > 0).sum().float() + 0.0 * self.item.weight.sum()
+
+    monkeypatch.setattr(SASRec, "loss", stub)
+    run = from_dict(RunConfig, {"dataset": str(d), "method": "sasrec", "model": {"hidden": 8, "inner": 16},
+                                "train": {"epochs": 1, "batch_size": 1, "threads": 1, "loss_weighting": weighting}})
+    Trainer(run, tmp_path / "run", log=lambda s: None).fit()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["loss"] == pytest.approx(expect)

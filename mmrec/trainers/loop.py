@@ -78,6 +78,11 @@ class TrainConfig:
     max_len: int = 50
     windows: Literal["last", "all"] = "last"
     bucket_batches: bool = True
+    # how a batch's loss counts: "batch" as the method returns it (each batch weighs the same, so a
+    # target in a batch of short windows weighs more than one in a batch of long ones: with
+    # bucket_batches up to the ratio of their lengths); "target": scaled by the batch's targets over
+    # the epoch's mean targets per batch, so every target weighs the same, as with mixed batches
+    loss_weighting: Literal["batch", "target"] = "batch"
     patience: int = 10
     valid_metric: str = "ndcg@10"
     # "metric": keep the epoch with the best valid_metric; "any" (S3-Rec's EarlyStopping): a new
@@ -315,6 +320,9 @@ class Trainer:
                                              tc.bucket_batches)
         n_batches = len(batches)
         rank, world = self.accel.process_index, self.accel.num_processes
+        # loss_weighting=target: a batch's loss (a mean over its targets) times its targets over the
+        # mean per batch, i.e. the sum over its targets / mean targets per batch
+        mean_targets = float(self.samples.lengths().sum()) / max(n_batches, 1)
         self.model.train()
         if partial is None:
             torch.manual_seed(tc.seed * 100003 + epoch)
@@ -333,6 +341,8 @@ class Trainer:
             batch = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
             with self.accel.autocast():
                 loss = self.model(batch, tc)  # forward() is the loss; through DDP when distributed
+            if tc.loss_weighting == "target":
+                loss = loss * (float((batch["targets"] > 0).sum()) / mean_targets)
             self.opt.zero_grad(set_to_none=True)
             self.accel.backward(loss)
             if tc.grad_clip:
