@@ -241,8 +241,9 @@ class RelationalGAT(nn.Module):
         out_i = sum_j softmax_j(e_i)_j g_j
 
     with one attention vector ``a_r`` and one scale ``s_r`` (the code's "relation amplifier") per
-    relation type 1..4. ``forward(x, rel)`` takes node features ``x`` ``[B, L, d]`` and rows of
-    relations ``rel`` ``[B, T, L]`` (row t's node attends to every node j), and returns ``[B, T, d]``.
+    relation type 1..4. ``forward(x, rel, rows)`` takes node features ``x`` ``[B, L, d]`` (node j's at
+    index j), rows of relations ``rel`` ``[B, T, L]`` and the node of each row ``rows`` ``[B, T]``
+    (row t's node attends to every node j with ``rel[:, t, j] > 0``), and returns ``[B, T, d]``.
     Dropout is on the attention weights; the code drops logits, which can unmask absent edges."""
 
     n_relations = 4
