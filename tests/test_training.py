@@ -119,6 +119,22 @@ def test_resume_accepts_a_run_saved_before_a_setting_existed(ds, tmp_path):
         Trainer(_run(ds, epochs=2, early_stop="any"), tmp_path / "a", log=lambda s: None).fit(resume=True)
 
 
+def test_a_run_saved_before_loss_weighting_resumes_only_with_its_old_behaviour(ds, tmp_path):
+    """loss_weighting's default (target) is not what runs did before it existed (batch): such a run
+    folder resumes with --set train.loss_weighting=batch, and the error says so otherwise."""
+    Trainer(_run(ds, epochs=1, loss_weighting="batch"), tmp_path / "a", log=lambda s: None).fit()
+    cfg_path = tmp_path / "a" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["train"]["loss_weighting"]
+    cfg["train"]["epochs"] = 2
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"train.loss_weighting: 'batch' there, 'target' now"):
+        Trainer(_run(ds, epochs=2), tmp_path / "a", log=lambda s: None).fit(resume=True)
+    cfg_path.write_text(json.dumps(cfg))
+    res = Trainer(_run(ds, epochs=2, loss_weighting="batch"), tmp_path / "a", log=lambda s: None).fit(resume=True)
+    assert res["epochs_run"] == 2
+
+
 def test_early_stopping_uses_patience(ds, tmp_path):
     res = Trainer(_run(ds, epochs=50, lr=1e-6, patience=2), tmp_path / "a", log=lambda s: None).fit()
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()

@@ -78,11 +78,12 @@ class TrainConfig:
     max_len: int = 50
     windows: Literal["last", "all"] = "last"
     bucket_batches: bool = True
-    # how a batch's loss counts: "batch" as the method returns it (each batch weighs the same, so a
-    # target in a batch of short windows weighs more than one in a batch of long ones: with
-    # bucket_batches up to the ratio of their lengths); "target": scaled by the batch's targets over
-    # the epoch's mean targets per batch, so every target weighs the same, as with mixed batches
-    loss_weighting: Literal["batch", "target"] = "batch"
+    # how a batch's loss counts: "target" (default): scaled by the batch's targets over the epoch's
+    # mean targets per batch, so every target weighs the same, as with mixed batches; "batch": as
+    # the method returns it (a mean per batch, each batch weighing the same, so under bucket_batches
+    # a target in a batch of short windows weighs up to max_len times one in a batch of long ones;
+    # mmrec's behaviour before 2026-11-30: on Beauty SASRec converged lower with it, docs/benchmarks.md)
+    loss_weighting: Literal["batch", "target"] = "target"
     patience: int = 10
     valid_metric: str = "ndcg@10"
     # "metric": keep the epoch with the best valid_metric; "any" (S3-Rec's EarlyStopping): a new
@@ -130,6 +131,11 @@ class ColdConfig:
     def validate(self) -> None:
         if not 0.0 <= self.fraction < 1.0:
             raise ConfigError(f"cold.fraction must be in [0, 1), got {self.fraction}")
+
+
+# settings whose default differs from what runs did before the setting existed: a run folder saved
+# without them is resumed with the old behaviour (the value here), not the new default
+_BEHAVIOUR_BEFORE: dict[tuple[str, str], Any] = {("train", "loss_weighting"): "batch"}
 
 
 @dataclass
@@ -403,13 +409,17 @@ class Trainer:
 
     def _with_new_defaults(self, old: dict[str, Any]) -> dict[str, Any]:
         """A run folder's saved config read by this version: settings added since it was written get
-        their defaults (the behaviour the run had), so such a run can still be resumed."""
+        the behaviour the run had, their default or, where the default changed the behaviour, the
+        old one (``_BEHAVIOUR_BEFORE``), so such a run can still be resumed as it was."""
         try:
             upgraded = to_dict(from_dict(RunConfig, old))
             upgraded["model"] = to_dict(from_dict(type(self.model_cfg), old.get("model", {})))
-            return upgraded
         except ConfigError:
             return old
+        for (section, key), value in _BEHAVIOUR_BEFORE.items():
+            if key not in old.get(section, {}):
+                upgraded[section][key] = value
+        return upgraded
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         tc, run = self.run.train, self.run
@@ -419,9 +429,12 @@ class Trainer:
         resolved["model"] = to_dict(self.model_cfg)
         if resume and cfg_path.exists():
             old = json.loads(cfg_path.read_text())
-            if old != resolved and self._with_new_defaults(old) != resolved:
-                raise ConfigError(f"{cfg_path} differs from this run's configuration; resume with the same "
-                                  "settings, or start a new run folder")
+            upgraded = self._with_new_defaults(old)
+            if old != resolved and upgraded != resolved:
+                a, b = _flatten(upgraded, "."), _flatten(resolved, ".")
+                diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+                raise ConfigError(f"{cfg_path} differs from this run's configuration ({'; '.join(diff[:5])}); "
+                                  "resume with the same settings (--set KEY=VALUE), or start a new run folder")
         if self.accel.is_main_process:
             _atomic_json(cfg_path, resolved)
         if tc.trackers:
