@@ -30,8 +30,9 @@ Prints two Markdown tables (NDCG@10 and HR@10 per domain, mean ± sample sd over
 SyNCRec's negative-transfer gaps and LC-NTG weights per domain at the best epoch (from
 metrics.jsonl), and writes ``<out>/syncrec_domains.json``. Every run has its folder
 ``<out>/<row>[-d<k>]-s<seed>``; a run with ``results.json`` is not run again, an interrupted one
-resumes from ``last/``. ``--set`` applies to every run (``train.*``, ``eval.*``); ``--syncrec-set``
-to the SyNCRec rows only (``model.*``).
+resumes from ``last/``; ``--only-finished`` trains nothing and prints the rows whose runs
+finished. ``--set`` applies to every run (``train.*``, ``eval.*``); ``--syncrec-set`` to the
+SyNCRec rows only (``model.*``).
 """
 
 from __future__ import annotations
@@ -118,13 +119,17 @@ def single_domain_dataset(data: PreparedDataset, codes: np.ndarray, code: int, n
     return out
 
 
-def train(run_dir: Path, base: dict[str, Any], sets: list[str], label: str) -> None:
+def train(run_dir: Path, base: dict[str, Any], sets: list[str], label: str, only_finished: bool = False) -> bool:
+    """Train the run unless it finished; False when it did not finish and ``only_finished``."""
     if (run_dir / "results.json").exists():
-        return
+        return True
+    if only_finished:
+        return False
     run = from_dict(RunConfig, apply_overrides(base, sets))
     t = time.perf_counter()
     Trainer(run, run_dir, log=lambda m: None).fit(resume=True)
     print(f"{label}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+    return True
 
 
 def best_test_ranks(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +165,8 @@ def main() -> None:
     ap.add_argument("--top-domains", type=int, default=0)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="setting for every run")
     ap.add_argument("--syncrec-set", dest="syncrec_sets", action="append", default=[], help="SyNCRec rows only")
+    ap.add_argument("--only-finished", action="store_true",
+                    help="train nothing: tables from the runs that finished (a row needs all its seeds' runs)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,32 +182,44 @@ def main() -> None:
 
     # rows -> seed -> {domain code: ranks over case_pos[code]}
     ranks: dict[str, list[dict[int, np.ndarray]]] = {}
+    unfinished: set[str] = set()
     for seed in args.seeds:
         seed_sets = [f"train.seed={seed}"]
         per_dom: dict[int, np.ndarray] = {}
         for c, name in enumerate(names, start=1):
             sub = single_domain_dataset(data, codes, c, name, out / "data" / f"domain-{c}")
             run_dir = out / f"sasrec-single-d{c}-s{seed}"
-            train(run_dir, {"dataset": str(sub), "method": "sasrec"}, common + seed_sets, f"sasrec-single {name} seed {seed}")
+            if not train(run_dir, {"dataset": str(sub), "method": "sasrec"}, common + seed_sets,
+                         f"sasrec-single {name} seed {seed}", args.only_finished):
+                unfinished.add("sasrec-single")
+                continue
             pos, r = best_test_ranks(run_dir)
             src = np.load(sub / "source_positions.npy")[pos]  # the same events, as positions in the merged data
             if not np.array_equal(np.sort(src), np.sort(case_pos[c])):
                 raise RuntimeError(f"domain {name}: the single-domain test cases differ from the common ones")
             at = {p: i for i, p in enumerate(src)}
             per_dom[c] = r[[at[p] for p in case_pos[c]]]
-        ranks.setdefault("sasrec-single", []).append(per_dom)
+        if "sasrec-single" not in unfinished:
+            ranks.setdefault("sasrec-single", []).append(per_dom)
         cross_rows = {"sasrec-cross": ("sasrec", [])}
         cross_rows.update({k: ("syncrec", v + [f"model.top_domains={args.top_domains}"] + list(args.syncrec_sets))
                            for k, v in SYNCREC_ROWS.items()})
         for label, (method, sets) in cross_rows.items():
             run_dir = out / f"{label}-s{seed}"
-            train(run_dir, {"dataset": str(data.root), "method": method}, common + sets + seed_sets, f"{label} seed {seed}")
+            if not train(run_dir, {"dataset": str(data.root), "method": method}, common + sets + seed_sets,
+                         f"{label} seed {seed}", args.only_finished):
+                unfinished.add(label)
+                continue
             pos, r = best_test_ranks(run_dir)
             at = {p: i for i, p in enumerate(pos)}
             ranks.setdefault(label, []).append({c: r[[at[p] for p in case_pos[c]]] for c in case_pos})
 
     table: dict[str, Any] = {"dataset": str(data.root), "domains": names, "seeds": args.seeds,
                              "n_cases": {names[c - 1]: int(len(p)) for c, p in case_pos.items()}, "rows": {}}
+    for label in unfinished:  # --only-finished: a row is shown only with every seed
+        ranks.pop(label, None)
+    if unfinished:
+        print(f"not finished (left out): {', '.join(sorted(unfinished))}", file=sys.stderr)
     for label, per_seed in ranks.items():
         row: dict[str, Any] = {}
         for c, name in [*enumerate(names, start=1), (0, "all")]:
@@ -209,7 +228,7 @@ def main() -> None:
         table["rows"][label] = row
     # SyNCRec's gaps and weights at the best epoch
     ntg: dict[str, dict[str, list[float]]] = {n: {"gap": [], "weight": []} for n in names}
-    for seed in args.seeds:
+    for seed in args.seeds if "syncrec" in ranks else []:
         d = out / f"syncrec-s{seed}"
         best = json.loads((d / "results.json").read_text())["best_epoch"]
         for line in (d / "metrics.jsonl").read_text().splitlines():
