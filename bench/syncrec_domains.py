@@ -165,6 +165,8 @@ def main() -> None:
     ap.add_argument("--top-domains", type=int, default=0)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="setting for every run")
     ap.add_argument("--syncrec-set", dest="syncrec_sets", action="append", default=[], help="SyNCRec rows only")
+    ap.add_argument("--rows", nargs="+", help="only these rows (default: all): sasrec-single, sasrec-cross, "
+                                               + ", ".join(SYNCREC_ROWS))
     ap.add_argument("--only-finished", action="store_true",
                     help="train nothing: tables from the runs that finished (a row needs all its seeds' runs)")
     args = ap.parse_args()
@@ -183,10 +185,17 @@ def main() -> None:
     # rows -> seed -> {domain code: ranks over case_pos[code]}
     ranks: dict[str, list[dict[int, np.ndarray]]] = {}
     unfinished: set[str] = set()
+    known = {"sasrec-single", "sasrec-cross", *SYNCREC_ROWS}
+    if args.rows and set(args.rows) - known:
+        ap.error(f"unknown row(s) {sorted(set(args.rows) - known)}; rows are {', '.join(sorted(known))}")
+
+    def wanted(label: str) -> bool:
+        return not args.rows or label in args.rows
+
     for seed in args.seeds:
         seed_sets = [f"train.seed={seed}"]
         per_dom: dict[int, np.ndarray] = {}
-        for c, name in enumerate(names, start=1):
+        for c, name in enumerate(names if wanted("sasrec-single") else [], start=1):
             sub = single_domain_dataset(data, codes, c, name, out / "data" / f"domain-{c}")
             run_dir = out / f"sasrec-single-d{c}-s{seed}"
             if not train(run_dir, {"dataset": str(sub), "method": "sasrec"}, common + seed_sets,
@@ -199,12 +208,14 @@ def main() -> None:
                 raise RuntimeError(f"domain {name}: the single-domain test cases differ from the common ones")
             at = {p: i for i, p in enumerate(src)}
             per_dom[c] = r[[at[p] for p in case_pos[c]]]
-        if "sasrec-single" not in unfinished:
+        if wanted("sasrec-single") and "sasrec-single" not in unfinished:
             ranks.setdefault("sasrec-single", []).append(per_dom)
         cross_rows = {"sasrec-cross": ("sasrec", [])}
         cross_rows.update({k: ("syncrec", v + [f"model.top_domains={args.top_domains}"] + list(args.syncrec_sets))
                            for k, v in SYNCREC_ROWS.items()})
         for label, (method, sets) in cross_rows.items():
+            if not wanted(label):
+                continue
             run_dir = out / f"{label}-s{seed}"
             if not train(run_dir, {"dataset": str(data.root), "method": method}, common + sets + seed_sets,
                          f"{label} seed {seed}", args.only_finished):
