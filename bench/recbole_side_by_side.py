@@ -328,8 +328,20 @@ def child_recbole(args) -> dict:
             return out
 
     trainer = TimedTrainer(config, model)
-    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-    ckpt = torch.load(trainer.saved_model_file, map_location="cpu")
+    if args.recbole_saved:  # a run stopped by hand: its best checkpoint, its times from its log
+        import re
+
+        for line in Path(args.recbole_log).read_text().splitlines():
+            m = re.fullmatch(r"epoch (\d+) (train|valid) ([\d.]+)s.*", line.strip())
+            if m:
+                (epoch_s if m.group(2) == "train" else valid_s).append(float(m.group(3)))
+        n = min(len(epoch_s), len(valid_s))  # the epochs with both (the last may have been cut)
+        del epoch_s[n:], valid_s[n:]
+        saved = args.recbole_saved
+    else:
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+        saved = trainer.saved_model_file
+    ckpt = torch.load(saved, map_location="cpu")
     model.load_state_dict(ckpt["state_dict"])
     model.load_other_parameter(ckpt.get("other_parameter"))
     t0 = time.perf_counter()
@@ -348,6 +360,7 @@ def child_recbole(args) -> dict:
         "versions": {"recbole": recbole.__version__, "torch": torch.__version__,
                      "numpy": __import__("numpy").__version__},
         "device": args.device, "cuda_peak_mib": _cuda_peak_mib(args.device),
+        "stopped_by_hand": bool(args.recbole_saved),
         "patches": patches, "anomaly_detection_on_import": anomaly_as_shipped,
         "anomaly_detection_during_run": torch.is_anomaly_enabled(),
     }
@@ -433,6 +446,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["mmrec", "recbole"],
                     help="run one side only (two --only runs can go in parallel; --show merges their JSON)")
     ap.add_argument("--profile", action="store_true", help="mmrec child: cProfile one extra epoch into its log")
+    ap.add_argument("--recbole-saved", help="RecBole side: do not train; evaluate this saved checkpoint (.pth) of a run "
+                                            "stopped by hand, with the epoch times read from --recbole-log")
+    ap.add_argument("--recbole-log", help="the stopped RecBole child's log (its 'epoch N train/valid' lines)")
     ap.add_argument("--recbole-as-shipped", action="store_true",
                     help="leave RecBole's import-time torch.autograd.set_detect_anomaly(True) on (slower)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folders (exports, runs, logs)")
@@ -451,6 +467,8 @@ def main() -> None:
     if args.timing_only:
         args.patience = max(args.patience, args.epochs + 1)
 
+    if args.recbole_saved and not args.recbole_log:
+        ap.error("--recbole-saved needs --recbole-log (the stopped run's log, for its epoch times)")
     if args.child:
         if args.child == "mmrec":
             args.data = args.data_one
@@ -511,7 +529,11 @@ def main() -> None:
             if kind == "mmrec":
                 res[kind] = _run_child(args.mmrec_python, kind, args, ["--data-one", str(Path(data).resolve())], wd)
             else:
-                res[kind] = _run_child(args.recbole_python, kind, args, ["--inter", exp["path"]], wd)
+                extra = ["--inter", exp["path"]]
+                if args.recbole_saved:
+                    extra += ["--recbole-saved", str(Path(args.recbole_saved).resolve()),
+                              "--recbole-log", str(Path(args.recbole_log).resolve())]
+                res[kind] = _run_child(args.recbole_python, kind, args, extra, wd)
             r = res[kind]
             for k in ("n_users", "n_items", "n_valid", "n_test"):
                 assert r[k] == exp[k], f"{kind} sees {k}={r[k]}, the prepared data has {exp[k]}"
