@@ -348,7 +348,7 @@ class Trainer:
             with self.accel.autocast():
                 loss = self.model(batch, tc)  # forward() is the loss; through DDP when distributed
             if tc.loss_weighting == "target":
-                loss = loss * (float((batch["targets"] > 0).sum()) / mean_targets)
+                loss = loss * ((batch["targets"] > 0).sum() / mean_targets)  # on the device: no sync
             self.opt.zero_grad(set_to_none=True)
             self.accel.backward(loss)
             if tc.grad_clip:
