@@ -200,6 +200,39 @@ def test_every_method_overfits_a_tiny_ring_and_round_trips_its_checkpoint(tmp_pa
         assert again[k] == pytest.approx(v, abs=1e-12), k
 
 
+def test_a_method_gets_states_and_query_from_its_encoder_input_alone():
+    """``encoder_input`` (+ ``encoder_output``) is enough: ``sequence_states`` runs the encoder over
+    it, ``query`` the encoder's last position; a method with neither hook says which to write."""
+    from mmrec.trainers.base import SequentialRecommender
+    from mmrec.trainers.modules.sequence import TransformerEncoder, gather_last
+
+    class Doubled(SequentialRecommender):
+        def __init__(self):
+            super().__init__(None, 9, 6)
+            self.item = torch.nn.Embedding(10, 8)
+            self.encoder = TransformerEncoder(8, 2, 2, 16, 0.0, 0.0, 6)
+
+        def encoder_input(self, items):
+            return self.item(items)
+
+        def encoder_output(self, states):
+            return 2 * states
+
+    torch.manual_seed(0)
+    m = Doubled().eval()
+    items, lengths = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]]), torch.tensor([3, 4])
+    with torch.no_grad():
+        h = m.sequence_states(items, lengths)
+        assert torch.allclose(h, 2 * m.encoder(m.item(items), lengths))
+        assert torch.allclose(m.query(items, lengths), gather_last(h, lengths), atol=1e-6)
+
+    class Neither(SequentialRecommender):
+        pass
+
+    with pytest.raises(NotImplementedError, match="Neither implements neither encoder_input nor sequence_states"):
+        Neither(None, 9, 6).query(items, lengths)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_query_is_the_state_at_the_last_real_position(name):
     """Methods whose ``query`` skips work (the transformer's last block at one position) must give

@@ -30,7 +30,7 @@ from torch import nn
 
 from mmrec.errors import ConfigError
 from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
-from mmrec.trainers.modules.sequence import gather_last
+from mmrec.trainers.modules.sequence import gather_last, last_states
 
 
 class SequentialRecommender(nn.Module):
@@ -113,10 +113,25 @@ class SequentialRecommender(nn.Module):
             return logits
         return logits.masked_fill(self.train_exclusion[1:], float("-inf"))
 
-    # --- to implement -------------------------------------------------------------------------
+    # --- to implement: either encoder_input (one encoder over per-position inputs) or ------------
+    # --- sequence_states (anything else); and item_embeddings ------------------------------------
+    def encoder_input(self, items: torch.Tensor) -> torch.Tensor | None:
+        """The input ``[B, L, d]`` of ``self.encoder`` for item ids ``items`` ``[B, L]``. A method that
+        implements it gets ``sequence_states`` and ``query`` from it (``query`` then runs the
+        encoder's last block at the last position only, where the encoder can); None (the default):
+        the method computes its states another way and implements ``sequence_states``."""
+        return None
+
+    def encoder_output(self, states: torch.Tensor) -> torch.Tensor:
+        """Applied to the encoder's states, all of them or the last ones (e.g. a normalisation)."""
+        return states
+
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """States ``[B, L, d]``; position t sees only positions <= t."""
-        raise NotImplementedError
+        x = self.encoder_input(items)
+        if x is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither encoder_input nor sequence_states")
+        return self.encoder_output(self.encoder(x, lengths))
 
     def item_embeddings(self) -> torch.Tensor:
         """Item representations ``[n_items + 1, d]`` used for scoring (row 0 = padding)."""
@@ -127,7 +142,11 @@ class SequentialRecommender(nn.Module):
         return self.loss(batch, train_cfg)
 
     def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return gather_last(self.sequence_states(items, lengths), lengths)
+        """The state ``[B, d]`` at each row's last real position, which scores the next item."""
+        x = self.encoder_input(items)
+        if x is None:
+            return gather_last(self.sequence_states(items, lengths), lengths)
+        return self.encoder_output(last_states(self.encoder, x, lengths))
 
     def train(self, mode: bool = True) -> "SequentialRecommender":
         self._eval_table = None  # item tables computed from features are cached only while evaluating

@@ -92,7 +92,7 @@ from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.adaptors import MoEAdaptor
 from mmrec.trainers.modules.items import FeatureItems, present_slots
 from mmrec.trainers.modules.losses import ce_all_items, infonce_in_batch
-from mmrec.trainers.modules.sequence import TransformerConfig, TransformerEncoder, gather_last, last_states
+from mmrec.trainers.modules.sequence import TransformerConfig, TransformerEncoder, gather_last
 
 
 @dataclass
@@ -215,11 +215,11 @@ class ANT(SequentialRecommender):
         v = v.masked_fill(pad.unsqueeze(-1), 0.0)
         return (v, vecs) if parts else v
 
-    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder(self.item_vectors(items), lengths), dim=-1)
+    def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item_vectors(items)
 
-    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return F.normalize(last_states(self.encoder, self.item_vectors(items), lengths), dim=-1)
+    def encoder_output(self, states: torch.Tensor) -> torch.Tensor:
+        return F.normalize(states, dim=-1)
 
     def item_embeddings(self) -> torch.Tensor:
         return F.normalize(self.item_vectors(None), dim=-1)

@@ -35,8 +35,8 @@ class GRU4Rec(SequentialRecommender):
         with torch.no_grad():
             self.item.weight[0].zero_()
 
-    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.item(items), lengths)
+    def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item(items)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item.weight

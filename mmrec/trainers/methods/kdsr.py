@@ -137,8 +137,6 @@ from mmrec.trainers.modules.sequence import (
     RelationalGAT,
     TransformerConfig,
     build_backbone,
-    gather_last,
-    last_states,
     prefix_relations,
     session_nodes,
 )
@@ -514,10 +512,8 @@ class KDSR(SequentialRecommender):
             return self.graph_states(items, mods)
         return self.encoder(self.fuse(items, mods), lengths)
 
-    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.encoder is None:
-            return gather_last(self.graph_states(items), lengths)
-        return last_states(self.encoder, self.fuse(items), lengths)
+    def encoder_input(self, items: torch.Tensor) -> torch.Tensor | None:
+        return None if self.encoder is None else self.fuse(items)  # None: the graph backbone
 
     # -- distillation --------------------------------------------------------------------------------
     def pair_mask(self, items: torch.Tensor, slot: str, first: torch.Tensor | None = None) -> torch.Tensor:

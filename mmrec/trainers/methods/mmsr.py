@@ -29,7 +29,7 @@ import torch
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
-from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone, last_states
+from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone
 
 @dataclass
 class MMSRConfig(TransformerConfig, FeatureConfig):
@@ -58,11 +58,8 @@ class MMSR(SequentialRecommender):
                                       position=cfg.position)
         init_weights(self.encoder, cfg.init_std)  # the feature adaptors keep their own initialisation
 
-    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.items.lookup(items), lengths)
-
-    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return last_states(self.encoder, self.items.lookup(items), lengths)
+    def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
+        return self.items.lookup(items)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.items.table()

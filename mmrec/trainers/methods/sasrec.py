@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.sequence import TransformerConfig, last_states
+from mmrec.trainers.modules.sequence import TransformerConfig
 
 
 @dataclass
@@ -35,11 +35,8 @@ class SASRec(SequentialRecommender):
         with torch.no_grad():
             self.item.weight[0].zero_()
 
-    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.item(items), lengths)
-
-    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return last_states(self.encoder, self.item(items), lengths)
+    def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item(items)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item.weight

@@ -18,7 +18,7 @@ from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
-from mmrec.trainers.modules.sequence import TransformerConfig, last_states
+from mmrec.trainers.modules.sequence import TransformerConfig
 
 
 @dataclass
@@ -43,11 +43,8 @@ class SASRecEF(SequentialRecommender):
         self.feat = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
                                  dropout=cfg.feature_dropout)
 
-    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.item(items) + self.feat.lookup(items), lengths)
-
-    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return last_states(self.encoder, self.item(items) + self.feat.lookup(items), lengths)
+    def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item(items) + self.feat.lookup(items)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item.weight + self.feat.table()

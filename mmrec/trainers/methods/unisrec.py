@@ -38,7 +38,7 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureItems
 from mmrec.trainers.modules.losses import ce_all_items
-from mmrec.trainers.modules.sequence import TransformerConfig, gather_last, last_states
+from mmrec.trainers.modules.sequence import TransformerConfig, gather_last
 
 
 @dataclass
@@ -109,11 +109,11 @@ class UniSRec(SequentialRecommender):
             v = v + (self.item.weight if ids is None else self.item(ids))
         return v
 
-    def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder(self._items(items), lengths), dim=-1)
+    def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
+        return self._items(items)
 
-    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return F.normalize(last_states(self.encoder, self._items(items), lengths), dim=-1)
+    def encoder_output(self, states: torch.Tensor) -> torch.Tensor:
+        return F.normalize(states, dim=-1)
 
     def item_embeddings(self) -> torch.Tensor:
         return F.normalize(self._items(None), dim=-1)
