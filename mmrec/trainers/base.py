@@ -9,6 +9,14 @@ checkpointing only use:
 - ``score(query, item_ids) -> [B, C]``: scores of the items ``item_ids`` (a 1-D range of ids shared
   by the batch, or a ``[B, C]`` matrix of candidates per row).
 
+Writing a method whose states are one causal encoder (``self.encoder(x, lengths)``) over per-position
+inputs takes two hooks and a table: ``encoder_input(items) -> [B, L, d]``, optionally
+``encoder_output(states)`` (e.g. a normalisation), and ``item_embeddings() -> [n_items + 1, d]``;
+``sequence_states``, ``query`` (the transformer's last block at the last position only), ``score``
+and the default ``loss`` (CE over all items, or BCE with sampled negatives) follow. Anything else
+(two streams, a graph, several sub-networks) overrides ``sequence_states`` and, where it can skip
+work at evaluation, ``query``. Register the class in ``mmrec.trainers.methods``.
+
 Class attributes declare what a method needs: ``uses_item_ids``, ``modalities`` (the feature slots
 it can use, e.g. ``("text", "image")``) and ``required_modalities`` (those it cannot run without),
 ``losses`` (the values of ``train.loss`` it supports). A method with modalities receives

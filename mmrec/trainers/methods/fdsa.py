@@ -20,7 +20,7 @@ from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
-from mmrec.trainers.modules.sequence import TransformerConfig
+from mmrec.trainers.modules.sequence import TransformerConfig, encode
 
 
 @dataclass
@@ -52,14 +52,21 @@ class FDSA(SequentialRecommender):
 
     def pooled_features(self, items: torch.Tensor) -> torch.Tensor:
         """Vanilla attention over an item's slot vectors: ``[*items.shape, d]``."""
-        v = torch.stack([self.feat.modality_vectors(items)[s] for s in self.slots], dim=-2)  # [..., M, d]
+        vectors = self.feat.modality_vectors(items)
+        v = torch.stack([vectors[s] for s in self.slots], dim=-2)  # [..., M, d]
         a = torch.softmax(self.attn_vec(torch.tanh(self.attn_proj(v))), dim=-2)  # [..., M, 1]
         return (a * v).sum(-2)
 
+    def _states(self, items: torch.Tensor, lengths: torch.Tensor, last: bool) -> torch.Tensor:
+        h_item = encode(self.item_encoder, self.item(items), lengths, last)
+        h_feat = encode(self.feature_encoder, self.pooled_features(items), lengths, last)
+        return self.out(torch.cat([h_item, h_feat], dim=-1))  # position-wise, so it commutes with "last"
+
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        h_item = self.item_encoder(self.item(items), lengths)
-        h_feat = self.feature_encoder(self.pooled_features(items), lengths)
-        return self.out(torch.cat([h_item, h_feat], dim=-1))
+        return self._states(items, lengths, last=False)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self._states(items, lengths, last=True)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item.weight

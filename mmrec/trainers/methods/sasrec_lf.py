@@ -19,7 +19,7 @@ from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
-from mmrec.trainers.modules.sequence import TransformerConfig
+from mmrec.trainers.modules.sequence import TransformerConfig, encode
 
 
 @dataclass
@@ -44,9 +44,15 @@ class SASRecLF(SequentialRecommender):
         self.feat = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
                                  dropout=cfg.feature_dropout)
 
+    def _states(self, items: torch.Tensor, lengths: torch.Tensor, last: bool) -> torch.Tensor:
+        return torch.cat([encode(self.id_encoder, self.item(items), lengths, last),
+                          encode(self.feature_encoder, self.feat.lookup(items), lengths, last)], dim=-1)
+
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.id_encoder(self.item(items), lengths),
-                          self.feature_encoder(self.feat.lookup(items), lengths)], dim=-1)
+        return self._states(items, lengths, last=False)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self._states(items, lengths, last=True)
 
     def item_embeddings(self) -> torch.Tensor:
         return torch.cat([self.item.weight, self.feat.table()], dim=-1)

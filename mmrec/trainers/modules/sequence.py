@@ -283,6 +283,12 @@ def last_states(encoder: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> t
     return gather_last(encoder(x, lengths), lengths)
 
 
+def encode(encoder: nn.Module, x: torch.Tensor, lengths: torch.Tensor, last: bool = False) -> torch.Tensor:
+    """``encoder(x, lengths)`` ``[B, L, d]``, or with ``last`` only the last real position's state
+    ``[B, d]`` (``last_states``): one switch for methods with several streams."""
+    return last_states(encoder, x, lengths) if last else encoder(x, lengths)
+
+
 BACKBONES = ("sasrec", "gru4rec", "nextitnet")
 
 
