@@ -248,3 +248,18 @@ def test_query_is_the_state_at_the_last_real_position(name):
     with torch.no_grad():
         expect = gather_last(m.sequence_states(items, lengths), lengths)
         assert torch.allclose(m.query(items, lengths), expect, atol=1e-5)
+
+
+def test_item_geometry_mean_pairwise_cosine_by_hand():
+    """bench/item_geometry.py: rows (1,0), (2,0), (0,3): pairs 1, 0, 0 -> mean 1/3; parallel rows -> 1."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "item_geometry.py"
+    spec = importlib.util.spec_from_file_location("item_geometry", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    assert mod.mean_pairwise_cosine(x, sample=3) == pytest.approx(1 / 3)
+    assert mod.mean_pairwise_cosine(torch.tensor([[1.0, 1.0], [3.0, 3.0]]), sample=10) == pytest.approx(1.0)
+    assert mod.mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), sample=2) == pytest.approx(-1.0)
