@@ -21,7 +21,7 @@ rank it.
 
 **Fusion.** ``merged_attention`` is the default because it is MMSR's; on MovieLens-1M with text and
 poster features and ``train.loss=ce`` it sat on a long plateau (item vectors nearly parallel, best
-test NDCG@10 0.03 after 15 epochs against 0.076 for ``concat``; docs/results.md), so start with
+test NDCG@10 0.03 after 15 epochs against 0.077 for ``concat``; docs/results.md), so start with
 ``model.fusion=concat`` there and check a run with ``bench/item_geometry.py``.
 """
 
