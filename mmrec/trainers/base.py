@@ -38,7 +38,7 @@ from torch import nn
 
 from mmrec.errors import ConfigError
 from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
-from mmrec.trainers.modules.sequence import gather_last, last_states
+from mmrec.trainers.modules.sequence import encode, gather_last
 
 
 class SequentialRecommender(nn.Module):
@@ -134,12 +134,18 @@ class SequentialRecommender(nn.Module):
         """Applied to the encoder's states, all of them or the last ones (e.g. a normalisation)."""
         return states
 
+    def _encoded(self, items: torch.Tensor, lengths: torch.Tensor, last: bool) -> torch.Tensor | None:
+        """``encoder_output`` of the encoder over ``encoder_input``: every position, or with ``last``
+        the last real one only; None for a method without ``encoder_input``."""
+        x = self.encoder_input(items)
+        return None if x is None else self.encoder_output(encode(self.encoder, x, lengths, last))
+
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """States ``[B, L, d]``; position t sees only positions <= t."""
-        x = self.encoder_input(items)
-        if x is None:
+        h = self._encoded(items, lengths, last=False)
+        if h is None:
             raise NotImplementedError(f"{type(self).__name__} implements neither encoder_input nor sequence_states")
-        return self.encoder_output(self.encoder(x, lengths))
+        return h
 
     def item_embeddings(self) -> torch.Tensor:
         """Item representations ``[n_items + 1, d]`` used for scoring (row 0 = padding)."""
@@ -151,10 +157,8 @@ class SequentialRecommender(nn.Module):
 
     def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The state ``[B, d]`` at each row's last real position, which scores the next item."""
-        x = self.encoder_input(items)
-        if x is None:
-            return gather_last(self.sequence_states(items, lengths), lengths)
-        return self.encoder_output(last_states(self.encoder, x, lengths))
+        h = self._encoded(items, lengths, last=True)
+        return gather_last(self.sequence_states(items, lengths), lengths) if h is None else h
 
     def train(self, mode: bool = True) -> "SequentialRecommender":
         self._eval_table = None  # item tables computed from features are cached only while evaluating
