@@ -11,14 +11,17 @@ variants (ODMT's sub-networks alone) gets one more row per variant, from the sam
         --row sasrec=sasrec --row ef=sasrec_ef:features.text=minilm \\
         --row unisrec-ind=unisrec:features.text=minilm
 
-Prints a Markdown table (mean ± sample standard deviation over the seeds) and writes
-``<out>/table.json``.
+Prints a Markdown table (mean ± sample standard deviation over the seeds) of the rows asked for and
+updates ``<out>/table.json``, which keeps every row any call under ``--out`` has printed (several
+calls, e.g. one per row in parallel, add up there; a row holds the seeds of the call that printed it
+last, so print the whole table with ``--only-finished`` once the runs are done).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -33,6 +36,19 @@ def _row(spec: str) -> tuple[str, str, list[str]]:
     label, _, rest = spec.partition("=")
     method, _, sets = rest.partition(":")
     return label, method, [s for s in sets.split(",") if s]
+
+
+def _save_rows(path: Path, label: str, table: dict) -> None:
+    """Put row ``label`` (and its variant rows) of ``table`` into the table file at ``path``, keeping the
+    rows of earlier calls (other rows, other processes writing the same ``--out``): read just before
+    writing, written to a temporary file and renamed."""
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    mine = {key for key in table if key == label or key.startswith(f"{label} [")}
+    saved = {key: c for key, c in saved.items() if not (key == label or key.startswith(f"{label} ["))}
+    saved.update({key: table[key] for key in mine})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(saved, indent=1))
+    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -53,7 +69,7 @@ def main() -> None:
     table = {}
     for spec in args.rows:
         label, method, sets = _row(spec)
-        runs = []
+        runs, seeds = [], []
         for seed in args.seeds:
             run_dir = out / f"{label}-s{seed}"
             res_path = run_dir / "results.json"
@@ -68,13 +84,14 @@ def main() -> None:
                 Trainer(run, run_dir, log=lambda m: None).fit(resume=True)  # an interrupted run continues
                 print(f"{label} seed {seed}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
             runs.append(json.loads(res_path.read_text()))
+            seeds.append(seed)
         if not runs:
             continue
         some_runs = runs
         k = args.metric
         hr = k.replace("ndcg", "hr")
         col = {
-            "method": method, "settings": sets, "seeds": args.seeds,
+            "method": method, "settings": sets, "seeds": seeds,
             "all": [r["test"][k] for r in runs], "all_hr": [r["test"][hr] for r in runs],
             "warm": [r["test_warm"][k] for r in runs if k in r.get("test_warm", {})],
             "cold": [r["test_cold"][k] for r in runs if k in r.get("test_cold", {})],
@@ -91,7 +108,7 @@ def main() -> None:
                 "warm": [x["warm"][k] for x in vs if k in x.get("warm", {})],
                 "cold": [x["cold"][k] for x in vs if k in x.get("cold", {})],
             }
-        (out / "table.json").write_text(json.dumps(table, indent=1))
+        _save_rows(out / "table.json", label, table)
     if not table:
         sys.exit("no finished runs")
     cases = some_runs[0]
