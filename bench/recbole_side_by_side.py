@@ -101,6 +101,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -329,8 +330,6 @@ def child_recbole(args) -> dict:
 
     trainer = TimedTrainer(config, model)
     if args.recbole_saved:  # a run stopped by hand: its best checkpoint, its times from its log
-        import re
-
         for line in Path(args.recbole_log).read_text().splitlines():
             m = re.fullmatch(r"epoch (\d+) (train|valid) ([\d.]+)s.*", line.strip())
             if m:
