@@ -234,6 +234,26 @@ def test_coattention_attends_only_to_the_other_modality():
     assert not torch.allclose(merged(xs), m, atol=1e-4)
 
 
+def test_attention_fusion_output_gain():
+    """The attention kinds end in a LayerNorm (bias 0 at the start): with one token its output has norm
+    gain * sqrt(d) exactly; by default gain = 1/sqrt(d) (norm 1), out_gain=1.0 gives sqrt(d) = 4 at d = 16
+    (MMSR's code). coattention sums two such tokens (norm <= 2 by default)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 16) * 10
+    norms = lambda f, xs: f(xs).norm(dim=-1)  # noqa: E731
+    assert torch.allclose(norms(build_fusion("merged_attention", 16, 1).eval(), [x]), torch.ones(5), atol=1e-4)
+    code = build_fusion("merged_attention", 16, 1, out_gain=1.0).eval()
+    assert torch.allclose(norms(code, [x]), torch.full((5,), 4.0), atol=1e-4)
+    assert torch.allclose(norms(build_fusion("merged_attention", 16, 1, out_gain=0.5).eval(), [x]),
+                          torch.full((5,), 2.0), atol=1e-4)
+    co = build_fusion("coattention", 16, 2).eval()
+    assert co.ffn.norm.weight.tolist() == [0.25] * 16
+    assert (norms(co, [x, -x]) <= 2.0 + 1e-4).all()
+    assert build_fusion("sum", 16, 2, out_gain=3.0)([x, x]).allclose(2 * x)  # unused by the other kinds
+    with pytest.raises(ValueError, match="out_gain must be positive"):
+        build_fusion("merged_attention", 16, 2, out_gain=0.0)
+
+
 def test_fusion_errors():
     with pytest.raises(ValueError, match="unknown fusion kind 'average'.*sum, concat, film, gated, sum_mlp"):
         build_fusion("average", 4, 2)

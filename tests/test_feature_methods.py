@@ -45,6 +45,19 @@ def test_feature_items_refuse_token_features():
         FeatureItems(f, ["text"], 8)
 
 
+def test_mmsr_fusion_gain_reaches_the_attention_fusion():
+    """model.fusion_gain sets the attention fusion's initial output gain (default 1/sqrt(hidden)); a
+    non-positive one is refused with the setting's name."""
+    f = _feats(10, {"text": 12, "image": 8})
+    cls = METHODS["mmsr"]
+    default = cls(from_dict(cls.Config, {"hidden": 16, "inner": 32}), 10, 5, features=f)
+    assert default.items.fusion.ffn.norm.weight.tolist() == [0.25] * 16
+    code = cls(from_dict(cls.Config, {"hidden": 16, "inner": 32, "fusion_gain": 1.0}), 10, 5, features=f)
+    assert code.items.fusion.ffn.norm.weight.tolist() == [1.0] * 16
+    with pytest.raises(ConfigError, match="model.fusion_gain must be positive"):
+        cls(from_dict(cls.Config, {"hidden": 16, "fusion_gain": -1.0}), 10, 5, features=f)
+
+
 @pytest.mark.parametrize("name", ["mmsr", "sasrec_ef", "sasrec_lf", "fdsa", "unisrec"])
 def test_methods_score_shapes_and_which_can_rank_unseen_items(name):
     cls = METHODS[name]

@@ -57,7 +57,7 @@ class MMSR(SequentialRecommender):
         super().__init__(cfg, n_items, max_len, features)
         slots = present_slots(self.name, self.features, self.modalities)
         self.items = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
-                                  dropout=cfg.feature_dropout)
+                                  fusion_gain=cfg.fusion_gain, dropout=cfg.feature_dropout)
         self.encoder = build_backbone(cfg.backbone, cfg.hidden, max_len, layers=cfg.layers, heads=cfg.heads,
                                       inner=cfg.inner, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
                                       position=cfg.position)

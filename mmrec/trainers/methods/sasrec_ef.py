@@ -41,7 +41,7 @@ class SASRecEF(SequentialRecommender):
         with torch.no_grad():
             self.item.weight[0].zero_()
         self.feat = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
-                                 dropout=cfg.feature_dropout)
+                                 fusion_gain=cfg.fusion_gain, dropout=cfg.feature_dropout)
 
     def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
         return self.item(items) + self.feat.lookup(items)

@@ -42,7 +42,7 @@ class SASRecLF(SequentialRecommender):
         with torch.no_grad():
             self.item.weight[0].zero_()
         self.feat = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
-                                 dropout=cfg.feature_dropout)
+                                 fusion_gain=cfg.fusion_gain, dropout=cfg.feature_dropout)
 
     def _states(self, items: torch.Tensor, lengths: torch.Tensor, last: bool) -> torch.Tensor:
         return torch.cat([encode(self.id_encoder, self.item(items), lengths, last),

@@ -19,6 +19,12 @@ returns ``[..., d]``:
                      (single-stream transformer), then the mean over modalities
 ==================== =====================================================================================
 
+The attention kinds end in a LayerNorm, whose output has norm ``sqrt(d)`` with PyTorch's gain of 1 (6.3
+after the mean over two tokens at d = 64, against 1-2 for ``sum`` and ``concat``). ``out_gain`` starts that
+gain at ``1/sqrt(d)`` by default, so fused items start near unit norm like the other fusions'; with a
+gain of 1 (``out_gain=1.0``, MMSR's code) and softmax cross-entropy over all items, MMSR sat on a long
+plateau on MovieLens-1M, every item vector nearly parallel (docs/results.md).
+
 Differences from MMSR's code, on purpose: the inputs are already projected to d by the caller (no LN and
 per-modality projection inside ``sum``/``concat``), the MLP is 2 layers ending with a linear map, and the
 attention kinds see one vector per modality (token sequences are pooled before). With one token per
@@ -141,18 +147,23 @@ class AttentionFusion(Fusion):
 
     ``cross=True`` (``coattention``): token m attends to the other tokens only, output = sum over m.
     ``cross=False`` (``merged_attention``): every token attends to all tokens, output = mean over m.
+    ``out_gain``: the initial gain of the block's last LayerNorm (None: ``1/sqrt(d)``; 1.0: PyTorch's
+    and MMSR's code; see the module docstring).
     """
 
     def __init__(self, d: int, n_modalities: int, dropout: float = 0.0, heads: int = 1, cross: bool = False,
-                 inner: int | None = None):
+                 inner: int | None = None, out_gain: float | None = None):
         super().__init__(d, n_modalities)
         if cross and n_modalities < 2:
             raise ValueError(f"coattention needs at least 2 modalities, got {n_modalities}")
+        if out_gain is not None and not out_gain > 0:
+            raise ValueError(f"out_gain must be positive (or None for 1/sqrt(d)), got {out_gain}")
         self.cross = cross
         self.type_emb = nn.Embedding(n_modalities, d)
         nn.init.normal_(self.type_emb.weight, 0.0, 0.02)
         self.attn = SelfAttention(d, heads, dropout, dropout)
         self.ffn = FeedForward(d, inner or 4 * d, dropout, act="relu")
+        nn.init.constant_(self.ffn.norm.weight, d ** -0.5 if out_gain is None else out_gain)
         mask = ~torch.eye(n_modalities, dtype=torch.bool) if cross else None  # True = may attend
         self.register_buffer("mask", mask, persistent=False)
 
@@ -165,13 +176,15 @@ class AttentionFusion(Fusion):
         return h.reshape(*lead, self.d)
 
 
-def build_fusion(kind: str, d: int, n_modalities: int, dropout: float = 0.0, heads: int = 1) -> Fusion:
-    """The fusion module ``kind`` (one of ``FUSION_KINDS``) for ``n_modalities`` vectors of size ``d``."""
+def build_fusion(kind: str, d: int, n_modalities: int, dropout: float = 0.0, heads: int = 1,
+                 out_gain: float | None = None) -> Fusion:
+    """The fusion module ``kind`` (one of ``FUSION_KINDS``) for ``n_modalities`` vectors of size ``d``;
+    ``out_gain`` is the attention kinds' initial output gain (``AttentionFusion``), unused by the others."""
     base = kind[:-len("_mlp")] if kind.endswith("_mlp") else kind
     if kind not in FUSION_KINDS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of: {', '.join(FUSION_KINDS)}")
     if kind in ("coattention", "merged_attention"):
-        return AttentionFusion(d, n_modalities, dropout, heads, cross=kind == "coattention")
+        return AttentionFusion(d, n_modalities, dropout, heads, cross=kind == "coattention", out_gain=out_gain)
     fusion: Fusion = {"sum": SumFusion, "concat": ConcatFusion, "film": FiLMFusion, "gated": GatedFusion}[base](
         d, n_modalities)
     return MLPFusion(fusion, dropout) if kind.endswith("_mlp") else fusion

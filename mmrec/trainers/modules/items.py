@@ -33,6 +33,10 @@ class FeatureConfig:
                     "coattention", "merged_attention"] = "sum"
     adaptor: Literal["linear", "mlp", "moe"] = "linear"
     feature_dropout: float = 0.1
+    # initial gain of the attention fusions' last LayerNorm (coattention, merged_attention; unused by the
+    # others): None = 1/sqrt(hidden), fused items start near unit norm like the other fusions'; 1.0 = MMSR's
+    # code, which sat on a plateau with cross-entropy over all items on ml-1m (docs/results.md)
+    fusion_gain: float | None = None
 
 
 def present_slots(method: str, features: dict[str, Any], accepted: tuple[str, ...]) -> list[str]:
@@ -62,7 +66,7 @@ class FeatureItems(nn.Module):
 
     def __init__(self, features: dict[str, Any], slots: tuple[str, ...] | list[str], d: int, *,
                  adaptor: str = "linear", fusion: str = "sum", dropout: float = 0.0, n_experts: int = 8,
-                 layer_norm: bool = False):
+                 layer_norm: bool = False, fusion_gain: float | None = None):
         super().__init__()
         if not slots:
             raise ConfigError("no feature slots to build items from")
@@ -82,7 +86,9 @@ class FeatureItems(nn.Module):
         if len(self.slots) > 1:
             from mmrec.trainers.modules.fusion import build_fusion
 
-            self.fusion = build_fusion(fusion, d, len(self.slots), dropout)
+            if fusion_gain is not None and not fusion_gain > 0:
+                raise ConfigError(f"model.fusion_gain must be positive (or unset for 1/sqrt(hidden)), got {fusion_gain}")
+            self.fusion = build_fusion(fusion, d, len(self.slots), dropout, out_gain=fusion_gain)
         else:
             self.fusion = None
         self.d = d
