@@ -19,10 +19,11 @@ only a trainable projection (``model.adaptor``: linear, mlp or moe) sits on the 
 items are built from features only, a cold item (never trained on) still gets a vector: MMSR can
 rank it.
 
-**Fusion.** ``merged_attention`` is the default because it is MMSR's; on MovieLens-1M with text and
-poster features and ``train.loss=ce`` it sat on a long plateau (item vectors nearly parallel, best
-test NDCG@10 0.03 after 15 epochs against 0.077 for ``concat``; docs/results.md), so start with
-``model.fusion=concat`` there and check a run with ``bench/item_geometry.py``.
+**Fusion.** ``merged_attention`` is the default because it is MMSR's. Its block ends in a LayerNorm; with
+that LayerNorm's gain at 1 (``model.fusion_gain=1``, MMSR's code) and ``train.loss=ce``, MMSR sat on a
+long plateau on MovieLens-1M (item vectors nearly parallel). The gain now starts at 1/sqrt(hidden), so
+fused items start near unit norm like the other fusions' (docs/results.md has both runs);
+``bench/item_geometry.py RUN`` shows whether a run's item vectors collapsed.
 """
 
 from __future__ import annotations
