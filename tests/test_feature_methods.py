@@ -58,6 +58,36 @@ def test_mmsr_fusion_gain_reaches_the_attention_fusion():
         cls(from_dict(cls.Config, {"hidden": 16, "fusion_gain": -1.0}), 10, 5, features=f)
 
 
+def test_a_run_saved_before_fusion_gain_resumes_with_the_gain_it_had(tmp_path):
+    """Runs saved before model.fusion_gain existed started attention fusions at gain 1: such a folder
+    resumes only with --set model.fusion_gain=1; with another fusion the setting changes nothing and
+    the run resumes as it is."""
+    ring = {f"u{u}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(20)}
+    ds, store = _prepared_with_text(tmp_path, ring, 20)
+
+    def run(fusion, epochs, **model):
+        return from_dict(RunConfig, {"dataset": str(ds), "method": "mmsr", "features": {"text": "text"},
+                                     "store": str(store), "model": {"hidden": 8, "inner": 16, "fusion": fusion, **model},
+                                     "train": {"epochs": epochs, "threads": 1, "batch_size": 32}})
+
+    for fusion in ("merged_attention", "sum"):
+        Trainer(run(fusion, 1), tmp_path / fusion, log=lambda s: None).fit()
+        cfg_path = tmp_path / fusion / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        assert cfg["model"]["fusion_gain"] is None
+        del cfg["model"]["fusion_gain"]  # as if saved before the setting existed
+        cfg["train"]["epochs"] = 2
+        cfg_path.write_text(json.dumps(cfg))
+    saved = (tmp_path / "merged_attention" / "config.json").read_text()
+    with pytest.raises(ConfigError, match=r"model.fusion_gain: 1.0 there, None now"):
+        Trainer(run("merged_attention", 2), tmp_path / "merged_attention", log=lambda s: None).fit(resume=True)
+    assert (tmp_path / "merged_attention" / "config.json").read_text() == saved  # the refusal changed nothing
+    res = Trainer(run("merged_attention", 2, fusion_gain=1.0), tmp_path / "merged_attention",
+                  log=lambda s: None).fit(resume=True)
+    assert res["epochs_run"] == 2
+    assert Trainer(run("sum", 2), tmp_path / "sum", log=lambda s: None).fit(resume=True)["epochs_run"] == 2
+
+
 @pytest.mark.parametrize("name", ["mmsr", "sasrec_ef", "sasrec_lf", "fdsa", "unisrec"])
 def test_methods_score_shapes_and_which_can_rank_unseen_items(name):
     cls = METHODS[name]

@@ -134,8 +134,13 @@ class ColdConfig:
 
 
 # settings whose default differs from what runs did before the setting existed: a run folder saved
-# without them is resumed with the old behaviour (the value here), not the new default
-_BEHAVIOUR_BEFORE: dict[tuple[str, str], Any] = {("train", "loss_weighting"): "batch"}
+# without them is resumed with the old behaviour (the value here, given the saved section), not the
+# new default
+_BEHAVIOUR_BEFORE: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
+    ("train", "loss_weighting"): lambda train: "batch",
+    # the attention fusions' output LayerNorm started at gain 1; the other fusions have no such gain
+    ("model", "fusion_gain"): lambda model: 1.0 if model.get("fusion") in ("coattention", "merged_attention") else None,
+}
 
 
 @dataclass
@@ -416,9 +421,9 @@ class Trainer:
             upgraded["model"] = to_dict(from_dict(type(self.model_cfg), old.get("model", {})))
         except ConfigError:
             return old
-        for (section, key), value in _BEHAVIOUR_BEFORE.items():
-            if key not in old.get(section, {}):
-                upgraded[section][key] = value
+        for (section, key), before in _BEHAVIOUR_BEFORE.items():
+            if key not in old.get(section, {}) and key in upgraded[section]:  # (the method has the setting)
+                upgraded[section][key] = before(old.get(section, {}))
         return upgraded
 
     def _fit(self, resume: bool) -> dict[str, Any]:

@@ -83,11 +83,11 @@ class FeatureItems(nn.Module):
             self.adaptors[s] = make_adaptor(adaptor, f.dim, d, dropout=dropout, n_experts=n_experts)
             self.missing[s] = nn.Parameter(torch.randn(d) * 0.02)
         self.norm = nn.LayerNorm(d) if layer_norm else nn.Identity()
+        if fusion_gain is not None and not fusion_gain > 0:
+            raise ConfigError(f"model.fusion_gain must be positive (or unset: 1/sqrt(hidden)), got {fusion_gain}")
         if len(self.slots) > 1:
             from mmrec.trainers.modules.fusion import build_fusion
 
-            if fusion_gain is not None and not fusion_gain > 0:
-                raise ConfigError(f"model.fusion_gain must be positive (or unset for 1/sqrt(hidden)), got {fusion_gain}")
             self.fusion = build_fusion(fusion, d, len(self.slots), dropout, out_gain=fusion_gain)
         else:
             self.fusion = None
