@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
+from mmrec.trainers.modules.items import FeatureConfig, present_slots
 from mmrec.trainers.modules.sequence import TransformerConfig, build_backbone
 
 @dataclass
@@ -57,8 +57,7 @@ class MMSR(SequentialRecommender):
     def __init__(self, cfg: MMSRConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
         slots = present_slots(self.name, self.features, self.modalities)
-        self.items = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
-                                  fusion_gain=cfg.fusion_gain, dropout=cfg.feature_dropout)
+        self.items = cfg.feature_items(self.features, slots, cfg.hidden)
         self.encoder = build_backbone(cfg.backbone, cfg.hidden, max_len, layers=cfg.layers, heads=cfg.heads,
                                       inner=cfg.inner, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
                                       position=cfg.position)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
+from mmrec.trainers.modules.items import FeatureConfig, present_slots
 from mmrec.trainers.modules.sequence import TransformerConfig
 
 
@@ -40,8 +40,7 @@ class SASRecEF(SequentialRecommender):
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()
-        self.feat = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
-                                 fusion_gain=cfg.fusion_gain, dropout=cfg.feature_dropout)
+        self.feat = cfg.feature_items(self.features, slots, cfg.hidden)
 
     def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
         return self.item(items) + self.feat.lookup(items)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
+from mmrec.trainers.modules.items import FeatureConfig, present_slots
 from mmrec.trainers.modules.sequence import TransformerConfig, encode
 
 
@@ -41,8 +41,7 @@ class SASRecLF(SequentialRecommender):
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()
-        self.feat = FeatureItems(self.features, slots, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
-                                 fusion_gain=cfg.fusion_gain, dropout=cfg.feature_dropout)
+        self.feat = cfg.feature_items(self.features, slots, cfg.hidden)
 
     def _states(self, items: torch.Tensor, lengths: torch.Tensor, last: bool) -> torch.Tensor:
         return torch.cat([encode(self.id_encoder, self.item(items), lengths, last),

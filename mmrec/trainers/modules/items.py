@@ -38,6 +38,11 @@ class FeatureConfig:
     # code, which sat on a plateau with cross-entropy over all items on ml-1m (docs/results.md)
     fusion_gain: float | None = None
 
+    def feature_items(self, features: dict[str, Any], slots: list[str], d: int) -> FeatureItems:
+        """The ``FeatureItems`` of ``slots`` these settings describe (adaptor, fusion and its gain, dropout)."""
+        return FeatureItems(features, slots, d, adaptor=self.adaptor, fusion=self.fusion,
+                            fusion_gain=self.fusion_gain, dropout=self.feature_dropout)
+
 
 def present_slots(method: str, features: dict[str, Any], accepted: tuple[str, ...]) -> list[str]:
     """The accepted slots that have features, in the method's order; an error if there are none."""
