@@ -39,6 +39,7 @@ from mmrec.errors import ConfigError, DataError, Preempted
 from mmrec.trainers.batching import TrainSamples
 from mmrec.trainers.evaluation import EvalConfig, Evaluator
 from mmrec.trainers.methods import get_method
+from mmrec.trainers.modules.fusion import ATTENTION_KINDS
 
 
 # Accelerate's tracker names -> the package each needs
@@ -139,7 +140,7 @@ class ColdConfig:
 _BEHAVIOUR_BEFORE: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
     ("train", "loss_weighting"): lambda train: "batch",
     # the attention fusions' output LayerNorm started at gain 1; the other fusions have no such gain
-    ("model", "fusion_gain"): lambda model: 1.0 if model.get("fusion") in ("coattention", "merged_attention") else None,
+    ("model", "fusion_gain"): lambda model: 1.0 if model.get("fusion") in ATTENTION_KINDS else None,
 }
 
 

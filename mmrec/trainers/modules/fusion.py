@@ -43,7 +43,8 @@ from mmrec.trainers.modules.sequence import FeedForward, SelfAttention
 Modalities = Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
 
 BASE_KINDS = ("sum", "concat", "film", "gated")
-FUSION_KINDS = BASE_KINDS + tuple(f"{k}_mlp" for k in BASE_KINDS) + ("coattention", "merged_attention")
+ATTENTION_KINDS = ("coattention", "merged_attention")  # the kinds with an output gain (AttentionFusion)
+FUSION_KINDS = BASE_KINDS + tuple(f"{k}_mlp" for k in BASE_KINDS) + ATTENTION_KINDS
 
 
 class Fusion(nn.Module):
@@ -183,7 +184,7 @@ def build_fusion(kind: str, d: int, n_modalities: int, dropout: float = 0.0, hea
     base = kind[:-len("_mlp")] if kind.endswith("_mlp") else kind
     if kind not in FUSION_KINDS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of: {', '.join(FUSION_KINDS)}")
-    if kind in ("coattention", "merged_attention"):
+    if kind in ATTENTION_KINDS:
         return AttentionFusion(d, n_modalities, dropout, heads, cross=kind == "coattention", out_gain=out_gain)
     fusion: Fusion = {"sum": SumFusion, "concat": ConcatFusion, "film": FiLMFusion, "gated": GatedFusion}[base](
         d, n_modalities)
