@@ -2,7 +2,9 @@
 
 Each row is ``label=method[:key=value,...]`` (settings as ``mmrec train --set``); every row runs
 with every seed, in its own run folder under ``--out`` (a finished run is not run again, so an
-interrupted table resumes, and a run cut short continues from its last checkpoint). Columns: test NDCG@10 / HR@10 over all cases, over warm cases and over
+interrupted table resumes, and a run cut short continues from its last checkpoint; a folder that
+finished with other settings is refused, naming them, not reported; a run another process is
+training is left to it, so the same command started twice shares the runs). Columns: test NDCG@10 / HR@10 over all cases, over warm cases and over
 cold cases (cold-start protocol, ``--cold``), and seconds per epoch. A method that reports evaluation
 variants (ODMT's sub-networks alone) gets one more row per variant, from the same runs.
 
@@ -29,7 +31,8 @@ from pathlib import Path
 
 from mmrec.config import apply_overrides, from_dict
 from mmrec.pipeline.report import mean_sd
-from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.errors import RunFolderBusy
+from mmrec.trainers.loop import RunConfig, Trainer, finished_results
 
 
 def _row(spec: str) -> tuple[str, str, list[str]]:
@@ -72,18 +75,21 @@ def main() -> None:
         runs, seeds = [], []
         for seed in args.seeds:
             run_dir = out / f"{label}-s{seed}"
-            res_path = run_dir / "results.json"
-            if not res_path.exists() and args.only_finished:
+            base = {"dataset": args.dataset, "method": method, "store": args.store,
+                    "cold": {"fraction": args.cold, "seed": 0}}
+            run = from_dict(RunConfig, apply_overrides(base, list(args.sets) + sets + [f"train.seed={seed}"]))
+            res = finished_results(run, run_dir)  # refuses a folder trained with other settings
+            if res is None and args.only_finished:
                 continue
-            if not res_path.exists():
-                base = {"dataset": args.dataset, "method": method, "store": args.store,
-                        "cold": {"fraction": args.cold, "seed": 0}}
-                data = apply_overrides(base, list(args.sets) + sets + [f"train.seed={seed}"])
-                run = from_dict(RunConfig, data)
+            if res is None:
                 t = time.perf_counter()
-                Trainer(run, run_dir, log=lambda m: None).fit(resume=True)  # an interrupted run continues
+                try:
+                    res = Trainer(run, run_dir, log=lambda m: None).fit(resume=True)  # an interrupted run continues
+                except RunFolderBusy as busy:  # the same command started twice shares the runs
+                    print(f"{label} seed {seed}: left to the other process ({busy.holder})", file=sys.stderr, flush=True)
+                    continue
                 print(f"{label} seed {seed}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
-            runs.append(json.loads(res_path.read_text()))
+            runs.append(res)
             seeds.append(seed)
         if not runs:
             continue

@@ -17,8 +17,11 @@ Columns: test NDCG@10 and HR@10 (mean ± sample sd over the seeds), the gap of t
 than the two seed spreads together (``gap < -(sd_policy + sd_scratch)``), **no (within spread)** when
 it is negative but not beyond them, **no** otherwise; with a single seed there is no spread and any
 negative gap counts. Every run has its folder ``<out>/<policy>-s<seed>``; a run with ``results.json``
-is not run again, an interrupted one resumes from its ``last/`` checkpoint. The table goes to stdout
-and, with every per-seed figure, to ``<out>/negative_transfer.json``.
+is not run again (a folder that finished with other settings is refused, not reported), an
+interrupted one resumes from its ``last/`` checkpoint, and a run another process is training is
+left to it, so the same command started twice shares the runs; ``--only-finished`` trains nothing
+and prints the table of what has finished. The table goes to stdout and, with every per-seed
+figure, to ``<out>/negative_transfer.json``.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from mmrec.config import apply_overrides, from_dict
-from mmrec.errors import ConfigError
-from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.errors import ConfigError, RunFolderBusy
+from mmrec.trainers.loop import RunConfig, Trainer, finished_results
 
 POLICIES = ("relearn", "finetune", "freeze", "scratch")
 _NOT_INHERITED = ("objective", "init_from", "adapt")
@@ -59,24 +62,33 @@ def base_config(pretrained: str | Path, dataset: str, store: str, features: dict
 
 def run_policies(pretrained: str | Path, dataset: str, store: str, features: dict[str, str], out: str | Path,
                  seeds: list[int], policies: tuple[str, ...] = POLICIES, sets: list[str] | None = None,
-                 log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict[str, list[dict[str, Any]]]:
-    """Train (or reuse) every policy x seed run; returns ``{policy: [results.json per seed]}``."""
+                 log=lambda m: print(m, file=sys.stderr, flush=True), only_finished: bool = False
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """Train (or reuse) every policy x seed run; returns ``{policy: [results.json per seed]}``.
+    ``only_finished``: train nothing, return the runs that finished (a policy with none is left out).
+    A folder that finished with other settings is refused (``ConfigError``), not reported."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(pretrained, dataset, store, features)
     results: dict[str, list[dict[str, Any]]] = {}
     for policy in policies:
-        results[policy] = []
         for seed in seeds:
             run_dir = out / f"{policy}-s{seed}"
-            res_path = run_dir / "results.json"
-            if not res_path.exists():
-                data = apply_overrides(base, list(sets or []) + [f"model.adapt={policy}", f"train.seed={seed}"])
-                run = from_dict(RunConfig, data)
+            data = apply_overrides(base, list(sets or []) + [f"model.adapt={policy}", f"train.seed={seed}"])
+            run = from_dict(RunConfig, data)
+            res = finished_results(run, run_dir)
+            if res is None and only_finished:
+                continue
+            if res is None:
                 t = time.perf_counter()
-                Trainer(run, run_dir, log=lambda m: None).fit(resume=(run_dir / "last" / "state.json").exists())
+                try:
+                    res = Trainer(run, run_dir, log=lambda m: None).fit(resume=True)  # an interrupted run continues
+                except RunFolderBusy as busy:  # the same command started twice shares the runs
+                    log(f"{policy} seed {seed}: left to the other process ({busy.holder})")
+                    continue
                 log(f"{policy} seed {seed}: {time.perf_counter() - t:.0f}s")
-            results[policy].append(json.loads(res_path.read_text()))
+            res["seed"] = seed
+            results.setdefault(policy, []).append(res)
     return results
 
 
@@ -87,7 +99,8 @@ def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "ndcg@10")
     for policy, runs in results.items():
         vals, hrs = [r["test"][metric] for r in runs], [r["test"][hr] for r in runs]
         m, sd = _mean_sd(vals)
-        table[policy] = {"values": vals, "mean": m, "sd": sd, "hr_values": hrs, "hr_mean": _mean_sd(hrs)[0],
+        table[policy] = {"seeds": [r.get("seed") for r in runs], "values": vals, "mean": m, "sd": sd,
+                         "hr_values": hrs, "hr_mean": _mean_sd(hrs)[0],
                          "hr_sd": _mean_sd(hrs)[1], "best_epoch": [r["best_epoch"] for r in runs]}
     ref = table.get("scratch")
     for policy, row in table.items():
@@ -103,13 +116,13 @@ def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "ndcg@10")
 
 def markdown(table: dict[str, dict[str, Any]], metric: str = "ndcg@10") -> str:
     hr = metric.replace("ndcg", "HR")
-    lines = [f"| policy | test {metric} | test {hr} | gap vs scratch | gap % | negative transfer |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| policy | seeds | test {metric} | test {hr} | gap vs scratch | gap % | negative transfer |",
+             "|---|---|---|---|---|---|---|"]
     for policy, r in table.items():
         gap = "—" if r["gap"] is None else f"{r['gap']:+.4f}"
         pct = "—" if r["gap_pct"] is None else f"{r['gap_pct']:+.1f}%"
-        lines.append(f"| {policy} | {r['mean']:.4f} ± {r['sd']:.4f} | {r['hr_mean']:.4f} ± {r['hr_sd']:.4f} | "
-                     f"{gap} | {pct} | {r['negative_transfer'] or '—'} |")
+        lines.append(f"| {policy} | {len(r['values'])} | {r['mean']:.4f} ± {r['sd']:.4f} | "
+                     f"{r['hr_mean']:.4f} ± {r['hr_sd']:.4f} | {gap} | {pct} | {r['negative_transfer'] or '—'} |")
     return "\n".join(lines)
 
 
@@ -126,10 +139,14 @@ def main() -> None:
     ap.add_argument("--policies", nargs="+", default=list(POLICIES))
     ap.add_argument("--set", dest="sets", action="append", default=[], help="setting for every run")
     ap.add_argument("--metric", default="ndcg@10")
+    ap.add_argument("--only-finished", action="store_true",
+                    help="train nothing: print the table of the runs that have finished (seeds per policy may differ)")
     args = ap.parse_args()
     policies = tuple(args.policies) + (() if "scratch" in args.policies else ("scratch",))
     results = run_policies(args.pretrained, args.dataset, args.store, parse_features_option(args.features),
-                           args.out, args.seeds, policies, args.sets)
+                           args.out, args.seeds, policies, args.sets, only_finished=args.only_finished)
+    if not results:
+        sys.exit(f"no finished runs in {args.out}")
     table = summarise(results, args.metric)
     first = next(iter(results.values()))[0]
     report = {"pretrained": str(args.pretrained), "dataset": args.dataset, "features": args.features,

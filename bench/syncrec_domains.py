@@ -29,9 +29,10 @@ Ranks come from each run's best checkpoint (saved as ``test_ranks.npy`` in the r
 Prints two Markdown tables (NDCG@10 and HR@10 per domain, mean ± sample sd over the seeds), then
 SyNCRec's negative-transfer gaps and LC-NTG weights per domain at the best epoch (from
 metrics.jsonl), and writes ``<out>/syncrec_domains.json``. Every run has its folder
-``<out>/<row>[-d<k>]-s<seed>``; a run with ``results.json`` is not run again, an interrupted one
-resumes from ``last/``; ``--only-finished`` trains nothing and prints the rows whose runs
-finished. ``--set`` applies to every run (``train.*``, ``eval.*``); ``--syncrec-set`` to the
+``<out>/<row>[-d<k>]-s<seed>``; a run with ``results.json`` is not run again (a folder that
+finished with other settings is refused), an interrupted one resumes from ``last/``, one another
+process is training is left to it (its row is then left out of this call's table);
+``--only-finished`` trains nothing and prints the rows whose runs finished. ``--set`` applies to every run (``train.*``, ``eval.*``); ``--syncrec-set`` to the
 SyNCRec rows only (``model.*``).
 """
 
@@ -53,8 +54,9 @@ from safetensors.torch import load_file
 from mmrec.config import apply_overrides, from_dict
 from mmrec.data.prepare import _stats
 from mmrec.data.prepared import PreparedDataset
+from mmrec.errors import RunFolderBusy
 from mmrec.trainers.evaluation import Evaluator, metrics_from_ranks
-from mmrec.trainers.loop import RunConfig, Trainer, build_model
+from mmrec.trainers.loop import RunConfig, Trainer, build_model, finished_results
 from mmrec.trainers.methods.syncrec import item_domains
 
 SYNCREC_ROWS = {
@@ -120,14 +122,19 @@ def single_domain_dataset(data: PreparedDataset, codes: np.ndarray, code: int, n
 
 
 def train(run_dir: Path, base: dict[str, Any], sets: list[str], label: str, only_finished: bool = False) -> bool:
-    """Train the run unless it finished; False when it did not finish and ``only_finished``."""
-    if (run_dir / "results.json").exists():
+    """Train the run unless it finished (with these settings: ``ConfigError`` if with others); False
+    when it did not finish and ``only_finished``."""
+    run = from_dict(RunConfig, apply_overrides(base, sets))
+    if finished_results(run, run_dir) is not None:
         return True
     if only_finished:
         return False
-    run = from_dict(RunConfig, apply_overrides(base, sets))
     t = time.perf_counter()
-    Trainer(run, run_dir, log=lambda m: None).fit(resume=True)
+    try:
+        Trainer(run, run_dir, log=lambda m: None).fit(resume=True)
+    except RunFolderBusy as busy:  # the same command started twice shares the runs
+        print(f"{label}: left to the other process ({busy.holder})", file=sys.stderr, flush=True)
+        return False
     print(f"{label}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     return True
 

@@ -30,6 +30,15 @@ class DataError(MMRecError):
         super().__init__(text)
 
 
+class RunFolderBusy(MMRecError):
+    """Another live process is training in this run folder (it holds ``train.lock`` there)."""
+
+    def __init__(self, run_dir: str, holder: str):
+        self.run_dir, self.holder = run_dir, holder
+        super().__init__(f"{run_dir} is being trained by another process ({holder}); wait for it to end, "
+                         "or give another run folder (two trainings in one folder would overwrite each other)")
+
+
 class Preempted(Exception):
     """Training stopped on request (SIGTERM or SIGUSR1, as a batch scheduler sends before it ends a
     job) after writing a checkpoint; the same command with ``--resume`` continues from it. The CLI

@@ -395,7 +395,22 @@ def test_pretrain_then_relearn_through_the_trainer(tmp_path):
     assert table["scratch"]["gap"] is None
     assert table["relearn"]["negative_transfer"] in ("yes", "no", "no (within spread)")
     text = nt.markdown(table)
-    assert text.count("\n") == 3 and "| relearn |" in text
+    assert text.count("\n") == 3 and "| relearn | 2 |" in text
+    # --only-finished: seed 2 never ran, so only seeds 0 and 1 come back, and nothing is trained
+    done = nt.run_policies(**{**kw, "seeds": [0, 1, 2]}, only_finished=True)
+    assert [r["seed"] for r in done["relearn"]] == [0, 1] and not (out / "relearn-s2").exists()
+    # a rerun with other settings into the same folder is refused, not reported as the old run
+    with pytest.raises(ConfigError, match=r"relearn-s0/config.json differs .*train.epochs: 1 there, 2 now"):
+        nt.run_policies(**{**kw, "sets": ["train.epochs=2", "train.threads=1"]})
+    # a run another process is training (it holds the folder's lock) is left to it, the others go on
+    import fcntl
+
+    (out / "relearn-s2").mkdir()
+    said = []
+    with open(out / "relearn-s2" / "train.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shared = nt.run_policies(**{**kw, "seeds": [2], "log": said.append})
+    assert list(shared) == ["scratch"] and any("relearn seed 2: left to the other process" in m for m in said)
 
 
 def test_negative_transfer_verdict():

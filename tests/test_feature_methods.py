@@ -1,6 +1,8 @@
 """Feature-based methods: items from features, missing vectors, cold items, UniSRec transfer."""
 
+import functools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -60,18 +62,23 @@ def test_mmsr_fusion_gain_reaches_the_attention_fusion():
 
 def test_a_run_saved_before_fusion_gain_resumes_with_the_gain_it_had(tmp_path):
     """Runs saved before model.fusion_gain existed started attention fusions at gain 1: such a folder
-    resumes only with --set model.fusion_gain=1; with another fusion the setting changes nothing and
-    the run resumes as it is."""
+    resumes only with --set model.fusion_gain=1; with another fusion, or one modality (no fusion at
+    all), the setting changes nothing and the run resumes as it is."""
     ring = {f"u{u}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(20)}
     ds, store = _prepared_with_text(tmp_path, ring, 20)
+    shutil.copytree(store / "text", store / "image")  # a second modality: the same vectors as "image"
+    manifest = next((store / "image").glob("manifest*"))
+    manifest.write_text(manifest.read_text().replace('"modality": "text"', '"modality": "image"')
+                        .replace('"name": "text"', '"name": "image"'))
 
-    def run(fusion, epochs, **model):
-        return from_dict(RunConfig, {"dataset": str(ds), "method": "mmsr", "features": {"text": "text"},
+    def run(fusion, epochs, slots=("text", "image"), **model):
+        return from_dict(RunConfig, {"dataset": str(ds), "method": "mmsr", "features": {s: s for s in slots},
                                      "store": str(store), "model": {"hidden": 8, "inner": 16, "fusion": fusion, **model},
                                      "train": {"epochs": epochs, "threads": 1, "batch_size": 32}})
 
-    for fusion in ("merged_attention", "sum"):
-        Trainer(run(fusion, 1), tmp_path / fusion, log=lambda s: None).fit()
+    one_slot = functools.partial(run, slots=("text",))
+    for fusion, make in (("merged_attention", run), ("sum", run), ("merged_attention-text", one_slot)):
+        Trainer(make(fusion.split("-")[0], 1), tmp_path / fusion, log=lambda s: None).fit()
         cfg_path = tmp_path / fusion / "config.json"
         cfg = json.loads(cfg_path.read_text())
         assert cfg["model"]["fusion_gain"] is None
@@ -86,6 +93,8 @@ def test_a_run_saved_before_fusion_gain_resumes_with_the_gain_it_had(tmp_path):
                   log=lambda s: None).fit(resume=True)
     assert res["epochs_run"] == 2
     assert Trainer(run("sum", 2), tmp_path / "sum", log=lambda s: None).fit(resume=True)["epochs_run"] == 2
+    res = Trainer(one_slot("merged_attention", 2), tmp_path / "merged_attention-text", log=lambda s: None).fit(resume=True)
+    assert res["epochs_run"] == 2
 
 
 @pytest.mark.parametrize("name", ["mmsr", "sasrec_ef", "sasrec_lf", "fdsa", "unisrec"])

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
-from mmrec.errors import ConfigError
+from mmrec.errors import ConfigError, RunFolderBusy
 from mmrec.trainers.batching import TrainSamples, cut_windows
-from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.trainers.loop import RunConfig, Trainer, finished_results
 
 from conftest import raw_from_sequences
 
@@ -100,6 +100,37 @@ def test_resume_refuses_a_changed_config(ds, tmp_path):
     Trainer(_run(ds, epochs=1), tmp_path / "a", log=lambda s: None).fit()
     with pytest.raises(ConfigError, match="differs from this run's configuration"):
         Trainer(_run(ds, epochs=1, lr=0.5), tmp_path / "a", log=lambda s: None).fit(resume=True)
+
+
+def test_finished_results_reuses_only_a_run_with_the_same_settings(ds, tmp_path):
+    """A finished run folder is reused for the same settings (resource settings aside) and refused,
+    naming the folder and the setting, for others: a rerun never reports the old run as the new one."""
+    assert finished_results(_run(ds, epochs=1), tmp_path / "a") is None  # nothing there yet
+    res = Trainer(_run(ds, epochs=1), tmp_path / "a", log=lambda s: None).fit()
+    assert finished_results(_run(ds, epochs=1), tmp_path / "a") == json.loads(json.dumps(res))
+    assert finished_results(_run(ds, epochs=1, threads=2), tmp_path / "a")["best_epoch"] == res["best_epoch"]
+    with pytest.raises(ConfigError, match=r"a/config.json differs .*train.lr: 0.001 there, 0.5 now.*to reuse it"):
+        finished_results(_run(ds, epochs=1, lr=0.5), tmp_path / "a")
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(ds, tmp_path):
+    """While a process holds the run folder's lock, a second training of the folder is refused
+    (nothing written), and once the lock is let go it trains."""
+    import fcntl
+
+    run_dir = tmp_path / "a"
+    run_dir.mkdir()
+    with open(run_dir / "train.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on elsewhere\n")
+        held.flush()
+        with pytest.raises(RunFolderBusy, match=r"a is being trained by another process \(pid 4242 on elsewhere\)"):
+            Trainer(_run(ds, epochs=1), run_dir, log=lambda s: None).fit()
+        assert sorted(p.name for p in run_dir.iterdir()) == ["train.lock"]
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert Trainer(_run(ds, epochs=1), run_dir, log=lambda s: None).fit()["epochs_run"] == 1
+    with open(run_dir / "train.lock", "a+") as again:  # released at the end of fit
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_resume_accepts_a_run_saved_before_a_setting_existed(ds, tmp_path):

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from mmrec.config import from_dict, to_dict
 from mmrec.data.prepared import PreparedDataset
-from mmrec.errors import ConfigError, DataError, Preempted
+from mmrec.errors import ConfigError, DataError, Preempted, RunFolderBusy
 from mmrec.trainers.batching import TrainSamples
 from mmrec.trainers.evaluation import EvalConfig, Evaluator
 from mmrec.trainers.methods import get_method
@@ -135,12 +135,14 @@ class ColdConfig:
 
 
 # settings whose default differs from what runs did before the setting existed: a run folder saved
-# without them is resumed with the old behaviour (the value here, given the saved section), not the
-# new default
+# without them is resumed with the old behaviour (the value here, given the saved configuration),
+# not the new default
 _BEHAVIOUR_BEFORE: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
-    ("train", "loss_weighting"): lambda train: "batch",
-    # the attention fusions' output LayerNorm started at gain 1; the other fusions have no such gain
-    ("model", "fusion_gain"): lambda model: 1.0 if model.get("fusion") in ATTENTION_KINDS else None,
+    ("train", "loss_weighting"): lambda old: "batch",
+    # the attention fusions' output LayerNorm started at gain 1; the other fusions have no such gain,
+    # nor has a run of one modality (nothing to fuse)
+    ("model", "fusion_gain"): lambda old: (1.0 if old.get("model", {}).get("fusion") in ATTENTION_KINDS
+                                           and len(old.get("features") or {}) > 1 else None),
 }
 
 
@@ -161,6 +163,62 @@ class RunConfig:
         k = int(self.train.valid_metric.split("@")[1])
         if k not in self.eval.ks:
             raise ConfigError(f"train.valid_metric uses K={k}, which is not in eval.ks={self.eval.ks}")
+
+
+# settings that change how a run is computed, not what it computes: a run folder is resumed or
+# reused whatever they were
+_RESOURCE_SETTINGS = frozenset({"out", "name", "train.device", "train.threads", "train.log_every_s",
+                                "train.trackers", "eval.batch_size", "eval.item_chunk"})
+
+
+def resolved_config(run: RunConfig) -> dict[str, Any]:
+    """What a run folder's ``config.json`` holds for ``run``: every default filled in, the model
+    section through the method's config class."""
+    out = to_dict(run)
+    out["model"] = to_dict(from_dict(get_method(run.method).Config, run.model, prefix="model."))
+    return out
+
+
+def _with_new_defaults(old: dict[str, Any], model_cls: type) -> dict[str, Any]:
+    """A run folder's saved config read by this version: settings added since it was written get
+    the behaviour the run had, their default or, where the default changed the behaviour, the
+    old one (``_BEHAVIOUR_BEFORE``), so such a run can still be resumed as it was."""
+    try:
+        upgraded = to_dict(from_dict(RunConfig, old))
+        upgraded["model"] = to_dict(from_dict(model_cls, old.get("model", {})))
+    except ConfigError:
+        return old
+    for (section, key), before in _BEHAVIOUR_BEFORE.items():
+        if key not in old.get(section, {}) and key in upgraded[section]:  # (the method has the setting)
+            upgraded[section][key] = before(old)
+    return upgraded
+
+
+def check_saved_config(cfg_path: Path, resolved: dict[str, Any], model_cls: type, action: str) -> None:
+    """Refuse to ``action`` (resume, reuse) the run folder of ``cfg_path`` when it was trained with
+    other settings than ``resolved`` (resource settings aside: threads, device, evaluation batch)."""
+    old = json.loads(cfg_path.read_text())
+    if old == resolved:
+        return
+    a, b = _flatten(_with_new_defaults(old, model_cls), "."), _flatten(resolved, ".")
+    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in _RESOURCE_SETTINGS]
+    if diff:
+        raise ConfigError(f"{cfg_path} differs from this run's configuration ({'; '.join(diff[:5])}); "
+                          f"to {action} it use the same settings (--set KEY=VALUE), or give another run folder")
+
+
+def finished_results(run: RunConfig, run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``results.json`` of ``run_dir`` if a run with ``run``'s settings finished there; None
+    if nothing finished there; ``ConfigError`` naming the differences if the run that finished there
+    had other settings (so a rerun with changed settings never reports the old run)."""
+    run_dir = Path(run_dir)
+    res_path = run_dir / "results.json"
+    if not res_path.is_file():
+        return None
+    if (run_dir / "config.json").is_file():
+        check_saved_config(run_dir / "config.json", resolved_config(run), get_method(run.method).Config, "reuse")
+    return json.loads(res_path.read_text())
 
 
 def cold_items(n_items: int, cfg: ColdConfig) -> np.ndarray:
@@ -410,22 +468,39 @@ class Trainer:
         SIGUSR1 (or ``request_stop``) makes it write a checkpoint after the current step and raise
         ``Preempted``; ``fit(resume=True)`` then continues to the same results as an uninterrupted run."""
         self._stop_reason = None
-        with self._stop_on_signals():
+        with self._run_folder_lock(), self._stop_on_signals():
             return self._fit(resume)
 
-    def _with_new_defaults(self, old: dict[str, Any]) -> dict[str, Any]:
-        """A run folder's saved config read by this version: settings added since it was written get
-        the behaviour the run had, their default or, where the default changed the behaviour, the
-        old one (``_BEHAVIOUR_BEFORE``), so such a run can still be resumed as it was."""
+    @contextlib.contextmanager
+    def _run_folder_lock(self):
+        """Hold ``train.lock`` in the run folder while training (the main process; an OS lock, so it
+        is released when the process ends, however it ends): a second training of the same folder,
+        e.g. the same bench command started twice to share its runs, gets ``RunFolderBusy``
+        instead of overwriting the first one's checkpoints. No lock where ``fcntl`` is missing
+        (Windows), nor across machines on file systems without ``flock`` (some NFS setups)."""
         try:
-            upgraded = to_dict(from_dict(RunConfig, old))
-            upgraded["model"] = to_dict(from_dict(type(self.model_cfg), old.get("model", {})))
-        except ConfigError:
-            return old
-        for (section, key), before in _BEHAVIOUR_BEFORE.items():
-            if key not in old.get(section, {}) and key in upgraded[section]:  # (the method has the setting)
-                upgraded[section][key] = before(old.get(section, {}))
-        return upgraded
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None
+        if fcntl is None or not self.accel.is_main_process:
+            yield
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "train.lock"
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise RunFolderBusy(str(self.run_dir), f.read().strip() or "pid unknown") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {platform.node()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         tc, run = self.run.train, self.run
@@ -434,13 +509,7 @@ class Trainer:
         resolved = to_dict(run)
         resolved["model"] = to_dict(self.model_cfg)
         if resume and cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            upgraded = self._with_new_defaults(old)
-            if old != resolved and upgraded != resolved:
-                a, b = _flatten(upgraded, "."), _flatten(resolved, ".")
-                diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-                raise ConfigError(f"{cfg_path} differs from this run's configuration ({'; '.join(diff[:5])}); "
-                                  "resume with the same settings (--set KEY=VALUE), or start a new run folder")
+            check_saved_config(cfg_path, resolved, type(self.model_cfg), "resume")
         if self.accel.is_main_process:
             _atomic_json(cfg_path, resolved)
         if tc.trackers:
