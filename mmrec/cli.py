@@ -302,13 +302,16 @@ def report(
     title: str = typer.Option("mmrec report", "--title"),
 ) -> None:
     """One HTML page from finished runs: metrics (mean ± sd over seeds; cold/warm, domains, sub-networks),
-    paired significance tests against a baseline, training curves. Runs group by folder name without -s<seed>."""
+    paired significance tests against a baseline, training curves. Runs group by folder name without -s<seed>.
+    The paired tests are also printed, as a Markdown table."""
     try:
-        from mmrec.pipeline.report import build_report
+        from mmrec.pipeline.report import build_report, paired_markdown
 
         res = build_report(runs, out, metric, baseline, permutations, title)
         typer.echo(f"{len(res['groups'])} groups, {len(res['tests'])} paired tests against {res['baseline']}, "
                    f"{res['images']} figures -> {out}")
+        if res["tests"]:
+            typer.echo(paired_markdown(res["tests"], res["baseline"], metric))
     except MMRecError as e:
         _fail(e)
 

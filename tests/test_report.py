@@ -73,6 +73,9 @@ def test_report_cli_and_errors(runs, tmp_path):
                                  "--permutations", "200"])
     assert r.exit_code == 0, r.output
     assert "2 groups, 1 paired tests against sasrec" in r.output
+    a = case_metric(np.load(runs / "sasrec-s0" / "test_ranks.npy"), "ndcg@10")
+    b = case_metric(np.load(runs / "pop-s1" / "test_ranks.npy"), "ndcg@10")
+    assert f"| pop | 40 | {float((b - a).mean()):+.4f} | [" in r.output  # the tests, printed as Markdown
     with pytest.raises(ConfigError, match="--baseline 'gru' is not a group of these runs; groups: pop, sasrec"):
         build_report([runs], tmp_path / "y.html", baseline="gru")
     with pytest.raises(ConfigError, match="no finished runs"):

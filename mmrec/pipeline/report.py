@@ -177,6 +177,16 @@ def _curves_png(g: Group, metric: str) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def paired_markdown(tests: dict[str, dict[str, float]], baseline: str, metric: str = "ndcg@10") -> str:
+    """The paired tests of ``build_report`` as a Markdown table (what ``mmrec report`` prints)."""
+    lines = [f"paired tests against {baseline} (per test case {metric}, averaged over each group's seeds; "
+             "difference = group - baseline; sign-flip permutation p)",
+             "| group | cases | mean difference | 95% interval | p |", "|---|---|---|---|---|"]
+    lines += [f"| {g} | {t['n_cases']} | {t['mean_diff']:+.4f} | [{t['ci95_low']:+.4f}, {t['ci95_high']:+.4f}] | "
+              f"{t['p_value']:.4f} |" for g, t in tests.items()]
+    return "\n".join(lines)
+
+
 def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@10",
                  baseline: str | None = None, n_permutations: int = 10000,
                  title: str = "mmrec report") -> dict[str, Any]:
