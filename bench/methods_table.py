@@ -26,13 +26,11 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from mmrec.config import apply_overrides, from_dict
 from mmrec.pipeline.report import mean_sd
-from mmrec.errors import RunFolderBusy
-from mmrec.trainers.loop import RunConfig, Trainer, finished_results
+from mmrec.trainers.loop import RunConfig, train_or_reuse
 
 
 def _row(spec: str) -> tuple[str, str, list[str]]:
@@ -78,17 +76,9 @@ def main() -> None:
             base = {"dataset": args.dataset, "method": method, "store": args.store,
                     "cold": {"fraction": args.cold, "seed": 0}}
             run = from_dict(RunConfig, apply_overrides(base, list(args.sets) + sets + [f"train.seed={seed}"]))
-            res = finished_results(run, run_dir)  # refuses a folder trained with other settings
-            if res is None and args.only_finished:
-                continue
+            res = train_or_reuse(run, run_dir, f"{label} seed {seed}", only_finished=args.only_finished)
             if res is None:
-                t = time.perf_counter()
-                try:
-                    res = Trainer(run, run_dir, log=lambda m: None).fit(resume=True)  # an interrupted run continues
-                except RunFolderBusy as busy:  # the same command started twice shares the runs
-                    print(f"{label} seed {seed}: left to the other process ({busy.holder})", file=sys.stderr, flush=True)
-                    continue
-                print(f"{label} seed {seed}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+                continue
             runs.append(res)
             seeds.append(seed)
         if not runs:

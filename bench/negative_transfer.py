@@ -30,13 +30,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from mmrec.config import apply_overrides, from_dict
-from mmrec.errors import ConfigError, RunFolderBusy
-from mmrec.trainers.loop import RunConfig, Trainer, finished_results
+from mmrec.errors import ConfigError
+from mmrec.trainers.loop import RunConfig, train_or_reuse
 
 POLICIES = ("relearn", "finetune", "freeze", "scratch")
 _NOT_INHERITED = ("objective", "init_from", "adapt")
@@ -76,17 +75,9 @@ def run_policies(pretrained: str | Path, dataset: str, store: str, features: dic
             run_dir = out / f"{policy}-s{seed}"
             data = apply_overrides(base, list(sets or []) + [f"model.adapt={policy}", f"train.seed={seed}"])
             run = from_dict(RunConfig, data)
-            res = finished_results(run, run_dir)
-            if res is None and only_finished:
-                continue
+            res = train_or_reuse(run, run_dir, f"{policy} seed {seed}", only_finished=only_finished, log=log)
             if res is None:
-                t = time.perf_counter()
-                try:
-                    res = Trainer(run, run_dir, log=lambda m: None).fit(resume=True)  # an interrupted run continues
-                except RunFolderBusy as busy:  # the same command started twice shares the runs
-                    log(f"{policy} seed {seed}: left to the other process ({busy.holder})")
-                    continue
-                log(f"{policy} seed {seed}: {time.perf_counter() - t:.0f}s")
+                continue
             res["seed"] = seed
             results.setdefault(policy, []).append(res)
     return results

@@ -43,7 +43,6 @@ import json
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +53,8 @@ from safetensors.torch import load_file
 from mmrec.config import apply_overrides, from_dict
 from mmrec.data.prepare import _stats
 from mmrec.data.prepared import PreparedDataset
-from mmrec.errors import RunFolderBusy
 from mmrec.trainers.evaluation import Evaluator, metrics_from_ranks
-from mmrec.trainers.loop import RunConfig, Trainer, build_model, finished_results
+from mmrec.trainers.loop import RunConfig, build_model, train_or_reuse
 from mmrec.trainers.methods.syncrec import item_domains
 
 SYNCREC_ROWS = {
@@ -122,21 +120,10 @@ def single_domain_dataset(data: PreparedDataset, codes: np.ndarray, code: int, n
 
 
 def train(run_dir: Path, base: dict[str, Any], sets: list[str], label: str, only_finished: bool = False) -> bool:
-    """Train the run unless it finished (with these settings: ``ConfigError`` if with others); False
-    when it did not finish and ``only_finished``."""
+    """Whether the run has finished here, training it first unless ``only_finished`` (``train_or_reuse``:
+    False also when another process is training it)."""
     run = from_dict(RunConfig, apply_overrides(base, sets))
-    if finished_results(run, run_dir) is not None:
-        return True
-    if only_finished:
-        return False
-    t = time.perf_counter()
-    try:
-        Trainer(run, run_dir, log=lambda m: None).fit(resume=True)
-    except RunFolderBusy as busy:  # the same command started twice shares the runs
-        print(f"{label}: left to the other process ({busy.holder})", file=sys.stderr, flush=True)
-        return False
-    print(f"{label}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
-    return True
+    return train_or_reuse(run, run_dir, label, only_finished=only_finished) is not None
 
 
 def best_test_ranks(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:

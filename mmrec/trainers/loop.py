@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -171,11 +172,12 @@ _RESOURCE_SETTINGS = frozenset({"out", "name", "train.device", "train.threads", 
                                 "train.trackers", "eval.batch_size", "eval.item_chunk"})
 
 
-def resolved_config(run: RunConfig) -> dict[str, Any]:
+def resolved_config(run: RunConfig, model_cfg: Any = None) -> dict[str, Any]:
     """What a run folder's ``config.json`` holds for ``run``: every default filled in, the model
-    section through the method's config class."""
+    section through the method's config class (``model_cfg`` when already built)."""
     out = to_dict(run)
-    out["model"] = to_dict(from_dict(get_method(run.method).Config, run.model, prefix="model."))
+    out["model"] = to_dict(model_cfg if model_cfg is not None
+                           else from_dict(get_method(run.method).Config, run.model, prefix="model."))
     return out
 
 
@@ -219,6 +221,27 @@ def finished_results(run: RunConfig, run_dir: str | Path) -> dict[str, Any] | No
     if (run_dir / "config.json").is_file():
         check_saved_config(run_dir / "config.json", resolved_config(run), get_method(run.method).Config, "reuse")
     return json.loads(res_path.read_text())
+
+
+def train_or_reuse(run: RunConfig, run_dir: str | Path, label: str, *, only_finished: bool = False,
+                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
+                   ) -> dict[str, Any] | None:
+    """The results of ``run`` in ``run_dir`` for the ``bench/`` scripts: reused if it finished there
+    (``finished_results``: refused if with other settings), else trained (an interrupted run
+    resumes) unless ``only_finished``. None when it has not finished here: ``only_finished``, or
+    another process is training the folder (``RunFolderBusy``: left to it, so the same command
+    started twice shares its runs). ``log`` gets ``label`` with the seconds or the skip."""
+    res = finished_results(run, run_dir)
+    if res is not None or only_finished:
+        return res
+    t = time.perf_counter()
+    try:
+        res = Trainer(run, run_dir, log=lambda m: None).fit(resume=True)
+    except RunFolderBusy as busy:
+        log(f"{label}: left to the other process ({busy.holder})")
+        return None
+    log(f"{label}: {time.perf_counter() - t:.0f}s")
+    return res
 
 
 def cold_items(n_items: int, cfg: ColdConfig) -> np.ndarray:
@@ -506,8 +529,7 @@ class Trainer:
         tc, run = self.run.train, self.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.run_dir / "config.json"
-        resolved = to_dict(run)
-        resolved["model"] = to_dict(self.model_cfg)
+        resolved = resolved_config(run, self.model_cfg)
         if resume and cfg_path.exists():
             check_saved_config(cfg_path, resolved, type(self.model_cfg), "resume")
         if self.accel.is_main_process:
