@@ -23,11 +23,11 @@ from mmrec.trainers.methods.syncrec import (
     SyNCRecConfig,
     chunk_groups,
     code_mim,
-    compact_by_domain,
     infonce_per_group,
     item_domains,
     ntg_update,
     ntg_weights,
+    pack_by_domain,
 )
 
 from conftest import raw_from_sequences
@@ -57,15 +57,48 @@ def _batch():
 # --------------------------------------------------------------------------- domains and inputs
 
 
-def test_compact_by_domain_by_hand():
+def test_pack_by_domain_by_hand():
     items = torch.tensor([[1, 2, 3, 4, 0], [4, 5, 6, 0, 0]])
-    seqs, lens, last = compact_by_domain(items, DOM, 2)
-    assert seqs[0].tolist() == [[1, 3, 0, 0, 0], [5, 0, 0, 0, 0]]
-    assert seqs[1].tolist() == [[2, 4, 0, 0, 0], [4, 6, 0, 0, 0]]
-    assert lens.tolist() == [[2, 1], [2, 2]]
+    pk = pack_by_domain(items, DOM, 2)
+    # row 0: a-items 1 3, then b-items 2 4; row 1: a-item 5, then b-items 4 6
+    assert pk.items.tolist() == [[1, 3, 2, 4, 0], [5, 4, 6, 0, 0]]
+    assert pk.segment.tolist() == [[1, 1, 2, 2, 0], [1, 2, 2, 0, 0]]
+    assert pk.index.tolist() == [[0, 1, 0, 1, 0], [0, 0, 1, 0, 1]]
+    assert pk.seg_len.tolist() == [[2, 2, 2, 2, 1], [1, 2, 2, 2, 2]]
+    assert pk.offset.tolist() == [[0, 2], [0, 1]]
+    assert pk.lengths.tolist() == [[2, 2], [1, 2]]
     # merged position t -> index of the last item of the domain at or before t (-1: none yet)
-    assert last[0].tolist() == [[0, 0, 1, 1, 1], [-1, 0, 0, 0, 0]]
-    assert last[1].tolist() == [[-1, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    assert pk.last[0].tolist() == [[0, 0, 1, 1, 1], [-1, 0, 0, 0, 0]]
+    assert pk.last[1].tolist() == [[-1, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    # attention: causal inside a domain's run, nothing across runs; padding only sees padding
+    mask = pk.attention_mask()[1, 0].int().tolist()
+    assert mask == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("position", ["reverse", "forward"])
+def test_packed_single_domain_states_equal_each_domain_run_on_its_own(position):
+    # the packed pass must give, at each paired target, what the SDSR task computes on the user's
+    # domain-d items alone as an ordinary (right-padded, causal) sequence
+    m = _model(position=position)
+    m.eval()
+    batch = _batch()
+    with torch.no_grad():
+        st = m.task_states(batch["items"], batch["lengths"], batch["targets"])
+        expect = []
+        for (r, c), tgt, paired in zip(st["position"].tolist(), st["target"].tolist(), st["paired"].tolist()):
+            if not paired:
+                continue
+            d = int(DOM[tgt])
+            # the window's domain-d items (positions count from the window's end, as for the merged
+            # sequence), read at the last one at or before the target's position c
+            own = [i for i in batch["items"][r].tolist() if i and int(DOM[i]) == d]
+            at = sum(1 for i in batch["items"][r, :c + 1].tolist() if i and int(DOM[i]) == d) - 1
+            seq = torch.tensor([own + [0] * (5 - len(own))])
+            e = m.embeddings(seq, torch.tensor([len(own)]))
+            outs = [m.expert(k)(e) for k in range(4)]
+            expect.append(m.mixture(e[0, at], [o[0, at] for o in outs], d))
+    assert len(expect) == 8
+    assert torch.allclose(st["single"], torch.stack(expect), atol=1e-5)
 
 
 def _prepared(tmp_path, seqs, domains, name="ds"):
@@ -380,8 +413,15 @@ def test_chunk_groups_splits_each_group_into_bounded_random_chunks():
 def test_experts_skip_autograd_only_where_the_output_is_detached():
     m = _model()
     m.eval()
-    e = torch.randn(10, 5, 16)
-    full = m.expert_outputs(e)
-    split = m.expert_outputs(e, single_rows=6)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full, split))
-    assert all(h.requires_grad for h in split)  # each keeps the rows whose gradient counts
+    single, cross = torch.randn(6, 5, 16), torch.randn(4, 5, 16)
+    with torch.no_grad():
+        ref_s = [m.expert(k)(single) for k in range(4)]
+        ref_c = [m.expert(k)(cross) for k in range(4)]
+    out_s, out_c = m.expert_outputs(single, cross)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ref_s + ref_c, out_s + out_c))
+    # experts 0, 1 are single-domain: autograd on the SDSR rows only; 2, 3 on the CDSR rows only
+    assert [h.requires_grad for h in out_s] == [True, True, False, False]
+    assert [h.requires_grad for h in out_c] == [False, False, True, True]
+    m.cfg.stop_gradient = False
+    out_s, out_c = m.expert_outputs(single, cross)
+    assert all(h.requires_grad for h in out_s + out_c)

@@ -106,13 +106,20 @@ class TransformerEncoder(nn.Module):
     def positions(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
         """Position ids ``[B, width]``. ``forward``: 0 for the oldest item (RecBole). ``reverse``:
         ``max_len - 1`` for the most recent item, as with left padding (Kang's SASRec, S3-Rec)."""
-        ar = torch.arange(width, device=lengths.device)
-        if self.position_mode == "forward":
-            return ar[None, :].expand(len(lengths), -1)
-        return (self.max_len - lengths[:, None] + ar[None, :]).clamp(0, self.max_len - 1)
+        ar = torch.arange(width, device=lengths.device)[None, :].expand(len(lengths), -1)
+        return self.token_positions(ar, lengths[:, None])
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        pos = self.positions(lengths, x.shape[1])
+    def token_positions(self, index: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """Position ids of tokens at ``index`` (0 = oldest) of sequences of ``length`` items (the two
+        broadcast): for several sequences packed into one row (SyNCRec's single-domain inputs)."""
+        if self.position_mode == "forward":
+            return index
+        return (self.max_len - length + index).clamp(0, self.max_len - 1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None, positions: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``positions`` (``[B, L]`` ids) replaces the ids computed from ``lengths``."""
+        pos = self.positions(lengths, x.shape[1]) if positions is None else positions
         h = self.dropout(self.norm(x + self.position(pos)))
         for block in self.blocks:
             h = block(h, None, True)
