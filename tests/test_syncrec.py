@@ -425,3 +425,17 @@ def test_experts_skip_autograd_only_where_the_output_is_detached():
     m.cfg.stop_gradient = False
     out_s, out_c = m.expert_outputs(single, cross)
     assert all(h.requires_grad for h in out_s + out_c)
+
+
+def test_packing_benchmark_runs_both_layouts(monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "syncrec_packing.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--domains", "3", "--items", "40", "--batch", "4",
+                                     "--max-len", "8", "--steps", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "3 domains, batch 4 x 8" in out
+    assert "rows per user 2" in out and "rows per user 4" in out  # packed: 2; one row per domain: D + 1
+    assert "ratio (per domain / packed) x" in out

@@ -89,9 +89,9 @@ Cost. A training step runs every expert over two rows per user (the packed singl
 the merged one; ``inplace``: D + 1 rows), and each SDSR gate and tower only at the positions whose
 state a loss reads. With the stop-gradient, an expert runs without autograd on the rows whose output
 is detached (the cross experts on the SDSR rows, the single experts on the CDSR rows), which keeps
-the activation memory near one row per expert. On ml-1m genres (6 domains, 1,000 users, batch 64 x
-50, one CPU thread) packing took an epoch from 25 s to 8 s. Evaluation runs the CDSR task only (K
-expert passes).
+the activation memory near one row per expert. With 6 domains (ml-1m genres' shares, batch 64 x 50,
+one CPU thread) a packed step takes 1/3.2 of the time of one padded row per domain
+(``bench/syncrec_packing.py``). Evaluation runs the CDSR task only (K expert passes).
 
 Per-epoch report (metrics.jsonl): ``ntg_gap`` {domain: mean phi_d over the epoch's batches},
 ``ntg_weight`` {domain: w_d at the end of the epoch}, ``ntg_targets`` {domain: number of paired
