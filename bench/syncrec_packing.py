@@ -4,14 +4,14 @@ padded row per domain, side by side.
 SyNCRec runs every expert over each user's single-domain sequences and the merged one. mmrec packs a
 window's D single-domain sequences into one row (block-diagonal causal mask, ``pack_by_domain``):
 two rows per user. ``single_input=inplace`` (the released code's layout) keeps one row of the
-window's width per domain, D + 1 rows per user: the cost compact inputs had before packing. Both run
+window's width per domain, D + 1 rows per user: about what compact inputs cost before packing (the
+same expert passes; inplace pairs every target, so its SDSR losses read more positions). Both run
 here on the same batches, alternating, with the default SyNCRec configuration (hidden 64, 5 experts
-of 2 blocks) and BCE with one negative, on the CPU.
+of 2 blocks) and BCE with one negative, on ``--device`` (default the CPU).
 
 Synthetic data: items get one of D domains with the shares of ml-1m genres' first-genre rule (Drama
 1,107 movies, Comedy 766, Action 318, Other 308, Thriller 203, Horror 168) when D = 6, else equal
-shares; full
-windows of ``--max-len`` uniform items.
+shares; full windows of ``--max-len`` uniform items.
 
     python bench/syncrec_packing.py                      # D = 6, batch 64 x 50, 20 timed steps
     python bench/syncrec_packing.py --domains 3 --batch 128 --max-len 100 --steps 10
