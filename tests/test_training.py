@@ -133,6 +133,34 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(ds, tmp_path):
         fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def test_a_busy_folder_is_skipped_before_anything_is_loaded(ds, tmp_path, monkeypatch):
+    """``train_or_reuse`` probes the folder's lock first: a folder another process trains is left
+    to it without building a Trainer (data and model loading), and the log names the holder."""
+    import fcntl
+
+    from mmrec.trainers import loop
+
+    run_dir = tmp_path / "a"
+    assert loop.run_folder_holder(run_dir) is None  # no folder yet
+    run_dir.mkdir()
+    said = []
+    with open(run_dir / "train.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on elsewhere\n")
+        held.flush()
+        assert loop.run_folder_holder(run_dir) == "pid 4242 on elsewhere"
+
+        def no_trainer(*a, **k):
+            raise AssertionError("a Trainer was built for a busy folder")
+
+        monkeypatch.setattr(loop, "Trainer", no_trainer)
+        assert loop.train_or_reuse(_run(ds, epochs=1), run_dir, "row seed 0", log=said.append) is None
+        monkeypatch.undo()
+    assert said == ["row seed 0: left to the other process (pid 4242 on elsewhere)"]
+    assert loop.run_folder_holder(run_dir) is None  # let go: the probe itself holds nothing
+    assert loop.train_or_reuse(_run(ds, epochs=1), run_dir, "row seed 0", log=said.append)["epochs_run"] == 1
+
+
 def test_resume_accepts_a_run_saved_before_a_setting_existed(ds, tmp_path):
     """A run folder written by an older version lacks settings added since; they take their
     defaults (what that run did), so it resumes; a setting away from its default still differs."""

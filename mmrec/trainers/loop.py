@@ -234,6 +234,10 @@ def train_or_reuse(run: RunConfig, run_dir: str | Path, label: str, *, only_fini
     res = finished_results(run, run_dir)
     if res is not None or only_finished:
         return res
+    holder = run_folder_holder(run_dir)
+    if holder is not None:  # skip before loading data and model; the lock in fit covers a race
+        log(f"{label}: left to the other process ({holder})")
+        return None
     t = time.perf_counter()
     try:
         res = Trainer(run, run_dir, log=lambda m: None).fit(resume=True)
@@ -242,6 +246,26 @@ def train_or_reuse(run: RunConfig, run_dir: str | Path, label: str, *, only_fini
         return None
     log(f"{label}: {time.perf_counter() - t:.0f}s")
     return res
+
+
+def run_folder_holder(run_dir: str | Path) -> str | None:
+    """Who holds ``run_dir/train.lock`` now (``"pid N on host"``), or None when nobody trains the
+    folder (or locks are unavailable). A probe: the lock is let go at once."""
+    path = Path(run_dir) / "train.lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    if not path.exists():
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            return f.read().strip() or "pid unknown"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
 
 
 def cold_items(n_items: int, cfg: ColdConfig) -> np.ndarray:
