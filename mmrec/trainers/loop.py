@@ -30,6 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no run-folder lock
+    fcntl = None
+
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
@@ -248,24 +253,28 @@ def train_or_reuse(run: RunConfig, run_dir: str | Path, label: str, *, only_fini
     return res
 
 
+def _lock_or_holder(f) -> str | None:
+    """Take the exclusive lock of the open lock file ``f`` without waiting: None when taken, else
+    the holder's line in the file (``"pid N on host"``)."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        return f.read().strip() or "pid unknown"
+    return None
+
+
 def run_folder_holder(run_dir: str | Path) -> str | None:
     """Who holds ``run_dir/train.lock`` now (``"pid N on host"``), or None when nobody trains the
     folder (or locks are unavailable). A probe: the lock is let go at once."""
     path = Path(run_dir) / "train.lock"
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    if not path.exists():
+    if fcntl is None or not path.exists():
         return None
     with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            return f.read().strip() or "pid unknown"
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return None
+        holder = _lock_or_holder(f)
+        if holder is None:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return holder
 
 
 def cold_items(n_items: int, cfg: ColdConfig) -> np.ndarray:
@@ -525,21 +534,15 @@ class Trainer:
         e.g. the same bench command started twice to share its runs, gets ``RunFolderBusy``
         instead of overwriting the first one's checkpoints. No lock where ``fcntl`` is missing
         (Windows), nor across machines on file systems without ``flock`` (some NFS setups)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            fcntl = None
         if fcntl is None or not self.accel.is_main_process:
             yield
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "train.lock"
         with open(path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                raise RunFolderBusy(str(self.run_dir), f.read().strip() or "pid unknown") from None
+            holder = _lock_or_holder(f)
+            if holder is not None:
+                raise RunFolderBusy(str(self.run_dir), holder)
             f.seek(0)
             f.truncate()
             f.write(f"pid {os.getpid()} on {platform.node()}\n")
