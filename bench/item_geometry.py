@@ -2,8 +2,8 @@
 
 For each run folder: the mean norm of the scoring table's item vectors, their mean pairwise cosine
 over a sample of items (near 1: the items have collapsed onto one direction and the softmax over
-them is near uniform), the same for each feature slot's adapted vectors where the method keeps them
-(``FeatureItems``), and, for a freshly built model of the same config, the item and query norms and
+them is near uniform), the same for each feature modality's adapted vectors where the method keeps them
+(``FeatureItemEncoder``), and, for a freshly built model of the same config, the item and query norms and
 the spread of the initial logits per row (how confident, and how wrong, the untrained softmax is):
 
     python bench/item_geometry.py runs/table-ml1m/mmsr_merged-s0 runs/table-ml1m/mmsr_sum-s0
@@ -31,22 +31,22 @@ def mean_pairwise_cosine(x: torch.Tensor, sample: int, seed: int = 0) -> float:
 
 
 def geometry(run_dir: Path, sample: int) -> dict[str, str]:
-    from mmrec.pipeline.recommend import load_run
+    from mmrec.runs.recommend import load_trained_model
     from mmrec.trainers.loop import build_model
 
-    model, run, data = load_run(run_dir)
+    model, run, data = load_trained_model(run_dir)
     row = {"run": run_dir.name}
     with torch.no_grad():
         table = model.item_embeddings()[1:]
         row["item norm"] = f"{float(table.norm(dim=-1).mean()):.2f}"
         row["item cosine"] = f"{mean_pairwise_cosine(table, sample):.3f}"
         items = getattr(model, "items", None)
-        slots = []
+        modalities = []
         if items is not None and hasattr(items, "modality_vectors"):
             for s, v in items.modality_vectors(None).items():
                 v = v[1:]
-                slots.append(f"{s} {float(v.norm(dim=-1).mean()):.2f} / {mean_pairwise_cosine(v, sample):.3f}")
-        row["slot norm / cosine"] = ", ".join(slots) or "-"
+                modalities.append(f"{s} {float(v.norm(dim=-1).mean()):.2f} / {mean_pairwise_cosine(v, sample):.3f}")
+        row["modality norm / cosine"] = ", ".join(modalities) or "-"
         torch.manual_seed(0)
         fresh, _ = build_model(run, data)
         fresh.eval()

@@ -31,7 +31,7 @@ def child(n_items: int, steps: int, batch: int, max_len: int, threads: int, seed
     import torch
 
     from mmrec.config import from_dict
-    from mmrec.features.aligned import ItemFeatures
+    from mmrec.features.aligned import FeatureTable
     from mmrec.trainers.methods.kdsr import KDSR, KDSRConfig
 
     torch.set_num_threads(threads)
@@ -39,12 +39,12 @@ def child(n_items: int, steps: int, batch: int, max_len: int, threads: int, seed
     rss_import = _rss_mb()
     g = torch.Generator().manual_seed(seed)
     feats = {}
-    for slot, dim, missing in (("text", 384, 0.0), ("image", 256, 0.05)):
+    for modality, dim, missing in (("text", 384, 0.0), ("image", 256, 0.05)):
         table = torch.randn(n_items + 1, dim, generator=g)
         present = torch.rand(n_items + 1, generator=g) >= missing
         present[0] = False
         table[~present] = 0.0
-        feats[slot] = ItemFeatures(slot, table, present, {})
+        feats[modality] = FeatureTable(modality, table, present, {})
     feature_mb = sum(f.table.numel() * 4 for f in feats.values()) / 2**20
     rss_features = _rss_mb()
 

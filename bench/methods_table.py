@@ -29,8 +29,9 @@ import sys
 from pathlib import Path
 
 from mmrec.config import apply_overrides, from_dict
-from mmrec.pipeline.report import mean_sd
-from mmrec.trainers.loop import RunConfig, train_or_reuse
+from mmrec.runs.report import mean_sd
+from _runs import train_or_reuse
+from mmrec.runs.config import RunConfig
 
 
 def _row(spec: str) -> tuple[str, str, list[str]]:
@@ -120,6 +121,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from mmrec.errors import exit_on_preemption
+    from _runs import exit_on_preemption
 
     exit_on_preemption(main)

@@ -35,7 +35,8 @@ from typing import Any
 
 from mmrec.config import apply_overrides, from_dict
 from mmrec.errors import ConfigError
-from mmrec.trainers.loop import RunConfig, train_or_reuse
+from _runs import train_or_reuse
+from mmrec.runs.config import RunConfig
 
 POLICIES = ("relearn", "finetune", "freeze", "scratch")
 _NOT_INHERITED = ("objective", "init_from", "adapt")
@@ -124,7 +125,7 @@ def main() -> None:
     ap.add_argument("--pretrained", required=True, help="folder of a finished ANT pre-training run")
     ap.add_argument("-d", "--dataset", required=True, help="the target prepared dataset")
     ap.add_argument("--store", default="features")
-    ap.add_argument("--features", required=True, help="slot=entry pairs, e.g. text=bert,image=swin")
+    ap.add_argument("--features", required=True, help="modality=entry pairs, e.g. text=bert,image=swin")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--policies", nargs="+", default=list(POLICIES))
@@ -150,6 +151,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from mmrec.errors import exit_on_preemption
+    from _runs import exit_on_preemption
 
     exit_on_preemption(main)

@@ -32,19 +32,19 @@ def main() -> None:
     import torch
 
     from mmrec.config import from_dict
-    from mmrec.features.aligned import ItemFeatures
+    from mmrec.features.aligned import FeatureTable
     from mmrec.trainers.methods.odmt import ODMT, ODMTConfig
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     n = args.items
     feats = {}
-    for slot, dim in (("text", 384), ("image", 1280)):
+    for modality, dim in (("text", 384), ("image", 1280)):
         table = torch.as_tensor(rng.normal(size=(n + 1, dim)).astype(np.float32))
         table[0] = 0
         present = torch.ones(n + 1, dtype=torch.bool)
         present[0] = False
-        feats[slot] = ItemFeatures(slot, table, present, {})
+        feats[modality] = FeatureTable(modality, table, present, {})
     p = 1.0 / np.arange(1, n + 1) ** args.zipf
     p /= p.sum()
     seq = rng.choice(np.arange(1, n + 1), size=(args.batch, args.len + 1), p=p)

@@ -187,7 +187,8 @@ def child_mmrec(args) -> dict:
 
     torch.set_num_threads(args.threads)
     from mmrec.config import apply_overrides, from_dict
-    from mmrec.trainers.loop import RunConfig, Trainer
+    from mmrec.runs.config import RunConfig
+    from mmrec.trainers.loop import Trainer
 
     sets = [
         "train.loss=ce", "eval.history_mask=none", "eval.mode=full", f"train.threads={args.threads}",

@@ -34,7 +34,7 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
     from mmrec.data.prepare import PrepareConfig, prepare
     from mmrec.data.prepared import PreparedDataset
     from mmrec.data.schema import RawDataset, make_interactions
-    from mmrec.features.aligned import ItemFeatures
+    from mmrec.features.aligned import FeatureTable
     from mmrec.trainers.batching import TrainSamples
     from mmrec.trainers.evaluation import EvalConfig, Evaluator
     from mmrec.trainers.methods import METHODS
@@ -59,7 +59,7 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
         data = PreparedDataset(folder)
         out["items_kept"], out["events_kept"] = data.n_items, int(data.offsets[-1])
         samples = TrainSamples(data, max_len=50)
-        feats = {"text": ItemFeatures("text", torch.randn(data.n_items + 1, 384), torch.ones(data.n_items + 1, dtype=torch.bool), {})}
+        feats = {"text": FeatureTable("text", torch.randn(data.n_items + 1, 384), torch.ones(data.n_items + 1, dtype=torch.bool), {})}
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         for name, kw in (("sasrec", {}), ("sasrec_ef", {"features": feats})):
             cls = METHODS[name]

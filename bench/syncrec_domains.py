@@ -54,7 +54,9 @@ from mmrec.config import apply_overrides, from_dict
 from mmrec.data.prepare import _stats
 from mmrec.data.prepared import PreparedDataset
 from mmrec.trainers.evaluation import Evaluator, metrics_from_ranks
-from mmrec.trainers.loop import RunConfig, build_model, train_or_reuse
+from _runs import train_or_reuse
+from mmrec.runs.config import RunConfig
+from mmrec.trainers.loop import build_model
 from mmrec.trainers.methods.syncrec import item_domains
 
 SYNCREC_ROWS = {
@@ -263,6 +265,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from mmrec.errors import exit_on_preemption
+    from _runs import exit_on_preemption
 
     exit_on_preemption(main)

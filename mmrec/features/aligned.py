@@ -2,10 +2,10 @@
 
 ``load_features({"text": "minilm", "image": "effnet"}, data, store="features")`` finds each entry
 (by name under the store, or by path), reads it aligned to the dataset's internal item ids and
-returns one ``ItemFeatures`` per modality slot: ``table`` ``[n_items + 1, *shape]`` (row 0 is the
+returns one ``FeatureTable`` per modality: ``table`` ``[n_items + 1, *shape]`` (row 0 is the
 padding item) and ``present`` ``[n_items + 1]``, False where the item has no feature (recorded as
 missing, or never extracted). Rows of absent items are zeros in ``table``; a method must not read
-them as features: it uses a learned "missing" vector or masks them (``ItemFeatures.present``).
+them as features: it uses a learned "missing" vector or masks them (``FeatureTable.present``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import torch
 
 from mmrec.errors import ConfigError
 
-SLOTS = ("text", "image", "price")
+MODALITIES = ("text", "image", "price")
 
 
 @dataclass
-class ItemFeatures:
-    slot: str  # text | image | price
+class FeatureTable:
+    modality: str  # text | image | price
     table: torch.Tensor  # float32 [n_items + 1, D] or [n_items + 1, T, D]
     present: torch.Tensor  # bool [n_items + 1]
     source: dict[str, Any]  # entry path, encoder, config hash, counts (written into results.json)
@@ -45,11 +45,11 @@ def parse_features_option(text: str | None) -> dict[str, str]:
         part = part.strip()
         if not part:
             continue
-        slot, eq, ref = part.partition("=")
-        if not eq or not slot.strip() or not ref.strip():
-            raise ConfigError(f"--features expects slot=entry pairs separated by commas (e.g. text=minilm,image=effnet), "
+        modality, eq, ref = part.partition("=")
+        if not eq or not modality.strip() or not ref.strip():
+            raise ConfigError(f"--features expects modality=entry pairs separated by commas (e.g. text=minilm,image=effnet), "
                               f"got {part!r}")
-        out[slot.strip()] = ref.strip()
+        out[modality.strip()] = ref.strip()
     return out
 
 
@@ -65,7 +65,7 @@ def _available(store: str | Path) -> str:
     return ", ".join(names) if names else f"none in {store} (run `mmrec extract` first)"
 
 
-def check_slots(method: str, wanted: Mapping[str, str], accepted: tuple[str, ...], required: tuple[str, ...],
+def check_modalities(method: str, wanted: Mapping[str, str], accepted: tuple[str, ...], required: tuple[str, ...],
                 store: str | Path) -> None:
     """Errors that say what a method needs and what the store has."""
     unknown = sorted(set(wanted) - set(accepted))
@@ -73,7 +73,7 @@ def check_slots(method: str, wanted: Mapping[str, str], accepted: tuple[str, ...
         if not accepted:
             raise ConfigError(f"method {method} uses no item features; drop --features "
                               f"({', '.join(unknown)})")
-        raise ConfigError(f"method {method} has no feature slot {', '.join(unknown)}; its slots: {', '.join(accepted)}")
+        raise ConfigError(f"method {method} has no feature modality {', '.join(unknown)}; its modalities: {', '.join(accepted)}")
     absent = [s for s in required if s not in wanted]
     if absent:
         example = ",".join(f"{s}=ENTRY" for s in required)
@@ -81,19 +81,19 @@ def check_slots(method: str, wanted: Mapping[str, str], accepted: tuple[str, ...
                           f"(store {store}: {_available(store)})")
 
 
-def load_features(wanted: Mapping[str, str], data: Any, store: str | Path = "features") -> dict[str, ItemFeatures]:
+def load_features(wanted: Mapping[str, str], data: Any, store: str | Path = "features") -> dict[str, FeatureTable]:
     """Each wanted entry aligned to ``data`` (a PreparedDataset) by raw item id (module docstring)."""
     from mmrec.features.store import find_entry
 
-    out: dict[str, ItemFeatures] = {}
+    out: dict[str, FeatureTable] = {}
     ids = data.raw_item_ids
-    for slot, ref in wanted.items():
-        if slot not in SLOTS:
-            raise ConfigError(f"unknown feature slot {slot!r}; slots are {', '.join(SLOTS)}")
+    for modality, ref in wanted.items():
+        if modality not in MODALITIES:
+            raise ConfigError(f"unknown feature modality {modality!r}; modalities are {', '.join(MODALITIES)}")
         entry = find_entry(ref, store)  # a DataError that lists the store's entries
-        if slot not in str(entry.modality).split("+"):
-            raise ConfigError(f"feature entry {entry.path} holds {entry.modality} features, not {slot}; "
-                              f"give a {slot} entry for --features {slot}=...")
+        if modality not in str(entry.modality).split("+"):
+            raise ConfigError(f"feature entry {entry.path} holds {entry.modality} features, not {modality}; "
+                              f"give a {modality} entry for --features {modality}=...")
         table, present = entry.aligned(ids)
         enc = entry.manifest.get("encoder") or {}
         rep = entry.alignment_report(ids)
@@ -101,8 +101,8 @@ def load_features(wanted: Mapping[str, str], data: Any, store: str | Path = "fea
         if int(present[1:].sum()) == 0:
             raise ConfigError(f"feature entry {entry.path} has features for none of the {n:,} items of {data.root}; "
                               "was it extracted from another catalogue?")
-        out[slot] = ItemFeatures(
-            slot=slot,
+        out[modality] = FeatureTable(
+            modality=modality,
             table=torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)),
             present=torch.from_numpy(present.astype(bool)),
             source={"entry": str(Path(entry.path).resolve()), "encoder": enc.get("encoder", enc.get("key")),

@@ -51,7 +51,8 @@ A JSON object. Keys marked * are required; reading an entry checks them.
 =====================  ==========================================================================
 ``version`` *          int, the manifest format version (``MANIFEST_VERSION``)
 ``name``               str, the entry name (defaults to the folder name)
-``encoder`` *          object: what produced the features -- ``key`` (encoder name), ``model`` (id or
+``encoder`` *          object: what produced the features -- ``encoder`` (its name, as ``mmrec extract
+                       --encoder`` spells it), ``model`` (id or
                        path), ``weights_sha256`` or revision, ``pooling``, ``dim``, ``tokens``,
                        ``preprocessing`` ... (free-form; shown by ``mmrec features info``)
 ``modality`` *         str: ``text``, ``image``, ``price``, ...
@@ -88,13 +89,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import h5py
 import numpy as np
@@ -102,7 +104,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmrec.errors import DataError
+from mmrec.errors import ConfigError, DataError
 
 MANIFEST_VERSION = 1
 """Version of the manifest and shard layout this module writes and reads."""
@@ -732,7 +734,7 @@ class FeatureEntry:
         return {
             "name": self.name,
             "path": str(self.path),
-            "encoder": enc.get("key"),
+            "encoder": enc.get("encoder"),
             "model": enc.get("model"),
             "pooling": enc.get("pooling"),
             "modality": self.modality,
@@ -801,6 +803,159 @@ def _as_id_array(ids: Sequence[str] | np.ndarray | pa.Array | pa.ChunkedArray) -
 
 # ---------------------------------------------------------------------------------------------
 # finding entries
+
+
+# -- the extraction's side of an entry: plan, per-shard commit files, manifest -----------------------
+#
+# plan.json            what an extraction into this entry encodes: settings hash, catalogue hash, shard
+#                      spans and each shard's content fingerprint (a re-run checks it; a change is an error
+#                      unless --overwrite)
+# shards/part-N.json   a shard's commit file, written after its data file: the shard's manifest row,
+#                      its missing items with their reasons, its fingerprint, timing. A shard without one
+#                      does not exist (a re-run encodes it again)
+# errors.jsonl         one line per item that could not be encoded, with the reason
+
+
+def shard_file(entry_dir: str | Path, shard: int, ext: str) -> Path:
+    return Path(entry_dir) / "shards" / f"part-{shard:05d}.{ext}"
+
+
+def _commit_path(entry_dir: str | Path, shard: int) -> Path:
+    return Path(entry_dir) / "shards" / f"part-{shard:05d}.json"
+
+
+def make_plan(config: dict[str, Any], spans: list[tuple[int, int]], fingerprints: list[str]) -> dict[str, Any]:
+    """The ``plan.json`` of an extraction: ``config`` (encoder settings) and the catalogue's shards."""
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    catalogue_hash = hashlib.sha256("".join(fingerprints).encode()).hexdigest()
+    return {"config_hash": config_hash, "config": config, "catalogue_hash": catalogue_hash,
+            "n_items": spans[-1][1] if spans else 0,
+            "shards": [{"span": list(sp), "fingerprint": fp} for sp, fp in zip(spans, fingerprints)]}
+
+
+def start_entry(entry_dir: str | Path, plan: dict[str, Any], *, overwrite: bool,
+                log: Callable[[str], None]) -> None:
+    """Make ``entry_dir`` ready for ``plan``: a new entry, or one whose plan matches (an interrupted
+    extraction resumes), or, with ``overwrite``, a replaced one. Another plan without ``overwrite``
+    is an error naming what changed."""
+    entry = Path(entry_dir)
+    plan_path = entry / "plan.json"
+    if plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        if old.get("config_hash") != plan["config_hash"] or old.get("catalogue_hash") != plan["catalogue_hash"]:
+            what = []
+            if old.get("config_hash") != plan["config_hash"]:
+                what.append("encoder or settings")
+            if old.get("catalogue_hash") != plan["catalogue_hash"]:
+                changed = sum(1 for a, b in zip(old.get("shards", []), plan["shards"])
+                              if a.get("fingerprint") != b["fingerprint"])
+                n = plan["n_items"]
+                what.append(f"catalogue ({changed} of {len(plan['shards'])} shards differ"
+                            f"{', item count ' + str(old.get('n_items')) + ' -> ' + str(n) if old.get('n_items') != n else ''})")
+            if not overwrite:
+                raise ConfigError(f"{entry} holds features from another {' and '.join(what)}; pass --overwrite "
+                                  "to replace them, or --name to write a new entry")
+            log(f"overwriting {entry}: the {' and '.join(what)} changed")
+            shutil.rmtree(entry)
+    elif entry.exists() and any(entry.iterdir()) and not overwrite:
+        raise ConfigError(f"{entry} exists but has no plan.json; pass --overwrite or choose another --name")
+    elif entry.exists() and overwrite:
+        shutil.rmtree(entry)
+    (entry / "shards").mkdir(parents=True, exist_ok=True)
+    tmp = plan_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, plan_path)
+
+
+def shard_committed(entry_dir: str | Path, shard: int) -> bool:
+    return _commit_path(entry_dir, shard).exists()
+
+
+def clear_shard_debris(entry_dir: str | Path, shard: int) -> None:
+    """Remove what a run killed while writing ``shard`` left (never visible as a shard: no commit file)."""
+    for junk in (Path(entry_dir) / "shards").glob(f".part-{shard:05d}.*.tmp"):
+        junk.unlink(missing_ok=True)
+
+
+def commit_shard(entry_dir: str | Path, shard: int, shard_info: dict[str, Any], missing: dict[str, str],
+                 fingerprint: str, seconds: float, items: int, process: int, processes: int) -> None:
+    """Write ``shard``'s commit file (after its data file, ``write_shard``): from now on it exists."""
+    sidecar = {"shard": shard, "entry": shard_info, "missing": missing, "fingerprint": fingerprint,
+               "seconds": round(seconds, 3), "items": items, "process": process, "processes": processes}
+    final = _commit_path(entry_dir, shard)
+    tmp = final.with_name(f".part-{shard:05d}.json.tmp")
+    try:
+        tmp.write_text(json.dumps(sidecar))
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def committed_shards(entry_dir: str | Path) -> int:
+    return sum(1 for _ in (Path(entry_dir) / "shards").glob("part-*.json"))
+
+
+def finish_entry(entry_dir: str | Path, plan: dict[str, Any], *, encoder: dict[str, Any], modality: str,
+                 fmt: str, dtype: str, shape_per_item: list[int], source: str | None,
+                 log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Assemble and write ``manifest.json`` (and ``errors.jsonl``) from the shards' commit files, or
+    None (with a log line) while some shard is not finished. ``encoder``: the encoder's description
+    (its ``describe()``: ``encoder`` is its name)."""
+    entry = Path(entry_dir)
+    sidecars, absent = [], []
+    for s in range(len(plan["shards"])):
+        p = _commit_path(entry, s)
+        if not p.exists():
+            absent.append(s)
+            continue
+        sidecars.append(json.loads(p.read_text()))
+    if absent:
+        log(f"{len(absent)} shard(s) are not finished (e.g. {absent[:5]}); run the same command again to resume")
+        return None
+    missing: dict[str, str] = {}
+    for sc in sidecars:
+        missing.update(sc["missing"])
+    with open(entry / ".errors.jsonl.tmp", "w") as f:
+        for item_id, reason in sorted(missing.items()):
+            f.write(json.dumps({"item_id": item_id, "reason": reason}) + "\n")
+    os.replace(entry / ".errors.jsonl.tmp", entry / "errors.jsonl")
+    import importlib.metadata as md
+
+    versions = {}
+    for lib in ("torch", "transformers", "timm", "open_clip_torch", "h5py", "pyarrow", "accelerate", "mmrec"):
+        try:
+            versions[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            pass
+    secs = sum(sc["seconds"] for sc in sidecars)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "name": entry.name,
+        "encoder": encoder,
+        "modality": modality,
+        "format": fmt,
+        "dtype": dtype,
+        "shape_per_item": list(shape_per_item),
+        "catalogue_hash": plan["catalogue_hash"],
+        "config_hash": plan["config_hash"],
+        "catalogue_source": source,
+        "n_items": plan["n_items"],
+        "n_rows": sum(sc["entry"]["rows"] for sc in sidecars),
+        "shards": [sc["entry"] for sc in sidecars],
+        "missing": missing,
+        "library_versions": versions,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "stats": {"encode_seconds_sum": round(secs, 3),
+                  "items_per_s": round(plan["n_items"] / secs, 2) if secs > 0 else None,
+                  "machine": platform.machine()},
+    }
+    write_manifest(entry, manifest)
+    if missing and manifest["n_rows"] == 0:
+        some = next(iter(missing.values()))
+        log(f"warning: none of the {plan['n_items']:,} items could be encoded (e.g. {some}); check the inputs "
+            "(for images: the image folder) before training on this entry")
+    return manifest
 
 
 def list_entries(store_root: str | Path) -> list[str]:

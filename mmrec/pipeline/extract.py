@@ -26,8 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -264,7 +262,8 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
     """Run the extraction for this process (see the module docstring). Returns this process's result."""
     from accelerate import PartialState
 
-    from mmrec.features.store import MANIFEST_VERSION, write_manifest, write_shard
+    from mmrec.features.store import (clear_shard_debris, commit_shard, committed_shards, finish_entry, make_plan,
+                                      shard_committed, start_entry, write_shard)
 
     t_start = time.perf_counter()
     if cfg.threads:
@@ -301,51 +300,24 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
 
     config_key = {"encoder": encoder.config_key(), "out_format": cfg.out_format, "dtype": cfg.dtype,
                   "shard_size": cfg.shard_size}
-    config_hash = hashlib.sha256(json.dumps(config_key, sort_keys=True, default=str).encode()).hexdigest()
+
     # fingerprints: every process computes them (cheap: text and file stats), so each can check its own shards
     def shard_rows(a: int, b: int) -> list[dict[str, Any]]:
         return table.slice(a, b - a).to_pylist()
 
     fingerprints = [_shard_fingerprint(shard_rows(a, b)) for a, b in spans]
-    catalogue_hash = hashlib.sha256("".join(fingerprints).encode()).hexdigest()
-    plan = {"config_hash": config_hash, "config": config_key, "catalogue_hash": catalogue_hash,
-            "n_items": n, "shards": [{"span": list(sp), "fingerprint": fp} for sp, fp in zip(spans, fingerprints)]}
-
-    plan_path = entry / "plan.json"
+    plan = make_plan(config_key, spans, fingerprints)
+    config_hash = plan["config_hash"]
     if state.is_main_process:
-        if plan_path.exists():
-            old = json.loads(plan_path.read_text())
-            if old.get("config_hash") != config_hash or old.get("catalogue_hash") != catalogue_hash:
-                what = []
-                if old.get("config_hash") != config_hash:
-                    what.append("encoder or settings")
-                if old.get("catalogue_hash") != catalogue_hash:
-                    changed = sum(1 for a, b in zip(old.get("shards", []), plan["shards"])
-                                  if a.get("fingerprint") != b["fingerprint"])
-                    what.append(f"catalogue ({changed} of {n_shards} shards differ"
-                                f"{', item count ' + str(old.get('n_items')) + ' -> ' + str(n) if old.get('n_items') != n else ''})")
-                if not cfg.overwrite:
-                    raise ConfigError(f"{entry} holds features from another {' and '.join(what)}; pass --overwrite "
-                                      "to replace them, or --name to write a new entry")
-                log(f"overwriting {entry}: the {' and '.join(what)} changed")
-                shutil.rmtree(entry)
-        elif entry.exists() and any(entry.iterdir()) and not cfg.overwrite:
-            raise ConfigError(f"{entry} exists but has no plan.json; pass --overwrite or choose another --name")
-        elif entry.exists() and cfg.overwrite:
-            shutil.rmtree(entry)
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        tmp = plan_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(plan, indent=1))
-        os.replace(tmp, plan_path)
+        start_entry(entry, plan, overwrite=cfg.overwrite, log=log)
     state.wait_for_everyone()
 
     encoder.load(device)
     mine = [s for s in range(n_shards) if s % world == rank]
-    todo = [s for s in mine if not (shard_dir / f"part-{s:05d}.json").exists()]
+    todo = [s for s in mine if not shard_committed(entry, s)]
     skipped = len(mine) - len(todo)
-    for s in todo:  # debris of a run killed mid-write (never visible as a shard: no sidecar)
-        for junk in shard_dir.glob(f".part-{s:05d}.*.tmp"):
-            junk.unlink(missing_ok=True)
+    for s in todo:  # debris of a run killed mid-write (never visible as a shard: no commit file)
+        clear_shard_debris(entry, s)
     if state.is_main_process:
         log(f"{entry}: {n:,} items in {n_shards} shards over {world} process(es) on {device}")
     if skipped:
@@ -373,18 +345,9 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
         try:
             entry_info = write_shard(shard_dir / name, ids, feats, fmt=cfg.out_format, dtype=cfg.dtype,
                                      attrs={"encoder": cfg.encoder, "shard": s, "config_hash": config_hash})
-            sidecar = {"shard": s, "entry": entry_info, "missing": miss, "fingerprint": fingerprints[s],
-                       "seconds": round(secs, 3), "items": b - a,
-                       "process": rank, "processes": world}
-            tmp = shard_dir / f".part-{s:05d}.json.tmp"
-            try:
-                tmp.write_text(json.dumps(sidecar))
-                os.replace(tmp, shard_dir / f"part-{s:05d}.json")
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            commit_shard(entry, s, entry_info, miss, fingerprints[s], secs, b - a, rank, world)
         except OSError as e:  # disk full, quota, a vanished mount: nothing half-written stays visible
-            kept = sum(1 for _ in shard_dir.glob("part-*.json"))
+            kept = committed_shards(entry)
             raise DataError(f"could not write shard {s} ({type(e).__name__}: {e})", path=str(shard_dir / name),
                             hint=f"the {kept} shard(s) already written are complete and kept; free space (or "
                                  "fix the folder) and run the same command again to resume") from e
@@ -397,7 +360,10 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
 
     manifest = None
     if state.is_main_process:
-        manifest = _finish(entry, cfg, encoder, plan, spans, ext, MANIFEST_VERSION, write_manifest, log)
+        shape = [encoder.dim] if encoder.pooling != "tokens" else [encoder.tokens, encoder.dim]
+        manifest = finish_entry(entry, plan, encoder=encoder.describe(), modality=encoder.modality,
+                                fmt=cfg.out_format, dtype=cfg.dtype, shape_per_item=shape,
+                                source=cfg.dataset or cfg.input, log=log)
     secs = time.perf_counter() - t_start
     return ExtractResult(entry, manifest, len(todo), skipped, encoded, missing_count, secs)
 
@@ -453,63 +419,3 @@ def _encode_shard(encoder, rows, batch_size, cfg, device, autocast_dtype, progre
         shape = [encoder.dim] if encoder.pooling != "tokens" else [encoder.tokens, encoder.dim]
         feats = np.zeros([0] + shape, dtype=np.float32)
     return ids, feats, missing, time.perf_counter() - t0
-
-
-def _finish(entry: Path, cfg, encoder, plan, spans, ext, version, write_manifest, log) -> dict[str, Any] | None:
-    shard_dir = entry / "shards"
-    sidecars = []
-    absent = []
-    for s in range(len(spans)):
-        p = shard_dir / f"part-{s:05d}.json"
-        if not p.exists():
-            absent.append(s)
-            continue
-        sidecars.append(json.loads(p.read_text()))
-    if absent:
-        log(f"{len(absent)} shard(s) are not finished (e.g. {absent[:5]}); run the same command again to resume")
-        return None
-    missing: dict[str, str] = {}
-    for sc in sidecars:
-        missing.update(sc["missing"])
-    with open(entry / ".errors.jsonl.tmp", "w") as f:
-        for item_id, reason in sorted(missing.items()):
-            f.write(json.dumps({"item_id": item_id, "reason": reason}) + "\n")
-    os.replace(entry / ".errors.jsonl.tmp", entry / "errors.jsonl")
-    import importlib.metadata as md
-
-    versions = {}
-    for lib in ("torch", "transformers", "timm", "open_clip_torch", "h5py", "pyarrow", "accelerate", "mmrec"):
-        try:
-            versions[lib] = md.version(lib)
-        except md.PackageNotFoundError:
-            pass
-    desc = encoder.describe()
-    shape = [encoder.dim] if encoder.pooling != "tokens" else [encoder.tokens, encoder.dim]
-    secs = sum(sc["seconds"] for sc in sidecars)
-    manifest = {
-        "version": version,
-        "name": entry.name,
-        "encoder": desc,
-        "modality": encoder.modality,
-        "format": cfg.out_format,
-        "dtype": cfg.dtype,
-        "shape_per_item": shape,
-        "catalogue_hash": plan["catalogue_hash"],
-        "config_hash": plan["config_hash"],
-        "catalogue_source": cfg.dataset or cfg.input,
-        "n_items": plan["n_items"],
-        "n_rows": sum(sc["entry"]["rows"] for sc in sidecars),
-        "shards": [sc["entry"] for sc in sidecars],
-        "missing": missing,
-        "library_versions": versions,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "stats": {"encode_seconds_sum": round(secs, 3),
-                  "items_per_s": round(plan["n_items"] / secs, 2) if secs > 0 else None,
-                  "machine": platform.machine()},
-    }
-    write_manifest(entry, manifest)
-    if missing and manifest["n_rows"] == 0:
-        some = next(iter(missing.values()))
-        log(f"warning: none of the {plan['n_items']:,} items could be encoded (e.g. {some}); check the inputs "
-            "(for images: the image folder) before training on this entry")
-    return manifest

@@ -17,10 +17,10 @@ and the default ``loss`` (CE over all items, or BCE with sampled negatives) foll
 (two streams, a graph, several sub-networks) overrides ``sequence_states`` and, where it can skip
 work at evaluation, ``query``. Register the class in ``mmrec.trainers.methods``.
 
-Class attributes declare what a method needs: ``uses_item_ids``, ``modalities`` (the feature slots
+Class attributes declare what a method needs: ``uses_item_ids``, ``modalities`` (the feature modalities
 it can use, e.g. ``("text", "image")``) and ``required_modalities`` (those it cannot run without),
 ``losses`` (the values of ``train.loss`` it supports). A method with modalities receives
-``features={slot: ItemFeatures}`` (``mmrec.features.aligned``) in its constructor.
+``features={modality: FeatureTable}`` (``mmrec.features.aligned``) in its constructor.
 
 Cold-start runs exclude held-out items from training: ``train_exclusion`` (a bool buffer over item
 ids, or None) marks them; ``train_logits`` applies it to full-softmax logits, and the sampled
@@ -48,7 +48,7 @@ class SequentialRecommender(nn.Module):
     modalities: ClassVar[tuple[str, ...]] = ()
     required_modalities: ClassVar[tuple[str, ...]] = ()
     # whether an item never seen in training can still be ranked (its score comes from features);
-    # None: decided from ``modalities`` (a method with feature slots builds its items from them)
+    # None: decided from ``modalities`` (a method with feature modalities builds its items from them)
     ranks_unseen_items: ClassVar[bool | None] = None
     losses: ClassVar[tuple[str, ...]] = ("ce", "bce")
 
@@ -74,7 +74,7 @@ class SequentialRecommender(nn.Module):
 
     def can_rank_unseen(self) -> bool:
         """Whether items never seen in training get a meaningful score (``ranks_unseen_items``, or by
-        default: the method builds items from feature slots)."""
+        default: the method builds items from feature modalities)."""
         return self.ranks_unseen_items if self.ranks_unseen_items is not None else bool(self.modalities)
 
     def evaluation_domains(self) -> tuple[Any, list[str]] | None:

@@ -28,6 +28,9 @@ class TrainSamples:
     ``windows='last'`` (SASRec and S3-Rec): one window per user, the last ``max_len`` training
     targets. ``windows='all'``: the user's training part cut into consecutive windows ending at the
     end of the training part, so every training target appears exactly once per epoch.
+    ``windows='prefixes'`` (session-based code, e.g. KDSR's): every prefix of the training part is
+    one sample whose only target is its last item (the window's other targets are masked to 0), so
+    each training target is also seen once per epoch, but with only its own history, as one sample.
     """
 
     def __init__(self, data: PreparedDataset, max_len: int, windows: str = "last",
@@ -42,13 +45,19 @@ class TrainSamples:
         if windows == "last":
             self.user = users.astype(np.int64)
             self.end = (starts + a)[users]
+        elif windows == "prefixes":
+            per = n_targets[users]
+            self.user = np.repeat(users, per).astype(np.int64)
+            k = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)  # 0 .. per - 1
+            self.end = np.repeat(starts[users], per) + k + 2
         elif windows == "all":
             per = -(-n_targets[users] // max_len)  # ceil
             self.user = np.repeat(users, per).astype(np.int64)
             k = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
             self.end = np.repeat((starts + a)[users], per) - k * max_len
         else:
-            raise ValueError(f"windows must be 'last' or 'all', not {windows!r}")
+            raise ValueError(f"windows must be 'last', 'all' or 'prefixes', not {windows!r}")
+        self.only_last = windows == "prefixes"
         # sorted (user, item) keys of the events whose items are never a user's negatives: the
         # training events ("train"), or the whole sequence with its validation and test items
         # ("sequence", as S3-Rec's code: it leaks the future into training by never pushing it down)
@@ -66,6 +75,10 @@ class TrainSamples:
     def lengths(self) -> np.ndarray:
         start = self.data.offsets[self.user]
         return np.minimum(self.end - start - 1, self.max_len)
+
+    def targets_per_sample(self) -> np.ndarray:
+        """How many targets each sample trains on (1 each with ``windows='prefixes'``)."""
+        return np.minimum(self.lengths(), 1) if self.only_last else self.lengths()
 
     def epoch_batches(self, batch_size: int, rng: np.random.Generator, bucket: bool) -> list[np.ndarray]:
         """Sample indices per batch for one epoch.
@@ -97,6 +110,8 @@ class TrainSamples:
         targets = w[:, 1:].copy()
         lengths = np.maximum(n - 1, 0)
         items[np.arange(self.max_len)[None, :] >= lengths[:, None]] = 0
+        if self.only_last:  # a prefix trains on its last item only
+            targets[np.arange(self.max_len)[None, :] < (lengths - 1)[:, None]] = 0
         width = max(int(lengths.max()) if len(lengths) else 1, 1)
         items, targets = items[:, :width], targets[:, :width]
         out = {"user": user, "items": items, "lengths": lengths, "targets": targets}

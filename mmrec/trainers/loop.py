@@ -1,14 +1,7 @@
 """The training loop shared by every method: Accelerate for devices, early stopping on a
-validation metric, the test part evaluated once at the best checkpoint, resumable.
-
-Run folder::
-
-    config.json         the resolved configuration (every default filled in)
-    metrics.jsonl       one JSON line per epoch: loss, seconds, validation metrics
-    last/               model.safetensors, optimizer.pt (tensors only), state.json: resume point
-    best.safetensors    weights of the best validation epoch
-    results.json        best epoch, validation and test metrics, the protocol, timings
-    negatives_*.npy     sampled-evaluation negatives (mode=sampled only)
+validation metric, the test part evaluated once at the best checkpoint, resumable. What a run
+leaves on disk is owned by ``mmrec.runs.folder`` (the loop asks it to save and load) and its
+settings by ``mmrec.runs.config``.
 
 Randomness is derived from (seed, epoch, batch number), so a run resumed from ``last/`` takes
 the same steps as an uninterrupted one.
@@ -17,264 +10,33 @@ the same steps as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import os
 import platform
-import shutil
 import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no run-folder lock
-    fcntl = None
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from mmrec.config import from_dict, to_dict
+from mmrec.config import from_dict
 from mmrec.data.prepared import PreparedDataset
-from mmrec.errors import ConfigError, DataError, Preempted, RunFolderBusy
+from mmrec.errors import ConfigError, Preempted
+from mmrec.runs.config import (
+    ColdConfig,
+    RunConfig,
+    check_saved_config,
+    flatten,
+    lr_factor,
+    resolved_config,
+    scalars,
+)
+from mmrec.runs.folder import RunFolder
 from mmrec.trainers.batching import TrainSamples
-from mmrec.trainers.evaluation import EvalConfig, Evaluator
+from mmrec.trainers.evaluation import Evaluator
 from mmrec.trainers.methods import get_method
-from mmrec.trainers.modules.fusion import ATTENTION_KINDS
-
-
-# Accelerate's tracker names -> the package each needs
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
-            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
-
-
-def _flatten(d: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
-    """The leaves of a nested dict, keyed ``a<sep>b``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, sep, f"{prefix}{k}{sep}"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _scalars(d: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a nested dict, keyed ``a/b`` (what trackers take)."""
-    return {k: float(v) for k, v in _flatten(d, "/").items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    loss: Literal["ce", "bce"] = "ce"
-    negatives: int = 1
-    # a user's sampled negatives avoid the items of their training part ("train"), or of the whole
-    # sequence including the validation and test items ("sequence": S3-Rec's code; a leak)
-    negatives_avoid: Literal["train", "sequence"] = "train"
-    max_len: int = 50
-    windows: Literal["last", "all"] = "last"
-    bucket_batches: bool = True
-    # how a batch's loss counts: "target" (default): scaled by the batch's targets over the epoch's
-    # mean targets per batch, so every target weighs the same, as with mixed batches; "batch": as
-    # the method returns it (a mean per batch, each batch weighing the same, so under bucket_batches
-    # a target in a batch of short windows weighs up to max_len times one in a batch of long ones;
-    # mmrec's behaviour before 2026-11-30: on Beauty SASRec converged lower with it, docs/benchmarks.md)
-    loss_weighting: Literal["batch", "target"] = "target"
-    patience: int = 10
-    valid_metric: str = "ndcg@10"
-    # "metric": keep the epoch with the best valid_metric; "any" (S3-Rec's EarlyStopping): a new
-    # checkpoint whenever any validation metric beats the last kept epoch's value of it
-    early_stop: Literal["metric", "any"] = "metric"
-    eval_every: int = 1
-    grad_clip: float | None = None
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    # torch.compile the model (inductor): worth it on a GPU for long runs; the first steps pay the
-    # compilation (tens of seconds), and each new batch shape may recompile once
-    compile: bool = False
-    threads: int | None = None
-    log_every_s: float = 30.0
-    # experiment trackers through Accelerate (off by default: no network calls from batch nodes);
-    # metrics.jsonl is always written
-    trackers: list[str] = field(default_factory=list)
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.max_len < 1:
-            raise ConfigError("train.epochs, train.batch_size and train.max_len must be positive")
-        if self.lr <= 0:
-            raise ConfigError("train.lr must be positive")
-        for t in self.trackers:
-            if t not in TRACKERS:
-                raise ConfigError(f"train.trackers: unknown tracker {t!r}; use any of {', '.join(TRACKERS)}")
-            if importlib.util.find_spec(TRACKERS[t]) is None:
-                raise ConfigError(f"train.trackers: {t} needs the {TRACKERS[t]} package (pip install {TRACKERS[t]}), "
-                                  "or leave it out")
-        name, _, k = self.valid_metric.partition("@")
-        if name not in ("hr", "ndcg", "mrr") or not k.isdigit():
-            raise ConfigError(f"train.valid_metric {self.valid_metric!r} must look like ndcg@10, hr@20 or mrr@10")
-
-
-@dataclass
-class ColdConfig:
-    """The cold-start protocol: ``fraction`` of the items (drawn with ``seed``) are held out of
-    training and appear only as validation/test targets; metrics are reported for cold and warm
-    test cases separately. ``fraction=0`` (the default) turns it off; ``--cold-start`` sets 0.1."""
-
-    fraction: float = 0.0
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not 0.0 <= self.fraction < 1.0:
-            raise ConfigError(f"cold.fraction must be in [0, 1), got {self.fraction}")
-
-
-# settings whose default differs from what runs did before the setting existed: a run folder saved
-# without them is resumed with the old behaviour (the value here, given the saved configuration),
-# not the new default
-_BEHAVIOUR_BEFORE: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
-    ("train", "loss_weighting"): lambda old: "batch",
-    # the attention fusions' output LayerNorm started at gain 1; the other fusions have no such gain,
-    # nor has a run of one modality (nothing to fuse)
-    ("model", "fusion_gain"): lambda old: (1.0 if old.get("model", {}).get("fusion") in ATTENTION_KINDS
-                                           and len(old.get("features") or {}) > 1 else None),
-}
-
-
-@dataclass
-class RunConfig:
-    dataset: str
-    method: str = "sasrec"
-    out: str = "runs"
-    name: str | None = None
-    features: dict[str, str] = field(default_factory=dict)  # slot (text|image|price) -> store entry
-    store: str = "features"
-    model: dict[str, Any] = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    cold: ColdConfig = field(default_factory=ColdConfig)
-
-    def validate(self) -> None:
-        k = int(self.train.valid_metric.split("@")[1])
-        if k not in self.eval.ks:
-            raise ConfigError(f"train.valid_metric uses K={k}, which is not in eval.ks={self.eval.ks}")
-
-
-# settings that change how a run is computed, not what it computes: a run folder is resumed or
-# reused whatever they were
-_RESOURCE_SETTINGS = frozenset({"out", "name", "train.device", "train.threads", "train.log_every_s",
-                                "train.trackers", "eval.batch_size", "eval.item_chunk"})
-
-
-def resolved_config(run: RunConfig, model_cfg: Any = None) -> dict[str, Any]:
-    """What a run folder's ``config.json`` holds for ``run``: every default filled in, the model
-    section through the method's config class (``model_cfg`` when already built)."""
-    out = to_dict(run)
-    out["model"] = to_dict(model_cfg if model_cfg is not None
-                           else from_dict(get_method(run.method).Config, run.model, prefix="model."))
-    return out
-
-
-def _with_new_defaults(old: dict[str, Any], model_cls: type) -> dict[str, Any]:
-    """A run folder's saved config read by this version: settings added since it was written get
-    the behaviour the run had, their default or, where the default changed the behaviour, the
-    old one (``_BEHAVIOUR_BEFORE``), so such a run can still be resumed as it was."""
-    try:
-        upgraded = to_dict(from_dict(RunConfig, old))
-        upgraded["model"] = to_dict(from_dict(model_cls, old.get("model", {})))
-    except ConfigError:
-        return old
-    for (section, key), before in _BEHAVIOUR_BEFORE.items():
-        if key not in old.get(section, {}) and key in upgraded[section]:  # (the method has the setting)
-            upgraded[section][key] = before(old)
-    return upgraded
-
-
-def check_saved_config(cfg_path: Path, resolved: dict[str, Any], model_cls: type, action: str) -> None:
-    """Refuse to ``action`` (resume, reuse) the run folder of ``cfg_path`` when it was trained with
-    other settings than ``resolved`` (resource settings aside: threads, device, evaluation batch)."""
-    old = json.loads(cfg_path.read_text())
-    if old == resolved:
-        return
-    a, b = _flatten(_with_new_defaults(old, model_cls), "."), _flatten(resolved, ".")
-    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k not in _RESOURCE_SETTINGS]
-    if diff:
-        raise ConfigError(f"{cfg_path} differs from this run's configuration ({'; '.join(diff[:5])}); "
-                          f"to {action} it use the same settings (--set KEY=VALUE), or give another run folder")
-
-
-def finished_results(run: RunConfig, run_dir: str | Path) -> dict[str, Any] | None:
-    """The ``results.json`` of ``run_dir`` if a run with ``run``'s settings finished there; None
-    if nothing finished there; ``ConfigError`` naming the differences if the run that finished there
-    had other settings (so a rerun with changed settings never reports the old run)."""
-    run_dir = Path(run_dir)
-    res_path = run_dir / "results.json"
-    if not res_path.is_file():
-        return None
-    if (run_dir / "config.json").is_file():
-        check_saved_config(run_dir / "config.json", resolved_config(run), get_method(run.method).Config, "reuse")
-    return json.loads(res_path.read_text())
-
-
-def train_or_reuse(run: RunConfig, run_dir: str | Path, label: str, *, only_finished: bool = False,
-                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
-                   ) -> dict[str, Any] | None:
-    """The results of ``run`` in ``run_dir`` for the ``bench/`` scripts: reused if it finished there
-    (``finished_results``: refused if with other settings), else trained (an interrupted run
-    resumes) unless ``only_finished``. None when it has not finished here: ``only_finished``, or
-    another process is training the folder (``RunFolderBusy``: left to it, so the same command
-    started twice shares its runs). ``log`` gets ``label`` with the seconds or the skip."""
-    res = finished_results(run, run_dir)
-    if res is not None or only_finished:
-        return res
-    holder = run_folder_holder(run_dir)
-    if holder is not None:  # skip before loading data and model; the lock in fit covers a race
-        log(f"{label}: left to the other process ({holder})")
-        return None
-    t = time.perf_counter()
-    try:
-        res = Trainer(run, run_dir, log=lambda m: None).fit(resume=True)
-    except RunFolderBusy as busy:
-        log(f"{label}: left to the other process ({busy.holder})")
-        return None
-    log(f"{label}: {time.perf_counter() - t:.0f}s")
-    return res
-
-
-def _lock_or_holder(f) -> str | None:
-    """Take the exclusive lock of the open lock file ``f`` without waiting: None when taken, else
-    the holder's line in the file (``"pid N on host"``)."""
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        return f.read().strip() or "pid unknown"
-    return None
-
-
-def run_folder_holder(run_dir: str | Path) -> str | None:
-    """Who holds ``run_dir/train.lock`` now (``"pid N on host"``), or None when nobody trains the
-    folder (or locks are unavailable). A probe: the lock is let go at once."""
-    path = Path(run_dir) / "train.lock"
-    if fcntl is None or not path.exists():
-        return None
-    with open(path, "a+") as f:
-        holder = _lock_or_holder(f)
-        if holder is None:
-            fcntl.flock(f, fcntl.LOCK_UN)
-    return holder
 
 
 def cold_items(n_items: int, cfg: ColdConfig) -> np.ndarray:
@@ -312,13 +74,13 @@ def improved(valid: dict[str, Any], state: dict[str, Any], metric: str, rule: st
 
 
 def build_model(run: RunConfig, data: PreparedDataset):
-    from mmrec.features.aligned import check_slots, load_features
+    from mmrec.features.aligned import check_modalities, load_features
 
     cls = get_method(run.method)
     mcfg = from_dict(cls.Config, run.model, prefix="model.")
     if run.train.loss not in cls.losses:
         raise ConfigError(f"method {run.method} does not support train.loss={run.train.loss}; use one of {cls.losses}")
-    check_slots(run.method, run.features, cls.modalities, cls.required_modalities, run.store)
+    check_modalities(run.method, run.features, cls.modalities, cls.required_modalities, run.store)
     extra = cls.dataset_kwargs(mcfg, data)  # e.g. SyNCRec's item domains
     if not cls.modalities:
         return cls(mcfg, data.n_items, run.train.max_len, **extra), mcfg
@@ -326,35 +88,11 @@ def build_model(run: RunConfig, data: PreparedDataset):
     return cls(mcfg, data.n_items, run.train.max_len, features=features, **extra), mcfg
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _load_tensors(path: Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``): a file
-    that holds anything else, as a pickled payload from an untrusted source would, is refused
-    without running it."""
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - pickle and torch raise several types
-        raise DataError(f"refused to load: not a plain tensor file ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                        path=str(path),
-                        hint="mmrec never unpickles code; if this run folder came from elsewhere, delete its "
-                             "last/ folder and train again") from None
-
-
 class Trainer:
     def __init__(self, run: RunConfig, run_dir: str | Path, *, log: Callable[[str], None] = print):
         self.run = run
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.log = log
         self.data, self.cold = run_data(run)
         tc = run.train
@@ -375,7 +113,9 @@ class Trainer:
         if self.cold is not None:
             model.exclude_from_training(torch.from_numpy(self.cold))
         model.item_popularity = torch.from_numpy(np.asarray(self.data.item_popularity, dtype=np.int64))
-        opt = torch.optim.Adam(model.param_groups(tc.lr), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(model.param_groups(tc.lr), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        self._group_lrs = [g["lr"] for g in opt.param_groups]  # each group's rate before any schedule
         self.model, self.opt = self.accel.prepare(model, opt)
         if tc.compile:  # here rather than Accelerate's dynamo_backend, which its process-wide state keeps
             self.model = torch.compile(self.model)  # from the first Trainer of a process
@@ -389,72 +129,47 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_last(self, state: dict[str, Any], with_rng: bool = False) -> None:
-        """Write the resume point ``last/`` (model, optimizer, state; with ``with_rng`` each process's
-        torch random state) as a whole: it is written to ``last.new/`` and swapped in by renames, so
-        a process killed at any moment leaves a complete ``last/`` (or ``last.old/``) behind."""
+        """Write the resume point (with ``with_rng`` each process's torch random state too)."""
         if with_rng:
-            rank = self.accel.process_index
-            tmp = self.run_dir / f".rng-{rank}.pt.tmp"
-            torch.save(torch.get_rng_state(), tmp)
-            os.replace(tmp, self.run_dir / f".rng-{rank}.pt")
+            self.folder.stash_rng(self.accel.process_index)
             self.accel.wait_for_everyone()
-        if not self.accel.is_main_process:
-            return
-        new, cur, old = self.run_dir / "last.new", self.run_dir / "last", self.run_dir / "last.old"
-        shutil.rmtree(new, ignore_errors=True)
-        new.mkdir(parents=True)
-        _save_weights(self.raw_model, new / "model.safetensors")
-        torch.save(self.opt.state_dict(), new / "optimizer.pt")
-        if with_rng:
-            for r in range(self.accel.num_processes):
-                os.replace(self.run_dir / f".rng-{r}.pt", new / f"rng-{r}.pt")
-        _atomic_json(new / "state.json", state)
-        if cur.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(cur, old)
-        os.replace(new, cur)
-        shutil.rmtree(old, ignore_errors=True)
-
-    def _last_dir(self) -> Path | None:
-        """The complete resume point: ``last/``, or ``last.old/`` when a kill fell between the swap's
-        two renames; None when there is none."""
-        for d in (self.run_dir / "last", self.run_dir / "last.old"):
-            if (d / "state.json").exists():
-                return d
-        return None
+        if self.accel.is_main_process:
+            self.folder.save_last(self.raw_model, self.opt.state_dict(), state,
+                                  n_rng=self.accel.num_processes if with_rng else 0)
 
     def _load_last(self) -> dict[str, Any] | None:
-        d = self._last_dir()
-        if d is None:
+        last = self.folder.load_last()
+        if last is None:
             return None
-        try:
-            weights = load_file(str(d / "model.safetensors"), device="cpu")
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            raise DataError(f"cannot read the checkpoint's weights: {e}", path=str(d / "model.safetensors"),
-                            hint="it is damaged: delete the run's last/ folder and rerun without --resume") from None
+        weights, opt_state, state = last
         self.raw_model.load_state_dict(weights)
-        self.opt.load_state_dict(_load_tensors(d / "optimizer.pt"))
-        return json.loads((d / "state.json").read_text())
+        self.opt.load_state_dict(opt_state)
+        return state
 
     # -- training ---------------------------------------------------------------------------------
     def _epoch(self, epoch: int, partial: dict[str, Any] | None = None) -> tuple[float, int, dict[str, float]]:
         """One epoch; ``partial`` continues an epoch a stop request interrupted (its next batch, sums
         and random state), so the result is that of an uninterrupted epoch."""
         tc = self.run.train
-        self.raw_model.on_epoch_start(epoch, self.opt)
+        for g, lr in zip(self.opt.param_groups, self._group_lrs):
+            g["lr"] = lr
+        self.raw_model.on_epoch_start(epoch, self.opt)  # may set a group's rate for this epoch (KDSR)
+        epoch_lrs = [g["lr"] for g in self.opt.param_groups]
         batches = self.samples.epoch_batches(tc.batch_size, np.random.default_rng([tc.seed, epoch]),
                                              tc.bucket_batches)
         n_batches = len(batches)
         rank, world = self.accel.process_index, self.accel.num_processes
         # loss_weighting=target: a batch's loss (a mean over its targets) times its targets over the
         # mean per batch, i.e. the sum over its targets / mean targets per batch
-        mean_targets = float(self.samples.lengths().sum()) / max(n_batches, 1)
+        mean_targets = float(self.samples.targets_per_sample().sum()) / max(n_batches, 1)
+        steps_per_epoch = (n_batches - (n_batches % world if world > 1 else 0)) // world
+        scheduled = tc.lr_schedule != "constant" or tc.warmup_steps > 0
         self.model.train()
         if partial is None:
             torch.manual_seed(tc.seed * 100003 + epoch)
             first, total, count, parts = rank, 0.0, 0, {}
         else:
-            torch.set_rng_state(_load_tensors(self._last_dir() / f"rng-{rank}.pt"))
+            torch.set_rng_state(self.folder.rng_state(rank))
             first, total, count = partial["next_batch"], partial["total"], partial["count"]
             parts = dict(partial["parts"])
         dev = self.accel.device
@@ -473,6 +188,10 @@ class Trainer:
             self.accel.backward(loss)
             if tc.grad_clip:
                 self.accel.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            if scheduled:
+                f = lr_factor(tc, (epoch - 1) * steps_per_epoch + b // world, steps_per_epoch)
+                for g, lr in zip(self.opt.param_groups, epoch_lrs):
+                    g["lr"] = lr * f
             self.opt.step()
             total += float(loss.detach())
             count += 1
@@ -529,41 +248,24 @@ class Trainer:
 
     @contextlib.contextmanager
     def _run_folder_lock(self):
-        """Hold ``train.lock`` in the run folder while training (the main process; an OS lock, so it
-        is released when the process ends, however it ends): a second training of the same folder,
-        e.g. the same bench command started twice to share its runs, gets ``RunFolderBusy``
-        instead of overwriting the first one's checkpoints. No lock where ``fcntl`` is missing
-        (Windows), nor across machines on file systems without ``flock`` (some NFS setups)."""
-        if fcntl is None or not self.accel.is_main_process:
+        """The run folder's lock (``RunFolder.lock``), held by the main process while training."""
+        if not self.accel.is_main_process:
             yield
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "train.lock"
-        with open(path, "a+") as f:
-            holder = _lock_or_holder(f)
-            if holder is not None:
-                raise RunFolderBusy(str(self.run_dir), holder)
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {platform.node()}\n")
-            f.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with self.folder.lock():
+            yield
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         tc, run = self.run.train, self.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.run_dir / "config.json"
         resolved = resolved_config(run, self.model_cfg)
-        if resume and cfg_path.exists():
-            check_saved_config(cfg_path, resolved, type(self.model_cfg), "resume")
+        if resume:
+            check_saved_config(self.folder, resolved, type(self.model_cfg), "resume")
         if self.accel.is_main_process:
-            _atomic_json(cfg_path, resolved)
+            self.folder.write_config(resolved)
         if tc.trackers:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                    for k, v in _flatten(resolved, ".").items()}
+                    for k, v in flatten(resolved, ".").items()}
             self.accel.init_trackers(self.run_dir.name, config=flat)
         state = self._load_last() if resume else None
         if resume and state is None:
@@ -572,14 +274,10 @@ class Trainer:
             state = {"epoch": 0, "best_epoch": 0, "best_value": -1.0, "bad_epochs": 0,
                      "epoch_seconds": [], "done": False}
             if self.accel.is_main_process:
-                (self.run_dir / "metrics.jsonl").write_text("")
+                self.folder.start_metrics()
         else:
             if self.accel.is_main_process:  # a kill after an epoch's line but before its checkpoint
-                mpath = self.run_dir / "metrics.jsonl"
-                lines = mpath.read_text().splitlines() if mpath.exists() else []
-                kept = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
-                if len(kept) != len(lines):
-                    mpath.write_text("".join(ln + "\n" for ln in kept))
+                self.folder.truncate_metrics(state["epoch"])
             inside = (f", inside epoch {state['partial']['epoch']} at batch {state['partial']['next_batch']}"
                       if state.get("partial") else "")
             self.log(f"resuming after epoch {state['epoch']}{inside} (best {tc.valid_metric} "
@@ -606,11 +304,14 @@ class Trainer:
                 valid = self.evaluator.evaluate(self.raw_model, "valid")
                 row["eval_seconds"] = round(time.perf_counter() - t1, 3)
                 row["valid"] = {k: v for k, v in valid.items()}
-                value = valid[metric]
-                if improved(valid, state, metric, tc.early_stop):
+                chosen_on = valid
+                if tc.select_on == "test_leak":  # the released code's way: a leak, named in results.json
+                    chosen_on = row["test_leak"] = self.evaluator.evaluate(self.raw_model, "test")
+                value = chosen_on[metric]
+                if improved(chosen_on, state, metric, tc.early_stop):
                     state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
                     if self.accel.is_main_process:
-                        _save_weights(self.raw_model, self.run_dir / "best.safetensors")
+                        self.folder.save_best(self.raw_model)
                 else:
                     state["bad_epochs"] += 1
                     if state["bad_epochs"] >= tc.patience:
@@ -621,10 +322,9 @@ class Trainer:
                 self.log(f"epoch {epoch:3d}  loss {loss:.4f}  {train_s:6.1f}s")
             state["epoch"] = epoch
             if self.accel.is_main_process:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                self.folder.append_metrics(row)
             if tc.trackers:
-                self.accel.log(_scalars({k: v for k, v in row.items() if k != "epoch"}), step=epoch)
+                self.accel.log(scalars({k: v for k, v in row.items() if k != "epoch"}), step=epoch)
             self._save_last(state)
             if self._stop_agreed() and not state["done"] and state["epoch"] < tc.epochs:
                 raise Preempted(self._stop_reason, str(self.run_dir), epoch, None)
@@ -661,9 +361,8 @@ class Trainer:
         return {f"{part}_domains": metrics_by_group(ranks, np.asarray(codes)[target], names, self.run.eval.ks)}
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
-        best = self.run_dir / "best.safetensors"
-        if best.exists():
-            self.raw_model.load_state_dict(load_file(str(best), device="cpu"))
+        if self.folder.best_path.exists():
+            self.raw_model.load_state_dict(self.folder.weights("best"))
         t0 = time.perf_counter()
         valid = self.evaluator.evaluate(self.raw_model, "valid", return_ranks=True)
         test = self.evaluator.evaluate(self.raw_model, "test", return_ranks=True)
@@ -671,12 +370,11 @@ class Trainer:
         if self.cold is not None:
             breakdown = {**self._cold_breakdown("valid", valid["ranks"]), **self._cold_breakdown("test", test["ranks"])}
             if self.accel.is_main_process:
-                ids = self.data.raw_item_ids[np.flatnonzero(self.cold)]
-                (self.run_dir / "cold_items.txt").write_text("".join(f"{i}\n" for i in ids))
+                self.folder.write_cold_items(self.data.raw_item_ids[np.flatnonzero(self.cold)])
         for part, res in (("valid", valid), ("test", test)):  # per domain, for methods that declare them
             breakdown.update(self._domain_breakdown(part, res["ranks"]))
         if self.accel.is_main_process:  # per-case ranks of the test part: paired tests between runs (mmrec report)
-            np.save(self.run_dir / "test_ranks.npy", np.asarray(test["ranks"], dtype=np.int32))
+            self.folder.write_test_ranks(test["ranks"])
         valid.pop("ranks")
         test.pop("ranks")
         variants: dict[str, Any] = {}
@@ -692,6 +390,8 @@ class Trainer:
         secs = state["epoch_seconds"]
         results = {
             "method": self.run.method,
+            "preset": self.run.preset,
+            "preset_overrides": self.run.preset_overrides,
             "dataset": self.data.name,
             "dataset_path": str(self.data.root),
             "best_epoch": state["best_epoch"],
@@ -700,7 +400,7 @@ class Trainer:
             "test": test,
             **breakdown,
             **({"test_variants": variants} if variants else {}),
-            "features": {slot: f.source for slot, f in getattr(self.raw_model, "features", {}).items()},
+            "features": {modality: f.source for modality, f in getattr(self.raw_model, "features", {}).items()},
             "protocol": {
                 "split": self.data.meta["split"],
                 "filters": self.data.meta["filters"],
@@ -710,6 +410,9 @@ class Trainer:
                 "train_windows": self.run.train.windows,
                 "evaluation": self.evaluator.protocol(),
                 "valid_metric": self.run.train.valid_metric,
+                "checkpoint_selection": ("validation part" if self.run.train.select_on == "valid" else
+                                         "TEST part (train.select_on=test_leak, as the released code: a leak; "
+                                         "the test figures are optimistic)"),
                 "cold_start": ({"fraction": self.run.cold.fraction, "seed": self.run.cold.seed,
                                 "held_out_items": int(self.cold.sum()), "file": "cold_items.txt"}
                                if self.cold is not None else None),
@@ -725,8 +428,8 @@ class Trainer:
             "n_parameters": sum(p.numel() for p in self.raw_model.parameters()),
         }
         if self.accel.is_main_process:
-            _atomic_json(self.run_dir / "results.json", results)
+            self.folder.write_results(results)
         if self.run.train.trackers:
-            self.accel.log(_scalars({"final": {"valid": valid, "test": test}}), step=state["epoch"])
+            self.accel.log(scalars({"final": {"valid": valid, "test": test}}), step=state["epoch"])
             self.accel.end_training()
         return results

@@ -18,7 +18,7 @@ dataclass of name patterns, applied in this order by ``apply_policy``:
 
 Every other parameter trains. A pattern is either the name of a *group* (below) or a glob over
 parameter names (``fnmatch``: ``*`` also crosses dots). The groups follow the naming the shared
-modules give (``TransformerEncoder`` as ``encoder``, ``FeatureItems`` adaptors, ``item`` id table), so a
+modules give (``TransformerEncoder`` as ``encoder``, ``FeatureItemEncoder`` adaptors, ``item`` id table), so a
 method built from them can use the policies as they are; a method with other names sets a class
 attribute ``transfer_groups`` with the same keys.
 
@@ -43,6 +43,7 @@ relearn       SHARED       positions, experts, gates, missing (fresh) encoder   
 relearn_code  SHARED       as relearn but by ANT's code rule, and the encoder                      the rest
                            price experts' biases are kept
 finetune      SHARED       none                                       encoder, positions           the rest
+finetune_all  SHARED       none                                       none                         all
 freeze        SHARED       none                                       all loaded but the gates     gates, ids
 scratch       nothing      none                                       none                         all
 ============= ============ ========================================== ============================ ==========
@@ -61,7 +62,6 @@ A new policy is a few lines::
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -110,12 +110,15 @@ RELEARN_CODE = replace(
 FINETUNE = AdaptPolicy(
     "finetune", load=SHARED, freeze=("encoder", "positions"),
     doc="UniSRec (fix_enc): load all, freeze positions and blocks, fine-tune adaptor, gates and input LayerNorm")
+FINETUNE_ALL = AdaptPolicy(
+    "finetune_all", load=SHARED,
+    doc="UniSRec without fix_enc: load all, fine-tune everything")
 FREEZE = AdaptPolicy(
     "freeze", load=SHARED, freeze=SHARED, train=("gates",),
     doc="linear-probe-like: load all and freeze it; only the gates (and id embeddings) train")
 SCRATCH = AdaptPolicy("scratch", doc="load nothing: a from-scratch baseline under the same command")
 
-POLICIES: dict[str, AdaptPolicy] = {p.name: p for p in (RELEARN, RELEARN_CODE, FINETUNE, FREEZE, SCRATCH)}
+POLICIES: dict[str, AdaptPolicy] = {p.name: p for p in (RELEARN, RELEARN_CODE, FINETUNE, FINETUNE_ALL, FREEZE, SCRATCH)}
 
 
 def get_policy(name: str) -> AdaptPolicy:
@@ -143,17 +146,13 @@ def _match(name: str, globs: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
-def load_run(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """``best.safetensors`` of a finished run (and its ``config.json`` when present)."""
-    from safetensors.torch import load_file
+def pretrained_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The best weights of a finished pre-training run (and its saved configuration, when there is one)."""
+    from mmrec.runs.folder import RunFolder
 
-    path = Path(run_dir) / "best.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"model.init_from={run_dir}: no best.safetensors there; give the folder of a finished "
-                          "pre-training run (mmrec train ... --set model.objective=pretrain --run-dir DIR)")
-    cfg_path = Path(run_dir) / "config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
-    return load_file(str(path), device="cpu"), cfg
+    folder = RunFolder(run_dir)
+    state = folder.weights("best", purpose=f"model.init_from={run_dir}")
+    return state, folder.config()
 
 
 def _settings(cfg: dict[str, Any] | None) -> str:
@@ -171,7 +170,7 @@ def apply_policy(model: nn.Module, state: Mapping[str, torch.Tensor], policy: Ad
     """Load, re-initialise and freeze ``model``'s tensors from ``state`` under ``policy`` (module
     docstring). Returns a report: the names in each of ``loaded``, ``reinitialised``, ``frozen``,
     ``trainable``, ``absent`` (to load, not in the run) and ``unused`` (in the run, neither loaded nor
-    re-initialised: another slot, item ids, layers this model lacks), and
+    re-initialised: another modality, item ids, layers this model lacks), and
     their ``counts``. ``reinit_fn`` defaults to ``model.reinit_parameter`` for ``reinit_rule="model"``."""
     groups = getattr(model, "transfer_groups", DEFAULT_GROUPS)
     load, reinit = resolve(policy.load, groups), resolve(policy.reinit, groups)
@@ -226,5 +225,5 @@ def apply_policy(model: nn.Module, state: Mapping[str, torch.Tensor], policy: Ad
 def adapt_from_run(model: nn.Module, run_dir: str | Path, policy: str | AdaptPolicy) -> dict[str, Any]:
     """``apply_policy`` with the ``best.safetensors`` of ``run_dir`` (an error if there is none)."""
     pol = get_policy(policy) if isinstance(policy, str) else policy
-    state, cfg = load_run(run_dir)  # also for scratch: refuse a folder that is not a finished run
+    state, cfg = pretrained_state(run_dir)  # also for scratch: refuse a folder that is not a finished run
     return apply_policy(model, state, pol, source=str(run_dir), run_config=cfg)

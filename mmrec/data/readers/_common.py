@@ -331,16 +331,6 @@ def parse_price(value: Any) -> tuple[float | None, bool]:
     return float(m.group(1).replace(",", "")), True
 
 
-def first_bad_value(values: pa.Array | pa.ChunkedArray, convert: Any) -> tuple[int, Any] | None:
-    """The first (index, value) for which ``convert`` raises; used only on error paths."""
-    for i, v in enumerate(values.to_pylist()):
-        try:
-            convert(v)
-        except Exception:  # noqa: BLE001 - any failure marks the value bad
-            return i, v
-    return None
-
-
 _TZ_RE = r"\d\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$"  # a zone after a time of day
 
 

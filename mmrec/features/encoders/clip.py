@@ -42,7 +42,6 @@ Other options: ``template``/``fields`` (text), ``max_images``, ``image_size``, `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -418,18 +417,3 @@ class ClipEncoder(Encoder):
                 "weights_sha256": sha256_files([local]) if local else None, "pretrained_tag": self.tag,
                 "quick_gelu": self.quick_gelu, "pooling": self.pooling, "tokens": self.tokens,
                 "normalize": self.normalize, "preprocessing": self._preprocessing()}
-
-
-def write_open_clip_folder(folder: str | Path, model_cfg: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None,
-                           preprocess_cfg: dict[str, Any] | None = None) -> Path:
-    """Write a folder that ``model=<folder>`` loads: ``open_clip_config.json`` and, when given, the weights
-    as ``open_clip_model.safetensors`` (handy to package a custom or fine-tuned model)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg,
-                                                              "preprocess_cfg": preprocess_cfg or {}}, indent=1))
-    if state_dict is not None:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "open_clip_model.safetensors"))
-    return folder

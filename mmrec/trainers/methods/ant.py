@@ -4,7 +4,7 @@
 from text, image and price features through whitening experts with Gaussian routing, a Transformer
 pre-trained on auxiliary datasets, then re-learning of the item side on the target task.
 
-Items (the paper's M2R projection and ``Modality2Item``). For each feature slot m the item has
+Items (the paper's M2R projection and ``Modality2Item``). For each feature modality m the item has
 (text, image, price; frozen features x_m, e.g. BERT, SWIN, a sinusoidal price code):
 
     u_m(i) = sum_k g_k(x_m) E_k(x_m)          if item i has an m feature, else a learned missing_m
@@ -13,7 +13,7 @@ Items (the paper's M2R projection and ``Modality2Item``). For each feature slot 
     g(x)   = softmax(x W_g + eps * (softplus(x W_n) + 0.01)),  eps ~ N(0, I) in training; softmax(x W_g) at eval
     v(i)   = u_text + u_image + u_price + beta * (u_image * u_text)       (beta = model.fusion_lambda)
 
-(``MoEAdaptor`` per slot, inside ``FeatureItems``; slots without features are left out of the sum and
+(``MoEAdaptor`` per modality, inside ``FeatureItemEncoder``; modalities without features are left out of the sum and
 the interaction needs both text and image.) ``model.mode=transductive`` adds an item id embedding on
 the input and the candidate side.
 
@@ -38,7 +38,7 @@ and re-learns positions, experts, gates and missing vectors from a fresh initial
 ``finetune`` (UniSRec-style), ``freeze`` (only gates train), ``scratch`` and ``relearn_code`` are the
 alternatives the negative-transfer bench (``bench/negative_transfer.py``) compares.
 
-Feature slots: text, image and price are all optional (``required_modalities = ()``); at least one is
+Feature modalities: text, image and price are all optional (``required_modalities = ()``); at least one is
 needed. With text alone ANT is a UniSRec-like model with Gaussian routing. Image features must be one
 vector per item (the code averages up to 4 SWIN images per item: extract with pooling, or average at
 extraction).
@@ -90,7 +90,7 @@ from torch import nn
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.adaptors import MoEAdaptor
-from mmrec.trainers.modules.items import FeatureItems, present_slots
+from mmrec.trainers.modules.items import FeatureItemEncoder, present_modalities
 from mmrec.trainers.modules.losses import ce_all_items, infonce_in_batch
 from mmrec.trainers.modules.sequence import TransformerConfig, TransformerEncoder, gather_last
 
@@ -147,13 +147,13 @@ class ANT(SequentialRecommender):
 
     def __init__(self, cfg: ANTConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        slots = present_slots(self.name, self.features, self.modalities)
+        modalities = present_modalities(self.name, self.features, self.modalities)
         self.encoder = TransformerEncoder(cfg.hidden, cfg.layers, cfg.heads, cfg.inner, cfg.dropout,
                                           cfg.attn_dropout, max_len, cfg.act, eps=cfg.layer_norm_eps,
                                           position=cfg.position)
-        self.items = FeatureItems(self.features, slots, cfg.hidden, adaptor="moe", fusion="sum",
+        self.items = FeatureItemEncoder(self.features, modalities, cfg.hidden, adaptor="moe", fusion="sum",
                                   dropout=cfg.adaptor_dropout, n_experts=cfg.n_experts)
-        if "price" in slots:  # affine experts for the price code (the code's meta2rec)
+        if "price" in modalities:  # affine experts for the price code (the code's meta2rec)
             self.items.adaptors["price"] = MoEAdaptor(self.features["price"].dim, cfg.hidden, cfg.n_experts,
                                                       cfg.adaptor_dropout, expert="linear")
         for a in self.items.adaptors.values():
@@ -197,13 +197,13 @@ class ANT(SequentialRecommender):
             nn.init.zeros_(p)
 
     # -- model -----------------------------------------------------------------------------------
-    def _present(self, slot: str, ids: torch.Tensor | None) -> torch.Tensor:
-        present = getattr(self.items, f"present_{slot}")
+    def _present(self, modality: str, ids: torch.Tensor | None) -> torch.Tensor:
+        present = getattr(self.items, f"present_{modality}")
         return present if ids is None else present[ids]
 
     def item_vectors(self, ids: torch.Tensor | None = None, parts: bool = False):
         """Fused, unnormalised item vectors ``[*ids.shape, d]`` (``ids=None``: ``[n_items + 1, d]``), row
-        0 / padding zero; with ``parts`` also the modality vectors ``{slot: u_m}``."""
+        0 / padding zero; with ``parts`` also the modality vectors ``{modality: u_m}``."""
         vecs = self.items.modality_vectors(ids)
         both = None
         if "image" in vecs and "text" in vecs and self.cfg.interaction_missing == "skip":
@@ -247,7 +247,7 @@ class ANT(SequentialRecommender):
 
     def image_text_loss(self, vecs: Mapping[str, torch.Tensor], tgt: torch.Tensor) -> torch.Tensor:
         """In-batch InfoNCE image -> text over the targets ``tgt`` (``model.it_pairs``, module docstring);
-        0 without both slots or without a row that qualifies."""
+        0 without both modalities or without a row that qualifies."""
         if "image" not in vecs or "text" not in vecs or not self.cfg.it_weight:
             return vecs[next(iter(vecs))].new_zeros(())
         has_img = self._present("image", tgt)

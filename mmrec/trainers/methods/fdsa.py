@@ -1,8 +1,8 @@
 """FDSA (Zhang et al., IJCAI 2019): feature-level deeper self-attention.
 
 Two self-attention streams over the same sequence: one over item id embeddings, one over the
-items' features. The features of an item (one vector per slot, each adapted to ``hidden``) are
-pooled by vanilla attention over the slots (``a_m = softmax_m(w^T tanh(W v_m))``, ``f = sum_m a_m
+items' features. The features of an item (one vector per modality, each adapted to ``hidden``) are
+pooled by vanilla attention over the modalities (``a_m = softmax_m(w^T tanh(W v_m))``, ``f = sum_m a_m
 v_m``), as FDSA pools an item's attributes. The two final states are concatenated and mapped back:
 
     o = W_o [SA_item(e_id(i_1..L))_L ; SA_feature(f(i_1..L))_L],    score(i | o) = <o, e_id(i)>
@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureConfig, FeatureItems, present_slots
+from mmrec.trainers.modules.items import FeatureConfig, FeatureItemEncoder, present_modalities
 from mmrec.trainers.modules.sequence import TransformerConfig, encode
 
 
 @dataclass
 class FDSAConfig(TransformerConfig, FeatureConfig):
     """``TransformerConfig`` (both streams) and ``FeatureConfig`` (``fusion`` is unused: FDSA pools the
-    slots by vanilla attention)."""
+    modalities by vanilla attention)."""
 
 
 class FDSA(SequentialRecommender):
@@ -37,7 +37,7 @@ class FDSA(SequentialRecommender):
 
     def __init__(self, cfg: FDSAConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        self.slots = present_slots(self.name, self.features, self.modalities)
+        self.used_modalities = present_modalities(self.name, self.features, self.modalities)
         d = cfg.hidden
         self.item = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.item_encoder = cfg.encoder(max_len)
@@ -48,12 +48,12 @@ class FDSA(SequentialRecommender):
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()
-        self.feat = FeatureItems(self.features, self.slots, d, adaptor=cfg.adaptor, dropout=cfg.feature_dropout)
+        self.feat = FeatureItemEncoder(self.features, self.used_modalities, d, adaptor=cfg.adaptor, dropout=cfg.feature_dropout)
 
     def pooled_features(self, items: torch.Tensor) -> torch.Tensor:
-        """Vanilla attention over an item's slot vectors: ``[*items.shape, d]``."""
+        """Vanilla attention over an item's modality vectors: ``[*items.shape, d]``."""
         vectors = self.feat.modality_vectors(items)
-        v = torch.stack([vectors[s] for s in self.slots], dim=-2)  # [..., M, d]
+        v = torch.stack([vectors[s] for s in self.used_modalities], dim=-2)  # [..., M, d]
         a = torch.softmax(self.attn_vec(torch.tanh(self.attn_proj(v))), dim=-2)  # [..., M, 1]
         return (a * v).sum(-2)
 

@@ -2,7 +2,7 @@
 
 Each item is its id embedding plus its adapted features, at the input and at the output alike:
 
-    v(i) = e_id(i) + fusion(W_m x_m(i) for each feature slot m)
+    v(i) = e_id(i) + fusion(W_m x_m(i) for each feature modality m)
     h    = SASRec(v(i_1), ..., v(i_L)),     score(i | h) = <h_L, v(i)>
 
 A cold item (never trained on) keeps its initial id embedding but gets its feature part, so it can
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureConfig, present_slots
+from mmrec.trainers.modules.items import FeatureConfig, present_modalities
 from mmrec.trainers.modules.sequence import TransformerConfig
 
 
@@ -34,13 +34,13 @@ class SASRecEF(SequentialRecommender):
 
     def __init__(self, cfg: SASRecEFConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        slots = present_slots(self.name, self.features, self.modalities)
+        modalities = present_modalities(self.name, self.features, self.modalities)
         self.item = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.encoder = cfg.encoder(max_len)
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()
-        self.feat = cfg.feature_items(self.features, slots, cfg.hidden)
+        self.feat = cfg.feature_items(self.features, modalities, cfg.hidden)
 
     def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
         return self.item(items) + self.feat.lookup(items)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureConfig, present_slots
+from mmrec.trainers.modules.items import FeatureConfig, present_modalities
 from mmrec.trainers.modules.sequence import TransformerConfig, encode
 
 
@@ -34,14 +34,14 @@ class SASRecLF(SequentialRecommender):
 
     def __init__(self, cfg: SASRecLFConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        slots = present_slots(self.name, self.features, self.modalities)
+        modalities = present_modalities(self.name, self.features, self.modalities)
         self.item = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.id_encoder = cfg.encoder(max_len)
         self.feature_encoder = cfg.encoder(max_len)
         init_weights(self, cfg.init_std)
         with torch.no_grad():
             self.item.weight[0].zero_()
-        self.feat = cfg.feature_items(self.features, slots, cfg.hidden)
+        self.feat = cfg.feature_items(self.features, modalities, cfg.hidden)
 
     def _states(self, items: torch.Tensor, lengths: torch.Tensor, last: bool) -> torch.Tensor:
         return torch.cat([encode(self.id_encoder, self.item(items), lengths, last),

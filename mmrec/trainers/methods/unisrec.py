@@ -27,16 +27,14 @@ sequence-sequence task (lambda = 1e-3, with item- and word-drop augmentation) is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import FeatureItems
+from mmrec.trainers.modules.items import FeatureItemEncoder
 from mmrec.trainers.modules.losses import ce_all_items
 from mmrec.trainers.modules.sequence import TransformerConfig, gather_last
 
@@ -70,7 +68,7 @@ class UniSRec(SequentialRecommender):
         if self.item is not None:
             with torch.no_grad():
                 self.item.weight[0].zero_()
-        self.text = FeatureItems(self.features, ["text"], cfg.hidden, adaptor="moe", dropout=cfg.adaptor_dropout,
+        self.text = FeatureItemEncoder(self.features, ["text"], cfg.hidden, adaptor="moe", dropout=cfg.adaptor_dropout,
                                  n_experts=cfg.n_experts)
         if cfg.init_from:
             self.load_pretrained(cfg.init_from)
@@ -81,25 +79,14 @@ class UniSRec(SequentialRecommender):
 
     # -- transfer --------------------------------------------------------------------------------
     def load_pretrained(self, run_dir: str) -> dict[str, Any]:
-        from safetensors.torch import load_file
+        """Start from a pre-training run: the transfer policy ``finetune`` (UniSRec's ``fix_enc``:
+        positions and blocks frozen) or, without ``freeze_encoder``, ``finetune_all``; item ids are
+        never loaded."""
+        from mmrec.trainers.transfer import adapt_from_run
 
-        path = Path(run_dir) / "best.safetensors"
-        if not path.is_file():
-            raise ConfigError(f"model.init_from={run_dir}: no best.safetensors there; give the folder of a finished "
-                              "pre-training run")
-        state = load_file(str(path))
-        own = self.state_dict()
-        take = {k: v for k, v in state.items()
-                if k in own and own[k].shape == v.shape and not k.startswith("item.")}
-        if not any(k.startswith("encoder.blocks") for k in take):
-            raise ConfigError(f"{path} holds no compatible UniSRec encoder (hidden {self.cfg.hidden}, "
-                              f"{self.cfg.layers} layers): was it trained with the same model settings?")
-        self.load_state_dict(take, strict=False)
-        if self.cfg.freeze_encoder:
-            for name, p in self.encoder.named_parameters():
-                if name.startswith(("position", "blocks")):
-                    p.requires_grad_(False)
-        self.loaded_from = {"run": str(run_dir), "tensors": len(take), "frozen": self.cfg.freeze_encoder}
+        report = adapt_from_run(self, run_dir, "finetune" if self.cfg.freeze_encoder else "finetune_all")
+        self.loaded_from = {"run": str(run_dir), "tensors": report["counts"]["loaded"],
+                            "frozen": self.cfg.freeze_encoder}
         return self.loaded_from
 
     # -- model -----------------------------------------------------------------------------------

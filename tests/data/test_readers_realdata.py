@@ -16,7 +16,7 @@ import pytest
 from mmrec.data.readers import detect_format, read_dataset
 from mmrec.data.schema import RawDataset
 
-SHARED = Path(os.environ.get("MMREC_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED = Path(os.environ.get("MMREC_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 pytestmark = pytest.mark.realdata
 

@@ -1,12 +1,14 @@
-"""Shared blocks: positions, causality, read-out, losses against hand-computed values."""
-
-import math
+"""Sequence encoders: positions, causality, padding, the last-position read-out."""
 
 import pytest
 import torch
 
-from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
-from mmrec.trainers.modules.sequence import GRUEncoder, NextItNetEncoder, TransformerEncoder, gather_last
+from mmrec.trainers.modules.sequence import (
+    GRUEncoder,
+    NextItNetEncoder,
+    TransformerEncoder,
+    gather_last,
+)
 
 
 def test_reverse_positions_match_left_padding():
@@ -15,6 +17,7 @@ def test_reverse_positions_match_left_padding():
     assert pos.tolist() == [[3, 4, 4], [2, 3, 4]]  # the last real item always gets position 4
     fwd = TransformerEncoder(hidden=8, heads=2, inner=16, max_len=5, position="forward")
     assert fwd.positions(torch.tensor([2, 3]), 3).tolist() == [[0, 1, 2], [0, 1, 2]]
+
 
 
 @pytest.mark.parametrize("enc", [
@@ -35,6 +38,7 @@ def test_encoders_are_causal(enc):
     assert not torch.allclose(y1[0, 4:], y2[0, 4:])
 
 
+
 def test_trailing_padding_does_not_change_real_positions():
     torch.manual_seed(0)
     enc = TransformerEncoder(hidden=8, heads=2, inner=16, max_len=6, dropout=0.0, attn_dropout=0.0).eval()
@@ -45,24 +49,6 @@ def test_trailing_padding_does_not_change_real_positions():
     assert torch.allclose(a, b[:, :3], atol=1e-6)
     assert torch.equal(gather_last(b, torch.tensor([3])), b[:, 2])
 
-
-def test_ce_loss_hand_computed():
-    h = torch.tensor([[1.0, 0.0]])
-    emb = torch.tensor([[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # row 0 = padding, never a class
-    # logits over items 1..3: [1, 0, -1]; target item 2 -> -log(e^0 / (e^1 + e^0 + e^-1))
-    expect = -math.log(1 / (math.e + 1 + 1 / math.e))
-    assert ce_all_items(h, torch.tensor([2]), emb).item() == pytest.approx(expect, rel=1e-6)
-    assert ce_all_items(h, torch.tensor([2]), emb, temperature=0.5).item() == pytest.approx(
-        -math.log(1 / (math.e ** 2 + 1 + math.e ** -2)), rel=1e-6)
-
-
-def test_bce_loss_hand_computed():
-    h = torch.tensor([[1.0, 0.0]])
-    emb = torch.tensor([[0.0, 0.0], [2.0, 0.0], [-1.0, 0.0]])
-    # pos item 1: logit 2 -> -log sigmoid(2); neg item 2: logit -1 -> -log(1 - sigmoid(-1))
-    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
-    expect = -math.log(sig(2)) - math.log(1 - sig(-1))
-    assert bce_sampled(h, torch.tensor([1]), torch.tensor([2]), emb).item() == pytest.approx(expect, rel=1e-6)
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])

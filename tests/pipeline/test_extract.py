@@ -41,7 +41,7 @@ class HashText(Encoder):
         return len(item.get("title") or "")
 
     def describe(self):
-        return {"key": self.key, "pooling": "pooled", "dim": 4}
+        return {"encoder": self.key, "pooling": "pooled", "dim": 4}
 
 
 @pytest.fixture
@@ -73,6 +73,14 @@ def test_extract_writes_shards_manifest_and_missing(catalogue_ds, tmp_path):
     assert np.allclose(feats[1], expect.astype(np.float16).astype(np.float32))
     assert present.tolist() == [False, True, False, False]
     assert not feats[0].any() and not feats[2].any()
+    # `mmrec features info` on the fresh entry names its encoder (the store reads what extraction wrote)
+    from typer.testing import CliRunner
+
+    from mmrec.cli import app
+
+    r = CliRunner().invoke(app, ["features", "info", str(res.entry_dir)])
+    assert r.exit_code == 0, r.output
+    assert "hashtext  (text, pooling pooled)" in r.output and "None" not in r.output.split("model")[0]
 
 
 def test_rerun_resumes_and_changed_inputs_are_refused(catalogue_ds, tmp_path):

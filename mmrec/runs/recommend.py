@@ -17,7 +17,6 @@ complete.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from mmrec.config import apply_overrides, from_dict
 from mmrec.data.prepared import PreparedDataset, _ranges
 from mmrec.errors import ConfigError
+from mmrec.runs.config import saved_run_config
+from mmrec.runs.folder import RunFolder
 from mmrec.trainers.batching import cut_windows
 
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
@@ -52,28 +52,18 @@ class RecommendConfig:
             raise ConfigError("k, batch_size and item_chunk must be positive")
 
 
-def load_run(run_dir: Path, overrides: list[str] | None = None, checkpoint: str = "best"):
-    """The trained model of ``run_dir`` (its config, with ``overrides``) on CPU in eval mode, the run
-    config, and the dataset view the run was trained on (cold-start runs: without the held-out
-    items' training events). The pre-training run named by ``model.init_from`` is not needed: the checkpoint holds
-    every tensor."""
-    from safetensors.torch import load_file
+def load_trained_model(run_dir: str | Path, overrides: list[str] | None = None, checkpoint: str = "best"):
+    """The trained model of ``run_dir`` (its saved config, upgraded to this version and with
+    ``overrides``) on CPU in eval mode, the run config, and the dataset view the run was trained on
+    (cold-start runs: without the held-out items' training events). The pre-training run named by
+    ``model.init_from`` is not needed: the checkpoint holds every tensor."""
+    from mmrec.trainers.loop import build_model, run_data
 
-    from mmrec.trainers.loop import RunConfig, build_model, run_data
-
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
-    base = json.loads(cfg_path.read_text())
-    if isinstance(base.get("model"), dict):
-        base["model"].pop("init_from", None)
-    run = from_dict(RunConfig, apply_overrides(base, list(overrides or [])))
+    folder = RunFolder(run_dir)
+    run = saved_run_config(folder, overrides)
     data, _ = run_data(run)  # the view the run was trained on (cold-start runs: without held-out events)
     model, _ = build_model(run, data)
-    ckpt = run_dir / ("best.safetensors" if checkpoint == "best" else "last/model.safetensors")
-    if not ckpt.exists():
-        raise ConfigError(f"no checkpoint {ckpt}; train the run first (or use --checkpoint last)")
-    model.load_state_dict(load_file(str(ckpt), device="cpu"))
+    model.load_state_dict(folder.weights(checkpoint))
     model.eval()
     return model, run, data
 
@@ -99,7 +89,7 @@ def recommend(run_dir: str | Path, out_path: str | Path, cfg: RecommendConfig | 
     cfg.validate()
     run_dir, out_path = Path(run_dir), Path(out_path)
     t0 = time.perf_counter()
-    model, run, _ = load_run(run_dir, overrides, cfg.checkpoint)
+    model, run, _ = load_trained_model(run_dir, overrides, cfg.checkpoint)
     data = PreparedDataset(run.dataset)  # every event of each user, held-out items included
     n_items, max_len = data.n_items, run.train.max_len
     raw_users, raw_items = data.raw_user_ids, data.raw_item_ids

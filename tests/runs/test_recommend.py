@@ -11,8 +11,9 @@ from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
 from mmrec.errors import ConfigError
-from mmrec.pipeline.recommend import RecommendConfig, load_run, recommend
-from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.runs.recommend import RecommendConfig, load_trained_model, recommend
+from mmrec.runs.config import RunConfig
+from mmrec.trainers.loop import Trainer
 
 from conftest import raw_from_sequences
 
@@ -34,7 +35,7 @@ def trained(tmp_path_factory):
 
 def _brute_force(run_dir, data, user, k, exclude_seen=True):
     """Score every item for one user by hand: query on the last max_len events, seen items out."""
-    model, run, _ = load_run(run_dir)
+    model, run, _ = load_trained_model(run_dir)
     seq = np.array(data.sequence(user)[-run.train.max_len:])
     with torch.no_grad():
         q = model.query(torch.as_tensor(seq[None, :], dtype=torch.long), torch.tensor([len(seq)]))

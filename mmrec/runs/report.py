@@ -1,7 +1,8 @@
 """``mmrec report``: one self-contained HTML page from finished runs.
 
-Runs are grouped by their folder name without the seed suffix (``sasrec-s0``, ``sasrec-s1`` ->
-``sasrec``), so a table made by ``bench/methods_table.py`` reads as one row per method. The page has
+Runs are grouped by their saved configuration: runs whose ``config.json`` differs only in
+``train.seed`` (and in resource settings: threads, device, evaluation batch) are one group, labelled
+by what their folder names share (``sasrec-s0``, ``sasrec-s1`` -> ``sasrec``). The page has
 
 - a metrics table: per group, the number of seeds and the test metrics as mean ± sample standard
   deviation, with the cold / warm breakdown, per-domain figures and evaluation variants where the
@@ -22,6 +23,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -31,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from mmrec.errors import ConfigError
-
-_SEED = re.compile(r"-s\d+$")
+from mmrec.runs.config import RESOURCE_SETTINGS, flatten
+from mmrec.runs.folder import RunFolder
 
 
 @dataclass
@@ -42,9 +44,16 @@ class Run:
     config: dict[str, Any]
     curve: list[dict[str, Any]]
 
-    @property
-    def group(self) -> str:
-        return _SEED.sub("", self.path.name)
+    def settings_key(self) -> str:
+        """What makes two runs seeds of one row: the saved settings but the seed and resource ones."""
+        if not self.config:
+            return f"folder:{self.path.name}"
+        flat = flatten(self.config, ".")
+        return json.dumps({k: v for k, v in sorted(flat.items()) if k not in _NOT_SETTINGS}, default=str)
+
+
+# what does not make two runs different rows: the seed, where they were written, and resources
+_NOT_SETTINGS = frozenset({"train.seed"}) | RESOURCE_SETTINGS
 
 
 @dataclass
@@ -57,30 +66,47 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     """Runs (folders with results.json) given directly or one level below the given folders."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if (p / "results.json").is_file():
+        if RunFolder(p).is_finished():
             found.append(p)
         elif p.is_dir():
-            found += sorted(d for d in p.iterdir() if (d / "results.json").is_file())
+            found += sorted(d for d in p.iterdir() if RunFolder(d).is_finished())
         else:
             raise ConfigError(f"{p}: no such folder; give run folders (with results.json) or folders holding them")
     if not found:
         raise ConfigError(f"no finished runs (folders with results.json) in {', '.join(map(str, paths))}")
     runs = []
     for d in dict.fromkeys(found):
-        curve = []
-        mpath = d / "metrics.jsonl"
-        if mpath.exists():
-            curve = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()]
-        cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
-        runs.append(Run(d, json.loads((d / "results.json").read_text()), cfg, curve))
+        folder = RunFolder(d)
+        runs.append(Run(d, folder.results(), folder.config() or {}, folder.metrics()))
     return runs
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
-    groups: dict[str, Group] = {}
+def _label(runs: list[Run]) -> str:
+    """What the folder names of one group share, less each run's own seed where a name ends with
+    it (``sasrec-s0``, ``sasrec-s1`` with seeds 0 and 1 -> ``sasrec``)."""
+    names = []
     for r in runs:
-        groups.setdefault(r.group, Group(r.group)).runs.append(r)
-    return list(groups.values())
+        seed = r.config.get("train", {}).get("seed")
+        name = r.path.name
+        if seed is not None:
+            name = re.sub(rf"[-_.]?(s|seed)?{int(seed)}$", "", name) or name
+        names.append(name)
+    label = os.path.commonprefix(names).rstrip("-_.")
+    return label or runs[0].path.name
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """One group per settings (``Run.settings_key``), in the order the runs came."""
+    by_key: dict[str, list[Run]] = {}
+    for r in runs:
+        by_key.setdefault(r.settings_key(), []).append(r)
+    groups = [Group(_label(rs), rs) for rs in by_key.values()]
+    seen: dict[str, int] = {}
+    for g in groups:  # two groups with one label (same folder names elsewhere): tell them apart
+        seen[g.label] = seen.get(g.label, 0) + 1
+        if seen[g.label] > 1:
+            g.label = f"{g.label} ({seen[g.label]})"
+    return groups
 
 
 def mean_sd(values: list[float]) -> str:
@@ -139,10 +165,10 @@ def _group_cases(g: Group, metric: str) -> np.ndarray | None:
     runs disagree on the number of cases)."""
     arrs = []
     for r in g.runs:
-        p = r.path / "test_ranks.npy"
-        if not p.exists():
+        ranks = RunFolder(r.path).test_ranks()
+        if ranks is None:
             return None
-        arrs.append(case_metric(np.load(p), metric))
+        arrs.append(case_metric(ranks, metric))
     if len({len(a) for a in arrs}) != 1:
         return None
     return np.mean(arrs, axis=0)

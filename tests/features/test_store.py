@@ -11,12 +11,16 @@ import pytest
 
 from mmrec.errors import DataError
 from mmrec.features.store import (
-    MANIFEST_VERSION,
     FeatureEntry,
+    commit_shard,
     find_entry,
+    finish_entry,
     format_info,
     list_entries,
+    make_plan,
     read_shard,
+    shard_file,
+    start_entry,
     write_manifest,
     write_shard,
 )
@@ -27,31 +31,26 @@ EXT = {"h5": "h5", "parquet": "parquet"}
 
 def make_entry(root: Path, name: str, shards: list[tuple[list[str], np.ndarray]], *, fmt: str = "h5",
                dtype: str = "float32", missing: dict[str, str] | None = None) -> Path:
-    """Write an entry the way the pipeline does: shards, then the manifest."""
+    """Write an entry with the writers extraction uses: plan, shards and their commit files, manifest
+    (``missing`` is reported by the first shard)."""
     entry = root / name
-    (entry / "shards").mkdir(parents=True)
-    infos = [write_shard(entry / "shards" / f"part-{s:05d}.{EXT[fmt]}", ids, feats, fmt=fmt, dtype=dtype,
-                         attrs={"shard": s, "encoder": "toy", "nested": {"a": 1}})
-             for s, (ids, feats) in enumerate(shards)]
     missing = missing or {}
-    n_rows = sum(i["rows"] for i in infos)
-    write_manifest(entry, {
-        "version": MANIFEST_VERSION,
-        "name": name,
-        "encoder": {"key": "toy", "model": "toy/model", "weights_sha256": "0" * 64, "pooling": "mean"},
-        "modality": "text",
-        "format": fmt,
-        "dtype": dtype,
-        "shape_per_item": list(shards[0][1].shape[1:]),
-        "catalogue_hash": "c" * 64,
-        "config_hash": "f" * 64,
-        "n_items": n_rows + len(missing),
-        "n_rows": n_rows,
-        "shards": infos,
-        "missing": missing,
-        "library_versions": {"numpy": np.__version__},
-        "created": "2024-01-01T00:00:00Z",
-    })
+    spans, start = [], 0
+    for s, (ids, _) in enumerate(shards):
+        n = len(ids) + (len(missing) if s == 0 else 0)
+        spans.append((start, start + n))
+        start += n
+    plan = make_plan({"encoder": "toy"}, spans, [f"fingerprint{s}" for s in range(len(shards))])
+    start_entry(entry, plan, overwrite=False, log=lambda m: None)
+    for s, (ids, feats) in enumerate(shards):
+        info = write_shard(shard_file(entry, s, EXT[fmt]), ids, feats, fmt=fmt, dtype=dtype,
+                           attrs={"shard": s, "encoder": "toy", "nested": {"a": 1}})
+        commit_shard(entry, s, info, missing if s == 0 else {}, f"fingerprint{s}", 0.5, spans[s][1] - spans[s][0], 0, 1)
+    manifest = finish_entry(entry, plan, encoder={"encoder": "toy", "model": "toy/model", "weights_sha256": "0" * 64,
+                                                  "pooling": "mean"},
+                            modality="text", fmt=fmt, dtype=dtype, shape_per_item=list(shards[0][1].shape[1:]),
+                            source=None, log=lambda m: None)
+    assert manifest is not None
     return entry
 
 
@@ -161,7 +160,7 @@ def test_write_manifest_is_atomic_and_checked(tmp_path, monkeypatch):
         write_manifest(entry, {**json.loads(before), "n_items": 5})
     monkeypatch.undo()
     assert (entry / "manifest.json").read_text() == before
-    assert sorted(p.name for p in entry.iterdir()) == ["manifest.json", "shards"]
+    assert sorted(p.name for p in entry.iterdir()) == ["errors.jsonl", "manifest.json", "plan.json", "shards"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,9 +313,10 @@ def test_info(tmp_path):
     assert info["n_rows"] == 2 and info["n_items"] == 5 and info["n_missing"] == 3
     assert info["missing_reasons"] == {"image file is truncated": 2, "no image": 1}
     assert info["total_bytes"] == (entry / "shards" / "part-00000.parquet").stat().st_size
+    assert info["encoder"] == "toy"  # the name the encoder's description gives, as extraction writes it
     text = format_info(e)
-    for part in ("toy/model", "6 per item, float16, parquet", "image file is truncated: 2", "no image: 1",
-                 "2024-01-01", "2 of 5"):
+    for part in ("toy  (text, pooling mean)", "toy/model", "6 per item, float16, parquet", "image file is truncated: 2",
+                 "no image: 1", info["created"], "2 of 5"):
         assert part in text, text
 
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.errors import DataError, Preempted
-from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.runs.config import RunConfig
+from mmrec.trainers.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,7 +124,7 @@ def test_slurm_train_script_forwards_usr1_and_exits_75(ds, tmp_path):
     import time
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "train.sbatch"
+    script = Path(__file__).resolve().parents[2] / "examples" / "slurm" / "train.sbatch"
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -14,7 +14,8 @@ from mmrec.data.schema import Catalogue
 from mmrec.features.aligned import load_features
 from mmrec.features.store import FeatureEntry
 from mmrec.pipeline.extract import ExtractConfig, extract
-from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.runs.config import RunConfig
+from mmrec.trainers.loop import Trainer
 
 from conftest import raw_from_sequences
 

@@ -1,20 +1,52 @@
-"""Features into training (slots, alignment, errors) and the cold-start protocol."""
-
+"""The cold-start protocol: held-out items never trained on, ranked by feature methods."""
 
 import numpy as np
 import pytest
 import torch
+from conftest import raw_from_sequences
 
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
 from mmrec.data.schema import Catalogue
-from mmrec.errors import ConfigError, DataError
-from mmrec.features.aligned import check_slots, load_features, parse_features_option
-from mmrec.pipeline.extract import ExtractConfig, extract
-from mmrec.trainers.loop import ColdConfig, RunConfig, Trainer, cold_items
+from mmrec.errors import ConfigError
+from mmrec.features.store import write_manifest, write_shard
+from mmrec.runs.config import ColdConfig, RunConfig
+from mmrec.trainers.loop import Trainer, cold_items
 
-from conftest import raw_from_sequences
+
+def _prepared_with_text(tmp_path, seqs, n_items, dim=8, seed=0):
+    raw = raw_from_sequences(seqs)
+    ids = [str(i) for i in range(1, n_items + 1)]
+    raw.catalogue = Catalogue.build(ids, title=[f"t{i}" for i in ids])
+    ds = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    # a text "feature" that reveals the successor rule: item k's vector is a one-hot-ish code of k
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(n_items, dim)).astype(np.float32)
+    entry = tmp_path / "store" / "text"
+    (entry / "shards").mkdir(parents=True)
+    info = write_shard(entry / "shards" / "part-00000.h5", ids, feats, fmt="h5", dtype="float32")
+    write_manifest(entry, {"version": 1, "name": "text", "encoder": {"encoder": "synthetic"}, "modality": "text",
+                           "format": "h5", "dtype": "float32", "shape_per_item": [dim], "n_items": n_items,
+                           "n_rows": n_items, "shards": [info], "missing": {}, "catalogue_hash": "x",
+                           "config_hash": "y", "library_versions": {}, "created": "now"})
+    return ds, tmp_path / "store"
+
+
+
+def test_cold_items_are_ranked_by_a_feature_method(tmp_path):
+    # every user walks the ring 1..20; item features are random but fixed: mmsr-like methods can
+    # still rank held-out items, and the results carry cold and warm figures for them
+    ring = {f"u{u}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(80)}
+    ds, store = _prepared_with_text(tmp_path, ring, 20)
+    run = from_dict(RunConfig, {"dataset": str(ds), "method": "sasrec_ef", "features": {"text": "text"},
+                                "store": str(store), "cold": {"fraction": 0.2, "seed": 0},
+                                "model": {"hidden": 16, "inner": 32, "dropout": 0.1, "attn_dropout": 0.1},
+                                "train": {"epochs": 2, "threads": 1}})
+    res = Trainer(run, tmp_path / "run", log=lambda s: None).fit()
+    assert "ndcg@10" in res["test_cold"] and "ndcg@10" in res["test_warm"]
+    assert res["test_cold"]["n_cases"] + res["test_warm"]["n_cases"] == res["test"]["n_cases"]
+
 
 
 @pytest.fixture
@@ -24,6 +56,7 @@ def small(tmp_path):
                               "u2": ["3", "4", "5", "1", "2", "3"]})
     raw.catalogue = Catalogue.build(["1", "2", "3", "4", "5", "6"], price=[1.0, 2.0, None, 4.0, 5.0, 6.0])
     return prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+
 
 
 def test_held_out_items_leave_training_parts_only(small):
@@ -41,6 +74,7 @@ def test_held_out_items_leave_training_parts_only(small):
     assert d.sequence(2).tolist() == [3, 4, 5, 1, 2, 3]  # the dataset itself is unchanged
 
 
+
 def test_cold_items_are_seeded_and_sized():
     a = cold_items(200, ColdConfig(fraction=0.1, seed=3))
     assert a.sum() == 20 and not a[0]
@@ -48,6 +82,7 @@ def test_cold_items_are_seeded_and_sized():
     assert (a != cold_items(200, ColdConfig(fraction=0.1, seed=4))).any()
     with pytest.raises(ConfigError, match="cold.fraction"):
         from_dict(RunConfig, {"dataset": "x", "cold": {"fraction": 1.0}})
+
 
 
 def test_cold_run_never_trains_on_held_out_items(tmp_path, successor_raw):
@@ -78,33 +113,3 @@ def test_cold_run_never_trains_on_held_out_items(tmp_path, successor_raw):
     listed = (tmp_path / "run" / "cold_items.txt").read_text().split()
     raw_ids = PreparedDataset(ds).raw_item_ids
     assert sorted(listed) == sorted(raw_ids[np.flatnonzero(cold)])
-
-
-def test_features_option_and_slot_errors(small, tmp_path):
-    assert parse_features_option("text=minilm, image=/x/effnet") == {"text": "minilm", "image": "/x/effnet"}
-    with pytest.raises(ConfigError, match="slot=entry pairs"):
-        parse_features_option("minilm")
-    with pytest.raises(ConfigError, match="method sasrec uses no item features"):
-        check_slots("sasrec", {"text": "x"}, (), (), tmp_path)
-    with pytest.raises(ConfigError, match=r"needs features for image: give them with --features text=ENTRY,image=ENTRY "
-                                          r"\(store .*: none in"):
-        check_slots("mmsr", {"text": "x"}, ("text", "image"), ("text", "image"), tmp_path / "nostore")
-
-
-def test_load_features_aligns_and_marks_absent_items(small, tmp_path):
-    store = tmp_path / "store"
-    extract(ExtractConfig(encoder="price", dataset=str(small), store=str(store), num_workers=0, device="cpu",
-                          dtype="float32"), log=lambda m: None)
-    d = PreparedDataset(small)
-    feats = load_features({"price": "price"}, d, store)
-    f = feats["price"]
-    assert f.table.shape == (d.n_items + 1, 64) and f.present.tolist() == [False, True, True, False, True, True]
-    assert not f.table[0].any() and not f.table[3].any()  # padding and the item with no price are zeros
-    assert f.source["items_without"] == 1 and f.source["encoder"] == "price"
-    # item "1" (price 1.0) has the sinusoidal code of log1p(1.0) * 100: sin at 0, cos at 1 of frequency 1
-    assert f.table[1, 0].item() == pytest.approx(np.sin(np.log1p(1.0) * 100), abs=1e-5)
-    assert f.table[1, 1].item() == pytest.approx(np.cos(np.log1p(1.0) * 100), abs=1e-5)
-    with pytest.raises(ConfigError, match="holds price features, not text"):
-        load_features({"text": "price"}, d, store)
-    with pytest.raises(DataError, match="entries under .*: price"):
-        load_features({"price": "nope"}, d, store)

@@ -12,7 +12,7 @@ from mmrec.data.prepared import PreparedDataset
 
 from conftest import raw_from_sequences
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench():

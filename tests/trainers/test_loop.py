@@ -1,20 +1,21 @@
 """The shared loop: learning, early stopping, checkpoints, resume, repeatability."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import raw_from_sequences
 from safetensors.torch import load_file
 
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
 from mmrec.errors import ConfigError, RunFolderBusy
+from mmrec.runs.config import RunConfig, finished_results
 from mmrec.trainers.batching import TrainSamples, cut_windows
-from mmrec.trainers.loop import RunConfig, Trainer, finished_results
-
-from conftest import raw_from_sequences
+from mmrec.trainers.loop import Trainer
 
 
 @pytest.fixture
@@ -137,28 +138,32 @@ def test_a_busy_folder_is_skipped_before_anything_is_loaded(ds, tmp_path, monkey
     """``train_or_reuse`` probes the folder's lock first: a folder another process trains is left
     to it without building a Trainer (data and model loading), and the log names the holder."""
     import fcntl
+    import sys
 
-    from mmrec.trainers import loop
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import _runs
+
+    from mmrec.runs.folder import RunFolder
 
     run_dir = tmp_path / "a"
-    assert loop.run_folder_holder(run_dir) is None  # no folder yet
+    assert RunFolder(run_dir).holder() is None  # no folder yet
     run_dir.mkdir()
     said = []
     with open(run_dir / "train.lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 4242 on elsewhere\n")
         held.flush()
-        assert loop.run_folder_holder(run_dir) == "pid 4242 on elsewhere"
+        assert RunFolder(run_dir).holder() == "pid 4242 on elsewhere"
 
         def no_trainer(*a, **k):
             raise AssertionError("a Trainer was built for a busy folder")
 
-        monkeypatch.setattr(loop, "Trainer", no_trainer)
-        assert loop.train_or_reuse(_run(ds, epochs=1), run_dir, "row seed 0", log=said.append) is None
+        monkeypatch.setattr(_runs, "Trainer", no_trainer)
+        assert _runs.train_or_reuse(_run(ds, epochs=1), run_dir, "row seed 0", log=said.append) is None
         monkeypatch.undo()
     assert said == ["row seed 0: left to the other process (pid 4242 on elsewhere)"]
-    assert loop.run_folder_holder(run_dir) is None  # let go: the probe itself holds nothing
-    assert loop.train_or_reuse(_run(ds, epochs=1), run_dir, "row seed 0", log=said.append)["epochs_run"] == 1
+    assert RunFolder(run_dir).holder() is None  # let go: the probe itself holds nothing
+    assert _runs.train_or_reuse(_run(ds, epochs=1), run_dir, "row seed 0", log=said.append)["epochs_run"] == 1
 
 
 def test_resume_accepts_a_run_saved_before_a_setting_existed(ds, tmp_path):
@@ -306,3 +311,83 @@ def test_loss_weighting_by_batch_or_by_target(tmp_path, monkeypatch, weighting, 
     Trainer(run, tmp_path / "run", log=lambda s: None).fit()
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["loss"] == pytest.approx(expect)
+
+
+# -- optimiser, schedules, samples, checkpoint selection ---------------------------------------------
+
+def test_lr_schedules_by_hand():
+    import math
+
+    from mmrec.runs.config import TrainConfig, lr_factor
+
+    step = TrainConfig(epochs=10, lr_schedule="step", lr_step_epochs=2, lr_gamma=0.5)
+    # 4 steps an epoch: epochs 1-2 (steps 0-7) x1, epochs 3-4 x0.5, epoch 5 x0.25
+    assert [lr_factor(step, s, 4) for s in (0, 7, 8, 15, 16)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    warm = TrainConfig(epochs=2, lr_schedule="cosine", warmup_steps=4)
+    # 2 epochs x 6 steps = 12 steps, 4 of warm-up then 8 of cosine from 1 to 0
+    assert lr_factor(warm, 0, 6) == pytest.approx(0.25) and lr_factor(warm, 2, 6) == pytest.approx(0.75)
+    assert lr_factor(warm, 4, 6) == pytest.approx(1.0)
+    assert lr_factor(warm, 8, 6) == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert lr_factor(warm, 12, 6) == pytest.approx(0.0)
+    assert lr_factor(TrainConfig(), 12345, 6) == 1.0
+
+
+def test_adamw_decays_decoupled_and_the_schedule_reaches_the_optimizer(ds, tmp_path, monkeypatch):
+    """One AdamW step: w <- w - lr * (adam_update + wd * w), unlike Adam's L2 (wd * w added to the
+    gradient, then normalised away). The step schedule's rate is what the optimizer steps with."""
+    import torch
+
+    w0 = torch.tensor([1.0, -2.0])
+    for name, cls in (("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam)):
+        w = w0.clone().requires_grad_(True)
+        opt = cls([w], lr=0.1, weight_decay=0.5)
+        (w * torch.tensor([3.0, 4.0])).sum().backward()
+        opt.step()
+        if name == "adamw":  # first Adam step moves each weight by lr * sign(grad); decay is lr * wd * w
+            assert torch.allclose(w.detach(), w0 - 0.1 * torch.tensor([1.0, 1.0]) - 0.1 * 0.5 * w0, atol=1e-6)
+        else:  # L2 folded into the gradient: the first step is still lr * sign(grad + wd * w)
+            assert torch.allclose(w.detach(), w0 - 0.1 * torch.sign(torch.tensor([3.0, 4.0]) + 0.5 * w0), atol=1e-6)
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    run = _run(ds, epochs=3, optimizer="adamw", weight_decay=0.1, lr_schedule="step", lr_gamma=0.5, batch_size=8)
+    Trainer(run, tmp_path / "a", log=lambda s: None).fit()
+    per_epoch = len(seen) // 3
+    assert seen[:per_epoch] == [pytest.approx(1e-3)] * per_epoch
+    assert seen[-per_epoch:] == [pytest.approx(2.5e-4)] * per_epoch
+
+
+def test_prefix_samples_train_each_target_once_with_its_own_history(tmp_path):
+    from conftest import raw_from_sequences
+
+    from mmrec.data.prepare import PrepareConfig, prepare
+    from mmrec.data.prepared import PreparedDataset
+    from mmrec.trainers.batching import TrainSamples
+
+    raw = raw_from_sequences({"u0": ["1", "2", "3", "4", "5", "6"], "u1": ["3", "4", "5", "6"]})
+    path = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    data = PreparedDataset(path)
+    s = TrainSamples(data, max_len=3, windows="prefixes")
+    # training parts (leave-one-out): u0 1 2 3 4 (3 targets), u1 3 4 (1 target)
+    assert len(s) == 4 and s.targets_per_sample().tolist() == [1, 1, 1, 1]
+    b = s.batch(np.arange(4))
+    raw_ids = np.asarray(data.raw_item_ids)
+    got = [([raw_ids[i] for i in row if i], [raw_ids[t] for t in trow if t])
+           for row, trow in zip(b["items"], b["targets"])]
+    assert got == [(["1"], ["2"]), (["1", "2"], ["3"]), (["1", "2", "3"], ["4"]), (["3"], ["4"])]
+
+
+def test_checkpoint_chosen_on_test_is_named_a_leak(ds, tmp_path):
+    res = Trainer(_run(ds, epochs=2, select_on="test_leak"), tmp_path / "a", log=lambda s: None).fit()
+    assert "TEST part" in res["protocol"]["checkpoint_selection"] and "leak" in res["protocol"]["checkpoint_selection"]
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all("test_leak" in r for r in rows)
+    best = max(rows, key=lambda r: r["test_leak"]["ndcg@10"])
+    assert res["best_epoch"] == best["epoch"]
+    plain = Trainer(_run(ds, epochs=1), tmp_path / "b", log=lambda s: None).fit()
+    assert plain["protocol"]["checkpoint_selection"] == "validation part" and plain["preset"] is None

@@ -18,10 +18,11 @@ from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.schema import Catalogue
 from mmrec.errors import ConfigError
 from mmrec.features.store import write_manifest, write_shard
-from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.runs.config import RunConfig
+from mmrec.trainers.loop import Trainer
 from mmrec.trainers.methods.ant import ANT, ANTConfig, ant_fuse
 from mmrec.trainers.modules.adaptors import LinearExpert, WhiteningExpert
-from mmrec.trainers.transfer import POLICIES, AdaptPolicy, apply_policy, load_run
+from mmrec.trainers.transfer import POLICIES, AdaptPolicy, apply_policy, pretrained_state
 
 from conftest import random_features, raw_from_sequences
 
@@ -313,16 +314,16 @@ def test_shape_mismatch_and_missing_run_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown adaptation policy model.adapt='nope'"):
         from_dict(ANTConfig, {"adapt": "nope"})
     with pytest.raises(ConfigError, match="no best.safetensors"):
-        load_run(tmp_path / "none")
+        pretrained_state(tmp_path / "none")
 
 
 # --- end to end -----------------------------------------------------------------------------------
 
-def _entry(root, slot, ids, feats):
-    entry = root / slot
+def _entry(root, modality, ids, feats):
+    entry = root / modality
     (entry / "shards").mkdir(parents=True)
     info = write_shard(entry / "shards" / "part-00000.h5", ids, feats, fmt="h5", dtype="float32")
-    write_manifest(entry, {"version": 1, "name": slot, "encoder": {"encoder": "synthetic"}, "modality": slot,
+    write_manifest(entry, {"version": 1, "name": modality, "encoder": {"encoder": "synthetic"}, "modality": modality,
                            "format": "h5", "dtype": "float32", "shape_per_item": [feats.shape[1]],
                            "n_items": len(ids), "n_rows": len(ids), "shards": [info], "missing": {},
                            "catalogue_hash": "x", "config_hash": "y", "library_versions": {}, "created": "now"})
@@ -378,7 +379,7 @@ def test_pretrain_then_relearn_through_the_trainer(tmp_path):
     assert json.loads(r.output)["ndcg@10"] == pytest.approx(res_ft["test"]["ndcg@10"], abs=1e-12)
 
     # the bench: every policy x seed from the same pre-training run, resumable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
     import negative_transfer as nt
 
     out = tmp_path / "nt"
@@ -416,7 +417,7 @@ def test_pretrain_then_relearn_through_the_trainer(tmp_path):
 def test_negative_transfer_verdict():
     import importlib
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
     nt = importlib.import_module("negative_transfer")
 
     def runs(vals):

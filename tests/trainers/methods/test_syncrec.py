@@ -17,7 +17,8 @@ from mmrec.data.readers import read_dataset
 from mmrec.data.schema import Catalogue
 from mmrec.errors import ConfigError
 from mmrec.trainers.evaluation import metrics_by_group
-from mmrec.trainers.loop import RunConfig, Trainer
+from mmrec.runs.config import RunConfig
+from mmrec.trainers.loop import Trainer
 from mmrec.trainers.methods.syncrec import (
     SyNCRec,
     SyNCRecConfig,
@@ -431,7 +432,7 @@ def test_packing_benchmark_runs_both_layouts(monkeypatch, capsys):
     import runpy
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "syncrec_packing.py"
+    script = Path(__file__).resolve().parents[3] / "bench" / "syncrec_packing.py"
     monkeypatch.setattr("sys.argv", [str(script), "--domains", "3", "--items", "40", "--batch", "4",
                                      "--max-len", "8", "--steps", "1"])
     runpy.run_path(str(script), run_name="__main__")

@@ -6,6 +6,7 @@ the hub is switched off for the whole module."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -18,7 +19,13 @@ import torch.nn.functional as F
 
 from mmrec.errors import ConfigError
 from mmrec.features.base import Missing
-from mmrec.features.encoders import ENCODERS, TextTemplate, build_encoder, encoder_options, load_rgb
+from mmrec.features.encoders import (
+    ENCODERS,
+    TextTemplate,
+    build_encoder,
+    encoder_options,
+    load_rgb,
+)
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
@@ -98,7 +105,12 @@ WORDS = "red blue green shoe shoes shirt hat acme bolt fast runner cotton wool t
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        PreTrainedTokenizerFast,
+    )
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "|"]
@@ -433,7 +445,6 @@ TINY_CLIP = {
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> dict[str, Path]:
     open_clip = pytest.importorskip("open_clip")
-    from mmrec.features.encoders.clip import write_open_clip_folder
 
     d = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)
@@ -582,3 +593,18 @@ def test_model_folder_shipping_its_own_code_is_not_run_unless_trusted(tiny_bert,
     assert marker.exists()  # the option is what decides
     with pytest.raises(ConfigError, match="trust_remote_code"):
         build_encoder("bert", model=str(folder), trust_remote_code="perhaps")
+
+
+def write_open_clip_folder(folder: Path, model_cfg: dict, state_dict: dict | None = None,
+                           preprocess_cfg: dict | None = None) -> Path:
+    """A folder laid out as open_clip's hub models are (what ``model=<folder>`` loads):
+    ``open_clip_config.json`` and, when given, the weights as ``open_clip_model.safetensors``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg,
+                                                              "preprocess_cfg": preprocess_cfg or {}}, indent=1))
+    if state_dict is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
