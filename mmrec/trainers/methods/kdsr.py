@@ -1,7 +1,7 @@
 """KDSR (Hu, Liu, Li, Kan; "Lightweight Modality Adaptation to Sequential Recommendation via
 Correlation Supervision", ECIR 2024, arXiv 2401.07257; HoldenHu/KDSR).
 
-Items carry trainable *modality embeddings* ``M^m`` (one table per feature slot m in {text, image},
+Items carry trainable *modality embeddings* ``M^m`` (one table per feature modality m in {text, image},
 initialised from the stored features) besides their ID embedding ``E``. Training a sequential
 recommender moves ``M^m`` away from what the frozen encoder knew ("modality forgetting"); KDSR
 distils correlations of the *original* features ``F^m`` (the teacher) into ``M^m`` (the student),
@@ -22,12 +22,16 @@ and the position's state sums the last ``last_n`` (2) fused items (the code's ``
 
     x_{v,t} = dropout( sum_c softmax_c(g(c)) c ),  c in {E_v, G_t(v), M^text_v, M^image_v}
     h_t     = sum_{s = t - last_n + 1 .. t, s >= 1} x_{v_s, t}
+              (``last_n_clamp=true``, the code: s < 1 is read as s = 1, so a prefix shorter than
+              ``last_n`` counts its first item's state more than once)
     score(i | h) = <h_L, E_i>   (``score_with=id``, the code)   or <h_L, x_i> (``score_with=fused``)
 
 ``M^m`` starts as the rank-d truncated SVD of the features (``x V_d``, V_d the top right singular
 vectors of the uncentred present rows, so ``M M^T`` is the best rank-d approximation of the teacher
 dot products), rescaled so its entries have root-mean-square ``modality_scale``; columns beyond the
-feature dimension start at zero.
+feature dimension start at zero (``modality_init=svd``). ``modality_init=features`` (the code, whose
+features are already d = 128-dimensional) copies the features in as they are; it needs the feature
+dimension to equal ``hidden``.
 
 Correlation score ``cor`` (``model.metric``; Sec. 3.3.1 "xi"): cosine, dot, euclidean (L2 distance),
 manhattan (L1 distance), the same function for teacher and student, as the code.
@@ -75,8 +79,9 @@ as the loop counts), ``milestones`` = ``async_milestones``, gamma = ``async_gamm
     constant (the released code)                      lr_M(e) = lr / gamma^|milestones|
 
 With the code's ``schedule: [5, 10]`` and gamma 2: lr/4 for epochs 1-5, lr/2 for 6-10, lr from 11
-on (``constant``: lr/4 throughout). ``async_lr=false``: lr. Set by ``on_epoch_start``; logged as
-``lr_modality`` in metrics.jsonl.
+on (``constant``: lr/4 throughout). ``async_lr=false``: lr. Set by ``on_epoch_start`` as that factor
+times the main group's present rate (so a loop-level decay, as the code's StepLR, applies to both
+groups, as in the code); logged as ``lr_modality`` in metrics.jsonl.
 
 **Memory.** The code stores dense N x N teacher matrices (float64 scores and int64 codes per
 modality: 32 N^2 bytes, 2.3 GB for Beauty's 12k items, 320 GB for 100k). Here the teacher scores
@@ -84,18 +89,24 @@ and codes are computed per batch from the batch's own feature rows ([B, L, L] an
 the only catalogue-sized tensors are the feature tables and embeddings (N x dim). See
 ``bench/kdsr_memory.py``.
 
-**Differences from the released code** (and the flags that restore it where it matters):
+**Differences from the released code** (and the flags that restore it where it matters; the
+comparison, tensor by tensor, is ``bench/side_by_side_kdsr.py``, its table and every setting in
+docs/fidelity/kdsr.md, the settings as data in ``mmrec/trainers/presets/kdsr.py``):
 
 - Backbone: the code runs only the session-graph relational GAT with ``last_sum`` pooling (its
   SASRec and GRU4Rec classes are not wired in); the default here is SASRec over the gate-fused items
   (the paper reports several backbones), and ``backbone=graph`` is the code's. For the graph, the
   code builds one graph per training prefix; here every prefix of a row is scored at once
   (``prefix_relations`` gives each position's relations within its own prefix), which is the same
-  set of samples and the same states at O(L^2) per row. Differences in the graph path: dropout on
-  the attention weights (the code drops attention logits, where a dropped -9e15 becomes 0 and
-  un-masks an absent edge); a one-item prefix sums its one state once (the code's clamped gather
-  counts it ``last_n`` times); the code truncates a long history to its *first* ``max_len`` items,
-  here the last.
+  set of samples and the same states at O(L^2) per row (``train.windows=prefixes`` makes each prefix
+  a row of its own, as the code's samples; then the distillation terms are also per prefix, as the
+  code's). Differences in the graph path: dropout on the attention weights (the code drops attention
+  logits, where a dropped -9e15 becomes 0 and un-masks an absent edge, padding nodes included: not
+  reproducible draw for draw, no flag); the code's ``dropout_output`` drops each node's fused vector
+  once, here each position's (the same node at the last two positions gets two masks); a prefix
+  shorter than ``last_n`` sums its states once (the code's clamped gather counts the first position
+  again: ``last_n_clamp=true``). Both keep the last ``max_len`` (50) items of a history (the code in
+  its preprocessing, ``seq[:-i][-max_length:]``).
 - Loss weights: the code multiplies the image-code loss by ``t_s_weight`` and the text-holistic loss
   by ``v_c_weight`` (effective image 4 / 4, text 0.5 / 0.5). Default here is the evident intent
   (image-holistic 4, image-code 0.5, text-holistic 4, text-code 0.5); ``code_weight_bug=true``
@@ -104,8 +115,9 @@ the only catalogue-sized tensors are the feature tables and embeddings (N x dim)
   the paper's description and raises it at the milestones (``step``).
 - Teacher features are the stored features as extracted (e.g. 384-d text, 256-d image); the code
   first reduces both to 128-d with a sigmoid autoencoder. The trainable tables are initialised by
-  truncated SVD (the code copies the autoencoder output in). Items without a feature use a learned
-  missing vector and take no part in that modality's distillation (the code uses zero rows).
+  truncated SVD (the code copies the autoencoder output in: ``modality_init=features``). Items
+  without a feature use a learned missing vector and take no part in that modality's distillation
+  (the code uses zero rows).
 - Sub-vectors: ``torch.tensor_split`` (near-equal parts when the dimension is not a multiple of
   ``code_subspaces``; ``np.split`` would fail). Codebook: seeded k-means on a sample of pairs, not
   ``MiniBatchKMeans`` on all N^2 pairs; the ``vq``/faiss alternative is not provided.
@@ -131,7 +143,7 @@ from torch import nn
 
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import present_slots
+from mmrec.trainers.modules.items import present_modalities
 from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
 from mmrec.trainers.modules.sequence import (
     RelationalGAT,
@@ -152,11 +164,16 @@ class KDSRConfig(TransformerConfig):
     backbone: Literal["sasrec", "gru4rec", "nextitnet", "graph"] = "sasrec"
     # backbone=graph (the code's session-graph RGAT with last_sum pooling; module docstring)
     last_n: int = 2
+    # True: the code's clamped last_sum gather (a prefix shorter than last_n repeats its first state)
+    last_n_clamp: bool = False
     graph_slope: float = 0.1
     graph_dropout: float = 0.2
     score_with: Literal["id", "fused"] = "id"
     feature_dropout: float = 0.1  # dropout on the gate-fused item vectors (the code's dropout_output 0.4)
     modality_scale: float = 0.5  # RMS of the initial modality tables (the code's sigmoid-AE features ~0.5)
+    # svd: rank-d truncated SVD of the features at RMS modality_scale; features: the features copied in
+    # as they are (the code; feature dimension == hidden)
+    modality_init: Literal["svd", "features"] = "svd"
     metric: Literal["cosine", "dot", "euclidean", "manhattan"] = "cosine"
     # holistic correlation distillation
     holistic: bool = True
@@ -411,11 +428,11 @@ class KDSR(SequentialRecommender):
 
     def __init__(self, cfg: KDSRConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        self.slots = present_slots(self.name, self.features, self.modalities)
+        self.used_modalities = present_modalities(self.name, self.features, self.modalities)
         d = cfg.hidden
         self.item = nn.Embedding(n_items + 1, d, padding_idx=0)
-        self.modality = nn.ModuleDict({s: nn.Embedding(n_items + 1, d) for s in self.slots})
-        self.missing = nn.ParameterDict({s: nn.Parameter(torch.randn(d) * cfg.init_std) for s in self.slots})
+        self.modality = nn.ModuleDict({s: nn.Embedding(n_items + 1, d) for s in self.used_modalities})
+        self.missing = nn.ParameterDict({s: nn.Parameter(torch.randn(d) * cfg.init_std) for s in self.used_modalities})
         self.gate = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 1))
         self.dropout = nn.Dropout(cfg.feature_dropout)
         if cfg.backbone == "graph":
@@ -426,14 +443,14 @@ class KDSR(SequentialRecommender):
                                           inner=cfg.inner, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
                                           act=cfg.act, position=cfg.position)
         if cfg.holistic:  # P^m = Lin_2(Lin_1(M^m))
-            self.cor_project = nn.ModuleDict({s: nn.Sequential(nn.Linear(d, d), nn.Linear(d, d)) for s in self.slots})
+            self.cor_project = nn.ModuleDict({s: nn.Sequential(nn.Linear(d, d), nn.Linear(d, d)) for s in self.used_modalities})
         if cfg.codes:
             self.code_head = nn.ModuleDict({s: nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, cfg.code_count))
-                                            for s in self.slots})
+                                            for s in self.used_modalities})
         init_weights(self, cfg.init_std)  # as the code: N(0, 0.02) everywhere, then the tables from features
         if cfg.backbone == "graph":
             self.graph.reset_parameters()  # the code's RGAT keeps its own uniform initialisation
-        for s in self.slots:
+        for s in self.used_modalities:
             f = self.features[s]
             if f.table.dim() != 2:
                 raise ConfigError(f"the {s} features are token sequences {list(f.table.shape[1:])}; kdsr reads one "
@@ -450,7 +467,13 @@ class KDSR(SequentialRecommender):
             self.register_buffer(f"feat_{s}", f.table.float(), persistent=False)
             self.register_buffer(f"present_{s}", present, persistent=False)
             with torch.no_grad():
-                self.modality[s].weight.copy_(svd_init(f.table, present, d, cfg.modality_scale))
+                if cfg.modality_init == "features":
+                    if f.dim != d:
+                        raise ConfigError(f"model.modality_init=features copies the {s} features into the {s} table: "
+                                          f"their dimension {f.dim} must equal model.hidden={d} (or use svd)")
+                    self.modality[s].weight.copy_(torch.where(present[:, None], f.table.float(), 0.0))
+                else:
+                    self.modality[s].weight.copy_(svd_init(f.table, present, d, cfg.modality_scale))
             if cfg.codes:
                 self.register_buffer(f"codebook_{s}", fit_codebook(f.table, present, cfg))
         with torch.no_grad():
@@ -465,7 +488,7 @@ class KDSR(SequentialRecommender):
     def modality_vectors(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{m: M^m_v}`` for ``ids`` of any shape (the missing vector where v has no m feature)."""
         out = {}
-        for s in self.slots:
+        for s in self.used_modalities:
             v = self.modality[s](ids)
             has = getattr(self, f"present_{s}")[ids]
             out[s] = torch.where(has.unsqueeze(-1), v, self.missing[s].to(v.dtype))
@@ -477,7 +500,7 @@ class KDSR(SequentialRecommender):
         (the RGAT state of each item) is one more gate candidate, as in the code."""
         mods = self.modality_vectors(ids) if mods is None else mods
         extra = [] if graph is None else [graph]
-        cand = torch.stack([self.item(ids), *extra, *(mods[s] for s in self.slots)], dim=-2)  # [..., C, d]
+        cand = torch.stack([self.item(ids), *extra, *(mods[s] for s in self.used_modalities)], dim=-2)  # [..., C, d]
         w = torch.softmax(self.gate(cand).squeeze(-1), dim=-1)
         x = self.dropout((w.unsqueeze(-1) * cand).sum(-2))
         return x.masked_fill((ids == 0).unsqueeze(-1), 0.0)
@@ -486,17 +509,32 @@ class KDSR(SequentialRecommender):
         """``backbone=graph``: the state at position t is the sum, over the last ``last_n`` positions
         s = t, t-1, ... of the prefix, of the gate-fused vector of the item at s, whose graph candidate
         is its RGAT state in the session graph of ``items[:t + 1]`` (every prefix is a training sample
-        of the code; here all prefixes of a row at once, so position t sees only positions <= t)."""
+        of the code; here all prefixes of a row at once, so position t sees only positions <= t).
+        ``last_n_clamp``: a position s < 0 reads position 0 (the code's clamped gather), in the graph of
+        the same prefix."""
         mods = self.modality_vectors(items) if mods is None else mods
         b, l = items.shape
         node = session_nodes(items)
         e = self.item(items)  # node j's features: the id embedding at its first-occurrence position j
         t = torch.arange(l, device=items.device)
         h = torch.zeros(b, l, self.cfg.hidden, device=e.device, dtype=e.dtype)
-        for lag in range(min(self.cfg.last_n, l)):
+        clamp = self.cfg.last_n_clamp
+        rels: dict[int, torch.Tensor] = {}
+
+        def relations(lag: int) -> torch.Tensor:
+            if lag not in rels:
+                rels[lag] = prefix_relations(items, lag)
+            return rels[lag]
+
+        for lag in range(self.cfg.last_n if clamp else min(self.cfg.last_n, l)):
             src = (t - lag).clamp(min=0)
-            g = self.graph(e, prefix_relations(items, lag), node[:, src])
-            ids = torch.where((t >= lag)[None, :], items[:, src], 0)
+            rel = relations(lag)
+            if clamp and lag > 0:  # rows t < lag: the node of position 0 in the graph of prefix t
+                rel = rel.clone()
+                for t0 in range(min(lag, l)):
+                    rel[:, t0] = relations(t0)[:, t0]
+            g = self.graph(e, rel, node[:, src])
+            ids = items[:, src] if clamp else torch.where((t >= lag)[None, :], items[:, src], 0)
             x = self.fuse(ids, {s: v[:, src] for s, v in mods.items()}, graph=g)
             h = h + x  # fuse() zeroes padding and the positions before the start
         return h
@@ -516,16 +554,16 @@ class KDSR(SequentialRecommender):
         return None if self.encoder is None else self.fuse(items)  # None: the graph backbone
 
     # -- distillation --------------------------------------------------------------------------------
-    def pair_mask(self, items: torch.Tensor, slot: str, first: torch.Tensor | None = None) -> torch.Tensor:
-        """``C`` ``[B, L, L]``: both positions are first occurrences of items with a ``slot`` feature."""
+    def pair_mask(self, items: torch.Tensor, modality: str, first: torch.Tensor | None = None) -> torch.Tensor:
+        """``C`` ``[B, L, L]``: both positions are first occurrences of items with a ``modality`` feature."""
         first = _first_occurrence(items) if first is None else first
-        node = first & getattr(self, f"present_{slot}")[items]
+        node = first & getattr(self, f"present_{modality}")[items]
         return node[:, :, None] & node[:, None, :]
 
     def holistic_terms(self, items: torch.Tensor, mods: dict[str, torch.Tensor],
                        first: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
-        for s in self.slots:
+        for s in self.used_modalities:
             mask = self.pair_mask(items, s, first)
             with torch.no_grad(), torch.autocast(items.device.type, enabled=False):
                 teacher = pairwise_correlation(getattr(self, f"feat_{s}")[items], self.cfg.metric)
@@ -533,7 +571,7 @@ class KDSR(SequentialRecommender):
             out[f"holistic_{s}"] = holistic_loss(student, teacher, mask, self.cfg.tau)
         return out
 
-    def code_targets(self, items: torch.Tensor, slot: str, mask: torch.Tensor
+    def code_targets(self, items: torch.Tensor, modality: str, mask: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The code-loss pairs of a batch: indices ``(b, i, j)`` with ``i <= j`` under ``mask`` (a
         uniform sample of ``max_code_pairs`` when set), their teacher codes and weights (2 off the
@@ -545,16 +583,16 @@ class KDSR(SequentialRecommender):
             keep = torch.randperm(len(b), device=b.device)[:cap]
             b, i, j = b[keep], i[keep], j[keep]
         with torch.no_grad(), torch.autocast(items.device.type, enabled=False):
-            feats = getattr(self, f"feat_{slot}")[items]  # [B, L, D]
+            feats = getattr(self, f"feat_{modality}")[items]  # [B, L, D]
             vec = subspace_pairwise_correlation(feats, self.cfg.code_subspaces, self.cfg.metric)[b, i, j]
-            codes = assign_codes(vec, getattr(self, f"codebook_{slot}"))
+            codes = assign_codes(vec, getattr(self, f"codebook_{modality}"))
         weight = torch.where(i == j, 1.0, 2.0)
         return torch.stack([b, i, j]), codes, weight
 
     def code_terms(self, items: torch.Tensor, mods: dict[str, torch.Tensor],
                    first: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
-        for s in self.slots:
+        for s in self.used_modalities:
             (b, i, j), codes, weight = self.code_targets(items, s, self.pair_mask(items, s, first))
             m = mods[s]
             logits = self.code_head[s]((m[b, i] - m[b, j]).abs())
@@ -569,7 +607,7 @@ class KDSR(SequentialRecommender):
         if c.code_weight_bug:  # the released code: image-code x t_s, text-holistic x v_c
             w["code_image"], w["holistic_text"] = c.text_holistic_weight, c.image_code_weight
         kinds = [k for k, on in (("holistic", c.holistic), ("code", c.codes)) if on]
-        return {f"{k}_{s}": w[f"{k}_{s}"] for s in self.slots for k in kinds}
+        return {f"{k}_{s}": w[f"{k}_{s}"] for s in self.used_modalities for k in kinds}
 
     # -- training ------------------------------------------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
@@ -603,10 +641,17 @@ class KDSR(SequentialRecommender):
                 {"params": slow, "name": "modality", "lr": modality_lr(lr, self._epoch, self.cfg), "base_lr": lr}]
 
     def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        """Sets the modality group's rate to ``modality_lr``'s factor times the main group's present
+        rate, so a decay the loop's schedule already applied to the main group (a chained scheduler)
+        carries over; the factor is also left in the group as ``lr_factor`` for a loop schedule that
+        recomputes each group's rate in closed form from its initial rate."""
         self._epoch = epoch
+        main = next((g for g in optimizer.param_groups if g.get("name") == "main"), None)
         for g in optimizer.param_groups:
             if g.get("name") == "modality":
-                g["lr"] = modality_lr(g["base_lr"], epoch, self.cfg)
+                factor = modality_lr(1.0, epoch, self.cfg)
+                g["lr"] = factor * (g["base_lr"] if main is None else main["lr"])
+                g["lr_factor"] = factor
                 self._modality_lr = g["lr"]
 
     def epoch_report(self) -> dict[str, Any]:
