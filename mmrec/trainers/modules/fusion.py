@@ -29,6 +29,13 @@ Differences from MMSR's code, on purpose: the inputs are already projected to d 
 per-modality projection inside ``sum``/``concat``), the MLP is 2 layers ending with a linear map, and the
 attention kinds see one vector per modality (token sequences are pooled before). With one token per
 modality, ``coattention`` with two modalities attends to a single key, so its attention weights are 1.
+
+``merged_attention`` also takes token sequences (``AttentionFusion.fuse_tokens``: each modality's tokens
+``[N, T_m, d]`` with a validity mask, all concatenated into one sequence, padding tokens masked as keys,
+then the mean over the valid tokens), which is MMSR's code (``model/modeling.py`` ``MergedAttention``).
+The code's block is BERT's: GELU FFN, 12 heads at d = 768, and token-type embeddings that are computed
+but never added (``act="gelu"``, ``heads=12``, ``type_embedding=False`` reproduce it; the defaults keep
+mmrec's ReLU, one head and an added modality embedding).
 """
 
 from __future__ import annotations
@@ -153,17 +160,22 @@ class AttentionFusion(Fusion):
     """
 
     def __init__(self, d: int, n_modalities: int, dropout: float = 0.0, heads: int = 1, cross: bool = False,
-                 inner: int | None = None, out_gain: float | None = None):
+                 inner: int | None = None, out_gain: float | None = None, act: str = "relu",
+                 type_embedding: bool = True):
         super().__init__(d, n_modalities)
         if cross and n_modalities < 2:
             raise ValueError(f"coattention needs at least 2 modalities, got {n_modalities}")
         if out_gain is not None and not out_gain > 0:
             raise ValueError(f"out_gain must be positive (or None for 1/sqrt(d)), got {out_gain}")
+        if act not in ("relu", "gelu"):
+            raise ValueError(f"act must be 'relu' or 'gelu', not {act!r}")
         self.cross = cross
-        self.type_emb = nn.Embedding(n_modalities, d)
-        nn.init.normal_(self.type_emb.weight, 0.0, 0.02)
+        # a learned modality embedding added to each token; MMSR's code computes one and never adds it
+        self.type_emb = nn.Embedding(n_modalities, d) if type_embedding else None
+        if self.type_emb is not None:
+            nn.init.normal_(self.type_emb.weight, 0.0, 0.02)
         self.attn = SelfAttention(d, heads, dropout, dropout)
-        self.ffn = FeedForward(d, inner or 4 * d, dropout, act="relu")
+        self.ffn = FeedForward(d, inner or 4 * d, dropout, act=act)
         nn.init.constant_(self.ffn.norm.weight, d ** -0.5 if out_gain is None else out_gain)
         mask = ~torch.eye(n_modalities, dtype=torch.bool) if cross else None  # True = may attend
         self.register_buffer("mask", mask, persistent=False)
@@ -171,21 +183,47 @@ class AttentionFusion(Fusion):
     def fuse(self, xs: list[torch.Tensor]) -> torch.Tensor:
         tokens = torch.stack(xs, -2)  # [..., n, d]
         lead = tokens.shape[:-2]
-        h = tokens.reshape(-1, self.n_modalities, self.d) + self.type_emb.weight
+        h = tokens.reshape(-1, self.n_modalities, self.d)
+        if self.type_emb is not None:
+            h = h + self.type_emb.weight
         h = self.ffn(self.attn(h, self.mask, False))
         h = h.sum(-2) if self.cross else h.mean(-2)
         return h.reshape(*lead, self.d)
 
+    def fuse_tokens(self, xs: Sequence[torch.Tensor], valid: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``merged_attention`` over token sequences: ``xs[m]`` ``[N, T_m, d]`` (modality m's tokens),
+        ``valid[m]`` ``[N, T_m]`` bool (False: a padding token, never attended to and left out of the
+        mean). All tokens form one sequence in one self-attention block; the output ``[N, d]`` is the
+        mean of the block's outputs over the valid tokens (MMSR's ``MergedAttention``). Each row needs
+        at least one valid token."""
+        if self.cross:
+            raise ValueError("token sequences are supported by merged_attention only, not coattention")
+        if len(xs) != self.n_modalities or len(valid) != self.n_modalities:
+            raise ValueError(f"expected {self.n_modalities} token tensors and masks, got {len(xs)} and {len(valid)}")
+        parts = []
+        for m, x in enumerate(xs):
+            if x.dim() != 3 or x.shape[-1] != self.d or valid[m].shape != x.shape[:2]:
+                raise ValueError(f"modality {m}: tokens must be [N, T, {self.d}] with a [N, T] mask, got "
+                                 f"{tuple(x.shape)} and {tuple(valid[m].shape)}")
+            parts.append(x if self.type_emb is None else x + self.type_emb.weight[m])
+        h = torch.cat(parts, 1)
+        keep = torch.cat([v.bool() for v in valid], 1)  # [N, S]
+        h = self.ffn(self.attn(h, keep[:, None, None, :], False))
+        w = keep.to(h.dtype).unsqueeze(-1)
+        return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
+
 
 def build_fusion(kind: str, d: int, n_modalities: int, dropout: float = 0.0, heads: int = 1,
-                 out_gain: float | None = None) -> Fusion:
+                 out_gain: float | None = None, act: str = "relu", type_embedding: bool = True) -> Fusion:
     """The fusion module ``kind`` (one of ``FUSION_KINDS``) for ``n_modalities`` vectors of size ``d``;
-    ``out_gain`` is the attention kinds' initial output gain (``AttentionFusion``), unused by the others."""
+    ``out_gain``, ``act`` (the FFN's activation) and ``type_embedding`` (whether the modality embedding is
+    added) are the attention kinds' (``AttentionFusion``), unused by the others."""
     base = kind[:-len("_mlp")] if kind.endswith("_mlp") else kind
     if kind not in FUSION_KINDS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of: {', '.join(FUSION_KINDS)}")
     if kind in ATTENTION_KINDS:
-        return AttentionFusion(d, n_modalities, dropout, heads, cross=kind == "coattention", out_gain=out_gain)
+        return AttentionFusion(d, n_modalities, dropout, heads, cross=kind == "coattention", out_gain=out_gain,
+                               act=act, type_embedding=type_embedding)
     fusion: Fusion = {"sum": SumFusion, "concat": ConcatFusion, "film": FiLMFusion, "gated": GatedFusion}[base](
         d, n_modalities)
     return MLPFusion(fusion, dropout) if kind.endswith("_mlp") else fusion

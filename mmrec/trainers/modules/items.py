@@ -1,10 +1,10 @@
 """Item representations from frozen features: the block every feature-based method shares.
 
-``FeatureItems`` holds the stored feature tables of an item catalogue (one per slot: text, image,
+``FeatureItemEncoder`` holds the stored feature tables of an item catalogue (one per modality: text, image,
 price) as non-persistent buffers (they are reloaded from the feature store, never written into
 checkpoints) and maps them into the recommender's space:
 
-    v_m(i) = adaptor_m(x_m(i))            if item i has a feature for slot m
+    v_m(i) = adaptor_m(x_m(i))            if item i has a feature for modality m
            = missing_m                    otherwise (a learned vector: never a silent zero)
     v(i)   = fusion(v_1(i), ..., v_M(i))
 
@@ -12,6 +12,20 @@ checkpoints) and maps them into the recommender's space:
 parametric whitening experts with a Gaussian-routed gate) or ``mlp``. ``table()`` gives
 ``[n_items + 1, d]`` for every item (row 0, padding, is zero); ``lookup(ids)`` gives the rows of
 some ids without computing the others.
+
+Two options, off by default (MMSR's presets turn them on):
+
+- ``modality_norm``: each stored feature goes through a LayerNorm without learned gain or bias before
+  its adaptor, ``v_m(i) = adaptor_m(LN(x_m(i)))`` (per token for token features). MMSR's encoders
+  (RoBERTa, ViT-MAE) end in a LayerNorm, so the code's projections read normalised tokens; stored
+  features need not be (EfficientNet-Lite0's pooled vectors are about 6x the norm of MiniLM's, which
+  then dominate the fusion). A gain and bias there would be redundant before a linear adaptor.
+- ``tokens``: features stored as token sequences ``[n_items + 1, T, D]`` (``--pooling tokens``; pooled
+  ``[n_items + 1, D]`` tables count as one token) are adapted token by token and fused by
+  ``merged_attention`` over all tokens of all modalities (``AttentionFusion.fuse_tokens``), MMSR's
+  code. A token is valid when its feature row is not all zero (padding) and the item has the
+  modality; an item without it has one valid token, the missing vector. With one modality there is no
+  fusion: the item is the mean of its valid adapted tokens (the code's text-only tower).
 """
 
 from __future__ import annotations
@@ -38,20 +52,20 @@ class FeatureConfig:
     # code, which sat on a plateau with cross-entropy over all items on ml-1m (docs/results.md)
     fusion_gain: float | None = None
 
-    def feature_items(self, features: dict[str, Any], slots: list[str], d: int) -> FeatureItems:
-        """The ``FeatureItems`` of ``slots`` these settings describe (adaptor, fusion and its gain, dropout)."""
-        return FeatureItems(features, slots, d, adaptor=self.adaptor, fusion=self.fusion,
+    def feature_items(self, features: dict[str, Any], modalities: list[str], d: int) -> FeatureItemEncoder:
+        """The ``FeatureItemEncoder`` of ``modalities`` these settings describe (adaptor, fusion and its gain, dropout)."""
+        return FeatureItemEncoder(features, modalities, d, adaptor=self.adaptor, fusion=self.fusion,
                             fusion_gain=self.fusion_gain, dropout=self.feature_dropout)
 
 
-def present_slots(method: str, features: dict[str, Any], accepted: tuple[str, ...]) -> list[str]:
-    """The accepted slots that have features, in the method's order; an error if there are none."""
-    slots = [s for s in accepted if s in features]
-    if not slots:
+def present_modalities(method: str, features: dict[str, Any], accepted: tuple[str, ...]) -> list[str]:
+    """The accepted modalities that have features, in the method's order; an error if there are none."""
+    modalities = [s for s in accepted if s in features]
+    if not modalities:
         example = ",".join(f"{s}=ENTRY" for s in accepted[:2])
         raise ConfigError(f"{method} builds items from features: give --features {example} (at least one of "
                           f"{', '.join(accepted)})")
-    return slots
+    return modalities
 
 
 def make_adaptor(kind: str, in_dim: int, out_dim: int, *, dropout: float = 0.0, n_experts: int = 8) -> nn.Module:
@@ -66,49 +80,108 @@ def make_adaptor(kind: str, in_dim: int, out_dim: int, *, dropout: float = 0.0, 
     raise ConfigError(f"unknown adaptor {kind!r}; use linear, mlp or moe")
 
 
-class FeatureItems(nn.Module):
-    """Item vectors ``[*, d]`` from the stored features of ``slots`` (see the module docstring)."""
+class FeatureItemEncoder(nn.Module):
+    """Item vectors ``[*, d]`` from the stored features of ``modalities`` (see the module docstring)."""
 
-    def __init__(self, features: dict[str, Any], slots: tuple[str, ...] | list[str], d: int, *,
+    def __init__(self, features: dict[str, Any], modalities: tuple[str, ...] | list[str], d: int, *,
                  adaptor: str = "linear", fusion: str = "sum", dropout: float = 0.0, n_experts: int = 8,
-                 layer_norm: bool = False, fusion_gain: float | None = None):
+                 layer_norm: bool = False, fusion_gain: float | None = None, modality_norm: bool = False,
+                 tokens: bool = False, fusion_heads: int = 1, fusion_act: str = "relu",
+                 fusion_type_embedding: bool = True, item_chunk: int = 4096):
         super().__init__()
-        if not slots:
-            raise ConfigError("no feature slots to build items from")
-        self.slots = list(slots)
+        if not modalities:
+            raise ConfigError("no feature modalities to build items from")
+        self.modalities = list(modalities)
+        self.tokens = tokens
+        self.item_chunk = item_chunk
+        if tokens and len(self.modalities) > 1 and fusion != "merged_attention":
+            raise ConfigError(f"token features are fused by merged_attention only (MMSR's code), not {fusion!r}: "
+                              "set model.fusion=merged_attention or read pooled features")
         self.adaptors = nn.ModuleDict()
         self.missing = nn.ParameterDict()
-        for s in self.slots:
+        self.modality_norms = nn.ModuleDict()
+        for s in self.modalities:
             f = features[s]
-            if f.table.dim() != 2:
+            table = f.table.float()
+            if table.dim() != 2 and not tokens:
                 raise ConfigError(f"the {s} features are token sequences {list(f.table.shape[1:])}; this method "
                                   "reads one vector per item: extract with --pooling cls/mean/pooled")
-            self.register_buffer(f"feat_{s}", f.table.float(), persistent=False)
-            self.register_buffer(f"present_{s}", f.present.bool(), persistent=False)
+            present = f.present.bool()
+            if tokens:
+                if table.dim() == 2:
+                    table = table[:, None, :]
+                if table.dim() != 3:
+                    raise ConfigError(f"the {s} features have shape {list(f.table.shape)}: expected [items, D] "
+                                      "or [items, T, D]")
+                valid = (table != 0).any(-1) & present[:, None]
+                valid[:, 0] = True  # the first token always takes part (the missing vector if absent)
+                self.register_buffer(f"valid_{s}", valid, persistent=False)
+            self.register_buffer(f"feat_{s}", table, persistent=False)
+            self.register_buffer(f"present_{s}", present, persistent=False)
+            if modality_norm:
+                self.modality_norms[s] = nn.LayerNorm(table.shape[-1], elementwise_affine=False)
             self.adaptors[s] = make_adaptor(adaptor, f.dim, d, dropout=dropout, n_experts=n_experts)
             self.missing[s] = nn.Parameter(torch.randn(d) * 0.02)
         self.norm = nn.LayerNorm(d) if layer_norm else nn.Identity()
         if fusion_gain is not None and not fusion_gain > 0:
             raise ConfigError(f"model.fusion_gain must be positive (or unset: 1/sqrt(hidden)), got {fusion_gain}")
-        if len(self.slots) > 1:
+        if len(self.modalities) > 1:
             from mmrec.trainers.modules.fusion import build_fusion
 
-            self.fusion = build_fusion(fusion, d, len(self.slots), dropout, out_gain=fusion_gain)
+            self.fusion = build_fusion(fusion, d, len(self.modalities), dropout, heads=fusion_heads,
+                                       out_gain=fusion_gain, act=fusion_act, type_embedding=fusion_type_embedding)
         else:
             self.fusion = None
         self.d = d
 
-    def _slot(self, s: str, ids: torch.Tensor | None) -> torch.Tensor:
+    def _adapt(self, s: str, x: torch.Tensor) -> torch.Tensor:
+        if s in self.modality_norms:
+            x = self.modality_norms[s](x)
+        return self.norm(self.adaptors[s](x))
+
+    def _modality(self, s: str, ids: torch.Tensor | None) -> torch.Tensor:
+        if self.tokens:
+            tok, valid = self._modality_tokens(s, ids)
+            w = valid.to(tok.dtype).unsqueeze(-1)
+            return (tok * w).sum(-2) / w.sum(-2).clamp(min=1.0)
         x = getattr(self, f"feat_{s}")
         present = getattr(self, f"present_{s}")
         if ids is not None:
             x, present = x[ids], present[ids]
-        v = self.norm(self.adaptors[s](x))
+        v = self._adapt(s, x)
         return torch.where(present.unsqueeze(-1), v, self.missing[s].to(v.dtype))
 
+    def _modality_tokens(self, s: str, ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapted tokens ``[*, T, d]`` of modality ``s`` and their validity ``[*, T]`` (``tokens`` only);
+        an item without the modality: the missing vector as its first (only valid) token."""
+        x, present, valid = (getattr(self, f"{k}_{s}") for k in ("feat", "present", "valid"))
+        if ids is not None:
+            x, present, valid = x[ids], present[ids], valid[ids]
+        v = self._adapt(s, x)
+        first = torch.zeros(v.shape[-2], dtype=torch.bool, device=v.device)
+        first[0] = True
+        absent = (~present)[..., None, None] & first[:, None]
+        return torch.where(absent, self.missing[s].to(v.dtype), v), valid
+
+    def _fused(self, ids: torch.Tensor | None) -> torch.Tensor:
+        if not self.tokens:
+            parts = [self._modality(s, ids) for s in self.modalities]
+            return parts[0] if self.fusion is None else self.fusion(parts)
+        if self.fusion is None:
+            return self._modality(self.modalities[0], ids)
+        toks, valid = zip(*(self._modality_tokens(s, ids) for s in self.modalities))
+        lead = toks[0].shape[:-2]
+        flat = [t.reshape(-1, *t.shape[-2:]) for t in toks]
+        keep = [v.reshape(-1, v.shape[-1]) for v in valid]
+        return self.fusion.fuse_tokens(flat, keep).reshape(*lead, self.d)
+
     def _combine(self, ids: torch.Tensor | None) -> torch.Tensor:
-        parts = [self._slot(s, ids) for s in self.slots]
-        out = parts[0] if self.fusion is None else self.fusion(parts)
+        if ids is None and self.tokens:  # the whole table, in chunks of items (token sequences are large)
+            n = getattr(self, f"feat_{self.modalities[0]}").shape[0]
+            out = torch.cat([self._fused(torch.arange(a, min(a + self.item_chunk, n), device=self.missing[
+                self.modalities[0]].device)) for a in range(0, n, self.item_chunk)])
+        else:
+            out = self._fused(ids)
         pad = (ids == 0) if ids is not None else torch.arange(out.shape[0], device=out.device) == 0
         return out.masked_fill(pad.unsqueeze(-1), 0.0)
 
@@ -121,5 +194,6 @@ class FeatureItems(nn.Module):
         return self._combine(ids)
 
     def modality_vectors(self, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Each slot's adapted vectors before fusion (for methods that keep modalities apart)."""
-        return {s: self._slot(s, ids) for s in self.slots}
+        """Each modality's adapted vectors before fusion (for methods that keep modalities apart; with
+        ``tokens``, the mean of each item's valid adapted tokens)."""
+        return {s: self._modality(s, ids) for s in self.modalities}
