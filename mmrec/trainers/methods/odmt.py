@@ -31,7 +31,7 @@ whose modality has no features is absent), ``s^m(j) = <h^m_L, e^m(j)>``.
 
 Loss (``train.loss=ce``: for ODMT this is the debiased in-batch cross-entropy, not a softmax over all
 items). For a position n (row b, target t_n), the candidates are the targets t_j of every position of
-the batch:
+the batch (with ``model.first_item_candidates`` also each row's first input item, as the code):
 
     z^m_{nj} = <h^m_n, e^m(t_j)> - log p(t_j),     p(i) = count(i) / sum_k count(k)   (training counts)
 
@@ -59,25 +59,39 @@ for both the IMT and the SASRecs (ODMT's code); ``temperature`` 0.3 and ``rampup
 Arts settings of ``run_arts.py`` (H&M 0.5 / 60, Office 0.4 / 40, KS 0.5 / 50); ``id_init=mean``
 (Arts, Office, H&M). ``hidden`` stays at mmrec's 64 (the code uses 768).
 
-**Differences from the code.**
-- The ID table is d-dimensional and enters the IMT directly; the code keeps a 768-d table (the raw
-  averaged [CLS] tokens) followed by a Linear ``id_proj``. Here the initialisation averages the class
-  tokens after each modality's own projection, which works when text and image dimensions differ.
-- In-batch candidates are the batch's *targets* (the shared ``in_batch_logpop_logits``); the code also
-  uses the first input item of each sequence as a candidate. Masked logits are -inf, not -1e4.
-  The code has one column per target position (N = B x L columns, ``model.candidates=positions``);
-  the default ``items`` has one column per distinct target item with log(count) added to its logit,
-  which gives the same losses and gradients (tests/test_odmt.py) at K <= min(N, n_items) columns:
-  on ml-1m (256 x 50 positions, 3,416 items) a quarter of the logits or fewer.
-- The item popularity comes from the loop (``item_popularity``, training counts); without it (a model
-  used outside the loop) the in-batch target counts are used.
-- The IMT padding mask applies to every modality (all-zero token rows); the code masks text only.
+**Differences from the code** (bench/side_by_side_odmt.py compares mmrec with the code's flags against
+xyliugo/ODMT@3d2ba25 to 1e-5: IMT states, item vectors, sequence states, logits, every loss term,
+every gradient, 20 AdamW steps; docs/fidelity/odmt.md). Each default below has a flag for the code's
+behaviour; ``--preset code`` sets them all.
+- ``id_dim=0``: the ID table is d-dimensional and enters the IMT directly, its initialisation
+  averaging the class tokens after each modality's own projection (which works when text and image
+  dimensions differ). ``id_dim=D`` is the code's layout: a D-dimensional table (768 in the code)
+  holding the raw averaged [CLS] tokens, then a Linear ``id_proj`` (same forward at the start; the
+  optimiser then moves a different parametrisation).
+- ``first_item_candidates=false``: in-batch candidates are the batch's *targets*; ``true`` adds each
+  row's first input item, as the code's candidates are all B x (S + 1) item slots of the batch.
+  Masked logits are -inf, not -1e4 (the same softmax in float32).
+- ``candidates=items`` (default) has one column per distinct candidate item with log(count) added to
+  its logit, the same losses and gradients as the code's one column per slot (``positions``) at
+  K <= min(N, n_items) columns: on ml-1m (256 x 50 positions, 3,416 items) a quarter of the logits
+  or fewer.
+- ``attn_bias=true``: the attention's Q/K/V and output projections have biases (mmrec's shared
+  ``SelfAttention``); the code's have none (``false``).
+- ``detach_teacher=true``: teachers are detached; the code lets gradients reach them (``false``).
 - ``in_batch_mask`` defaults to ``label``: the code's ``window`` mask never uses a user's own items as
   negatives, which is only consistent with an evaluation that masks the history (ODMT evaluates with
   history items at -inf). Under mmrec's default ``eval.history_mask=none`` it leaves the model free to
   rank the items just consumed on top (on the ring of the overfit test, valid HR@5 falls from 0.95 to
   0.5 while the training loss goes to 0). ``window`` with ``eval.history_mask=whole`` reproduces ODMT.
-- Optimiser and clipping are the loop's (Adam, ``train.grad_clip``), not AdamW (wd 0.1, clip 5).
+- The item popularity comes from the loop (``item_popularity``, training counts); without it (a model
+  used outside the loop) the in-batch target counts are used.
+- The IMT padding mask applies to every modality (all-zero token rows); the code masks text only
+  (its image tokens are never padding, so the two agree on its inputs).
+- Optimiser and clipping are the loop's settings (``train.optimizer``, ``train.weight_decay``,
+  ``train.grad_clip``; the code: AdamW lr 1e-4, weight decay 0.1 on every parameter, clip 5, fp16
+  autocast).
+- Not reproduced: with ``init=2``/``3`` (the code's KS runs) ``id_encoder.weight.data`` is a view of
+  the image/text feature table, so each optimiser step also rewrites that modality's class token.
 
 Cold items: the text and image sub-networks build items from features only, so the ensemble (and
 ``inference=text|image``) can rank items never seen in training; ``inference=id`` relies on the
@@ -98,7 +112,7 @@ from torch import nn
 
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.items import present_slots
+from mmrec.trainers.modules.items import present_modalities
 from mmrec.trainers.modules.losses import (
     candidate_logpop_logits,
     in_batch_logpop_logits,
@@ -106,7 +120,12 @@ from mmrec.trainers.modules.losses import (
     log_sampling_prob,
     soft_ce,
 )
-from mmrec.trainers.modules.sequence import TransformerBlock, TransformerConfig, TransformerEncoder
+from mmrec.trainers.modules.sequence import (
+    SelfAttention,
+    TransformerBlock,
+    TransformerConfig,
+    TransformerEncoder,
+)
 
 LN_EPS = 1e-6  # ODMT's LayerNorm epsilon (IMT and user encoders)
 
@@ -135,7 +154,7 @@ class ODMTConfig(TransformerConfig):
     mask: bool = True  # the asymmetric IMT mask (modality tokens cannot see the ID token)
     id_init: Literal["mean", "text", "image", "random"] = "mean"
     debias: bool = True  # subtract log p(item) from the in-batch logits during training
-    # which in-batch candidates are not negatives of a row: "label" only the other slots holding the
+    # which in-batch candidates are not negatives of a row: "label" only the other in-batch columns holding the
     # label item; "window" (ODMT's code) also every item of the row's window (its user's inputs and
     # targets), which suits an evaluation that masks the history (eval.history_mask=whole, as ODMT)
     in_batch_mask: Literal["label", "window"] = "label"
@@ -147,6 +166,16 @@ class ODMTConfig(TransformerConfig):
     temperature: float = 0.3
     rampup: float = 20.0  # a >= 1: sigmoid ramp-up over a epochs; 0 <= a < 1: a constant weight a
     detach_teacher: bool = True  # False reproduces the released code
+    # the first input item of every row is an in-batch candidate too (a negative of the other rows):
+    # the code's candidates are all B x (S + 1) item slots of the batch, inputs and targets
+    first_item_candidates: bool = False
+    # biases on the attention's Q/K/V and output projections (IMT and the three SASRecs); the code's
+    # MultiHeadedAttention has none (False)
+    attn_bias: bool = True
+    # 0: the ID table is hidden-dimensional and enters the IMT directly; > 0 (the code: 768): a table of
+    # this dimension, initialised from the raw (unprojected) class tokens, then a Linear(id_dim, hidden)
+    # ``id_proj``; with id_init mean/text/image the chosen features must have this dimension
+    id_dim: int = 0
     inference: Literal["ensemble", "id", "text", "image"] = "ensemble"
     item_chunk: int = 4096  # items per IMT pass when the whole item table is built (evaluation)
 
@@ -157,6 +186,8 @@ class ODMTConfig(TransformerConfig):
             raise ConfigError("model.rampup must be >= 0 (epochs of ramp-up, or a constant weight below 1)")
         if self.imt_layers < 1 or self.imt_heads < 1 or self.item_chunk < 1:
             raise ConfigError("model.imt_layers, model.imt_heads and model.item_chunk must be positive")
+        if self.id_dim < 0:
+            raise ConfigError("model.id_dim must be >= 0 (0: a hidden-dimensional ID table without id_proj)")
 
 
 def imt_attention_mask(token_valid: torch.Tensor, asymmetric: bool = True) -> torch.Tensor:
@@ -201,6 +232,17 @@ class IMT(nn.Module):
         return h
 
 
+def _drop_attention_biases(module: nn.Module) -> None:
+    """``model.attn_bias=False``: the Q/K/V and output projections of every attention in ``module``
+    lose their bias parameters (a zero buffer takes each one's place, so the shared code runs as is)."""
+    for m in module.modules():
+        if isinstance(m, SelfAttention):
+            for lin in (m.qkv, m.out):
+                zero = torch.zeros_like(lin.bias.detach())
+                del lin.bias
+                lin.register_buffer("bias", zero, persistent=False)
+
+
 def _head(d: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, d))
 
@@ -214,16 +256,16 @@ class ODMT(SequentialRecommender):
 
     def __init__(self, cfg: ODMTConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
-        self.slots = present_slots(self.name, self.features, self.modalities)
-        self.subnets = ["id", *self.slots]
+        self.used_modalities = present_modalities(self.name, self.features, self.modalities)
+        self.subnets = ["id", *self.used_modalities]
         if cfg.inference not in ("ensemble", *self.subnets):
             raise ConfigError(f"model.inference={cfg.inference}: there is no {cfg.inference} sub-network without "
                               f"{cfg.inference} features; use one of ensemble, {', '.join(self.subnets)}")
-        if cfg.id_init in ("text", "image") and cfg.id_init not in self.slots:
+        if cfg.id_init in ("text", "image") and cfg.id_init not in self.used_modalities:
             raise ConfigError(f"model.id_init={cfg.id_init} needs {cfg.id_init} features; use mean or random")
         d = cfg.hidden
         self.n_tokens: dict[str, int] = {}
-        for s in self.slots:
+        for s in self.used_modalities:
             table = self.features[s].table.float()
             if table.dim() == 2:  # pooled features: one token
                 table = table[:, None, :]
@@ -236,9 +278,17 @@ class ODMT(SequentialRecommender):
             self.register_buffer(f"present_{s}", present, persistent=False)
             self.register_buffer(f"valid_{s}", valid, persistent=False)
             self.n_tokens[s] = int(table.shape[1])
-        self.proj = nn.ModuleDict({s: nn.Linear(self.features[s].dim, d) for s in self.slots})
-        self.missing = nn.ParameterDict({s: nn.Parameter(torch.randn(d) * cfg.init_std) for s in self.slots})
-        self.id_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.proj = nn.ModuleDict({s: nn.Linear(self.features[s].dim, d) for s in self.used_modalities})
+        self.missing = nn.ParameterDict({s: nn.Parameter(torch.randn(d) * cfg.init_std) for s in self.used_modalities})
+        if cfg.id_dim and cfg.id_init != "random":
+            wrong = [f"{s} ({self.features[s].dim})" for s in self._id_init_modalities()
+                     if self.features[s].dim != cfg.id_dim]
+            if wrong:
+                raise ConfigError(f"model.id_dim={cfg.id_dim} with id_init={cfg.id_init} copies the raw class tokens, "
+                                  f"but these features have another dimension: {', '.join(wrong)}; set "
+                                  f"model.id_dim to it, or id_init=random, or id_dim=0")
+        self.id_emb = nn.Embedding(n_items + 1, cfg.id_dim or d, padding_idx=0)
+        self.id_proj = nn.Linear(cfg.id_dim, d) if cfg.id_dim else None
         self.imt = IMT(d, cfg.imt_layers, cfg.imt_heads, cfg.inner, cfg.dropout, cfg.attn_dropout, cfg.act, cfg.mask)
         self.heads = nn.ModuleDict({m: _head(d) for m in self.subnets})
         self.encoders = nn.ModuleDict({
@@ -249,6 +299,9 @@ class ODMT(SequentialRecommender):
         # BERT-style init for the transformers; projections and heads keep PyTorch's default (as ODMT)
         init_weights(self.imt, cfg.init_std)
         init_weights(self.encoders, cfg.init_std)
+        if not cfg.attn_bias:
+            _drop_attention_biases(self.imt)
+            _drop_attention_biases(self.encoders)
         self._init_ids()
         self._epoch = 1
         self._log_pop: torch.Tensor | None = None
@@ -256,20 +309,24 @@ class ODMT(SequentialRecommender):
 
     # -- ID embeddings -------------------------------------------------------------------------------
     @torch.no_grad()
-    def projected_class_tokens(self, slot: str) -> torch.Tensor:
+    def projected_class_tokens(self, modality: str) -> torch.Tensor:
         """``P_m x^m_{i,0}`` for every item, ``[n_items + 1, d]`` (the current projection)."""
-        return self.proj[slot](getattr(self, f"feat_{slot}")[:, 0])
+        return self.proj[modality](getattr(self, f"feat_{modality}")[:, 0])
+
+    def _id_init_modalities(self) -> list[str]:
+        return {"mean": self.used_modalities, "text": ["text"], "image": ["image"], "random": []}[self.cfg.id_init]
 
     @torch.no_grad()
     def _init_ids(self) -> None:
         w = self.id_emb.weight
         nn.init.normal_(w, 0.0, self.cfg.init_std)
-        use = {"mean": self.slots, "text": ["text"], "image": ["image"], "random": []}[self.cfg.id_init]
         total = torch.zeros_like(w)
         count = torch.zeros(w.shape[0], 1, device=w.device)
-        for s in use:
+        for s in self._id_init_modalities():
             has = getattr(self, f"present_{s}")[:, None].float()
-            total += self.projected_class_tokens(s) * has
+            # id_dim > 0 (the code): the raw class tokens, projected later by id_proj
+            cls = getattr(self, f"feat_{s}")[:, 0] if self.cfg.id_dim else self.projected_class_tokens(s)
+            total += cls * has
             count += has
         known = count[:, 0] > 0
         w[known] = total[known] / count[known]
@@ -279,18 +336,21 @@ class ODMT(SequentialRecommender):
     def item_vectors(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each sub-network's item vectors ``e^m`` for the ids ``[U]`` (no padding id): ``{m: [U, d]}``."""
         toks, valid = [], []
-        for s in self.slots:
+        for s in self.used_modalities:
             p = self.proj[s](getattr(self, f"feat_{s}")[ids])  # [U, T, d]
             has = getattr(self, f"present_{s}")[ids]
             first = torch.where(has[:, None], p[:, 0], self.missing[s].to(p.dtype))
             toks.append(torch.cat([first[:, None], p[:, 1:]], dim=1))
             valid.append(getattr(self, f"valid_{s}")[ids])
-        toks.append(self.id_emb(ids)[:, None].to(toks[0].dtype))
+        e_id = self.id_emb(ids)
+        if self.id_proj is not None:
+            e_id = self.id_proj(e_id)
+        toks.append(e_id[:, None].to(toks[0].dtype))
         valid.append(torch.ones(len(ids), 1, dtype=torch.bool, device=ids.device))
         h = self.imt(torch.cat(toks, dim=1), torch.cat(valid, dim=1))
         out = {"id": self.heads["id"](h[:, -1])}
         at = 0
-        for s in self.slots:
+        for s in self.used_modalities:
             out[s] = self.heads[s](h[:, at])
             at += self.n_tokens[s]
         return out
@@ -389,8 +449,9 @@ class ODMT(SequentialRecommender):
     def batch_logits(self, batch: dict[str, torch.Tensor]) -> InBatch:
         """Each sub-network's debiased in-batch logits over the N target positions of the batch:
         ``{m: [N, K]}`` with K = N (``candidates=positions``: column j is position j's target, row n's
-        label is column n) or the K distinct targets (``candidates=items``, with their multiplicities;
-        see ``InBatch``)."""
+        label is column n; ``first_item_candidates`` appends one column per row's first input item)
+        or the K distinct candidate items (``candidates=items``, with their multiplicities; see
+        ``InBatch``)."""
         items, targets, lengths = batch["items"], batch["targets"], batch["lengths"]
         b, l = items.shape
         uniq, tables = self._batch_tables(torch.cat([items, targets], dim=1))
@@ -400,13 +461,23 @@ class ODMT(SequentialRecommender):
         tgt, tloc = targets[pos], loc_targets[pos]
         row = torch.arange(b, device=items.device)[:, None].expand(b, l)[pos]
         by_item = self.cfg.candidates == "items"
+        # the candidate slots: the N targets, then (first_item_candidates) each row's first input item
+        extra = items[:, 0][items[:, 0] > 0] if self.cfg.first_item_candidates else tgt[:0]
+        slots = torch.cat([tgt, extra])
         if by_item:
-            cand, label = torch.unique(tgt, return_inverse=True)
+            cand, inverse = torch.unique(slots, return_inverse=True)
+            label = inverse[: len(tgt)]
             cloc = torch.searchsorted(uniq, cand)
-            log_mult = in_batch_multiplicity(label, len(cand))
+            if len(extra):  # a column stands for its slots among targets and first items
+                log_mult = torch.bincount(inverse, minlength=len(cand)).float().log()[None, :].repeat(len(tgt), 1)
+                log_mult[torch.arange(len(tgt), device=items.device), label] = 0.0
+            else:
+                log_mult = in_batch_multiplicity(label, len(cand))
         else:
-            cand, cloc, label, log_mult = tgt, tloc, torch.arange(len(tgt), device=items.device), None
+            cand, cloc, label, log_mult = slots, torch.searchsorted(uniq, slots), torch.arange(len(tgt), device=items.device), None
         exclude = torch.zeros(len(tgt), len(cand), dtype=torch.bool, device=items.device)
+        if len(extra) and not by_item:  # a first item that is row n's label item is not a negative of row n
+            exclude = cand[None, :] == tgt[:, None]
         if self.cfg.in_batch_mask == "window":
             # candidates that occur in the window of row n's user are not negatives (the label excepted)
             owner = batch.get("user", torch.arange(b, device=items.device)).long()
@@ -414,7 +485,7 @@ class ODMT(SequentialRecommender):
             seq = torch.cat([items, targets], dim=1)
             seq_keys = (owner[:, None] * span + seq)[seq > 0]
             member = torch.isin(owner[:, None] * span + cand[None, :], seq_keys)  # [B, K]
-            exclude = member[row]
+            exclude = exclude | member[row]
         if self.train_exclusion is not None:
             exclude = exclude | self.train_exclusion[cand][None, :]
         if not self.cfg.debias:
@@ -429,7 +500,7 @@ class ODMT(SequentialRecommender):
         logits = {}
         for m in self.subnets:
             h = self.encoders[m](tables[m][loc_items], lengths)[pos]
-            if by_item:
+            if by_item or len(extra):
                 logits[m] = candidate_logpop_logits(h, cloc, label, tables[m], log_pop, exclude)
             else:
                 logits[m] = in_batch_logpop_logits(h, tloc, tables[m], log_pop, exclude)
@@ -440,7 +511,7 @@ class ODMT(SequentialRecommender):
         """``{kd_id_text, kd_id_image, kd_ens_id}`` (those whose sub-networks exist)."""
         cfg = self.cfg
         out = {}
-        for s in self.slots:
+        for s in self.used_modalities:
             out[f"kd_id_{s}"] = soft_ce(logits[s], logits["id"], cfg.temperature, cfg.detach_teacher, log_multiplicity)
         ens = torch.stack([logits[m] for m in self.subnets]).mean(0)
         out["kd_ens_id"] = soft_ce(logits["id"], ens, cfg.temperature, cfg.detach_teacher, log_multiplicity)
