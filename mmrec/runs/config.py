@@ -1,0 +1,267 @@
+"""A run's configuration as ``config.json`` holds it: the typed settings of a run (``RunConfig``:
+the method's ``model`` section, ``train``, ``eval``, ``cold``), the resolved form every run folder
+saves, and the upgrade rules that read a folder saved by an older mmrec (settings added since get
+the behaviour that run had), so an old run still resumes, evaluates and is reused as it was."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from mmrec.config import from_dict, to_dict
+from mmrec.errors import ConfigError
+from mmrec.runs.folder import RunFolder
+from mmrec.trainers.evaluation import EvalConfig
+from mmrec.trainers.methods import get_method
+from mmrec.trainers.modules.fusion import ATTENTION_KINDS
+
+# Accelerate's tracker names -> the package each needs
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+
+
+def flatten(d: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
+    """The leaves of a nested dict, keyed ``a<sep>b``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, sep, f"{prefix}{k}{sep}"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def scalars(d: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a nested dict, keyed ``a/b`` (what trackers take)."""
+    return {k: float(v) for k, v in flatten(d, "/").items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    # "adam": L2 weight decay added to the gradient (torch Adam); "adamw": decoupled weight decay
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 0.0
+    # the learning rate over optimiser steps: linear warm-up from 0 over ``warmup_steps``, then
+    # "constant", "step" (times ``lr_gamma`` every ``lr_step_epochs`` epochs) or "cosine" (to 0 at the
+    # last step of ``epochs``); applied on top of each parameter group's own rate
+    lr_schedule: Literal["constant", "step", "cosine"] = "constant"
+    lr_step_epochs: int = 1
+    lr_gamma: float = 1.0
+    warmup_steps: int = 0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    loss: Literal["ce", "bce"] = "ce"
+    negatives: int = 1
+    # a user's sampled negatives avoid the items of their training part ("train"), or of the whole
+    # sequence including the validation and test items ("sequence": S3-Rec's code; a leak)
+    negatives_avoid: Literal["train", "sequence"] = "train"
+    max_len: int = 50
+    windows: Literal["last", "all", "prefixes"] = "last"
+    bucket_batches: bool = True
+    # how a batch's loss counts: "target" (default): scaled by the batch's targets over the epoch's
+    # mean targets per batch, so every target weighs the same, as with mixed batches; "batch": as
+    # the method returns it (a mean per batch, each batch weighing the same, so under bucket_batches
+    # a target in a batch of short windows weighs up to max_len times one in a batch of long ones; a
+    # run folder saved before this setting existed resumes with it; docs/benchmarks.md compares both)
+    loss_weighting: Literal["batch", "target"] = "target"
+    patience: int = 10
+    valid_metric: str = "ndcg@10"
+    # "metric": keep the epoch with the best valid_metric; "any" (S3-Rec's EarlyStopping): a new
+    # checkpoint whenever any validation metric beats the last kept epoch's value of it
+    early_stop: Literal["metric", "any"] = "metric"
+    # "valid": the checkpoint kept is the best on the validation part; "test_leak": on the *test*
+    # part (as some released code does: a leak, reported as such in results.json; only in ``code``
+    # presets). The test part is then evaluated every epoch
+    select_on: Literal["valid", "test_leak"] = "valid"
+    eval_every: int = 1
+    grad_clip: float | None = None
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # torch.compile the model (inductor): worth it on a GPU for long runs; the first steps pay the
+    # compilation (tens of seconds), and each new batch shape may recompile once
+    compile: bool = False
+    threads: int | None = None
+    log_every_s: float = 30.0
+    # experiment trackers through Accelerate (off by default: no network calls from batch nodes);
+    # metrics.jsonl is always written
+    trackers: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.max_len < 1:
+            raise ConfigError("train.epochs, train.batch_size and train.max_len must be positive")
+        if self.lr <= 0:
+            raise ConfigError("train.lr must be positive")
+        if self.lr_step_epochs < 1 or self.lr_gamma <= 0 or self.warmup_steps < 0:
+            raise ConfigError("train.lr_step_epochs must be >= 1, train.lr_gamma > 0 and train.warmup_steps >= 0")
+        if self.weight_decay < 0:
+            raise ConfigError("train.weight_decay must be >= 0")
+        for t in self.trackers:
+            if t not in TRACKERS:
+                raise ConfigError(f"train.trackers: unknown tracker {t!r}; use any of {', '.join(TRACKERS)}")
+            if importlib.util.find_spec(TRACKERS[t]) is None:
+                raise ConfigError(f"train.trackers: {t} needs the {TRACKERS[t]} package (pip install {TRACKERS[t]}), "
+                                  "or leave it out")
+        name, _, k = self.valid_metric.partition("@")
+        if name not in ("hr", "ndcg", "mrr") or not k.isdigit():
+            raise ConfigError(f"train.valid_metric {self.valid_metric!r} must look like ndcg@10, hr@20 or mrr@10")
+
+
+@dataclass
+class ColdConfig:
+    """The cold-start protocol: ``fraction`` of the items (drawn with ``seed``) are held out of
+    training and appear only as validation/test targets; metrics are reported for cold and warm
+    test cases separately. ``fraction=0`` (the default) turns it off; ``--cold-start`` sets 0.1."""
+
+    fraction: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ConfigError(f"cold.fraction must be in [0, 1), got {self.fraction}")
+
+
+# settings whose default differs from what runs did before the setting existed: a run folder saved
+# without them is resumed with the old behaviour (the value here, given the saved configuration),
+# not the new default
+BEHAVIOUR_BEFORE: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
+    ("train", "loss_weighting"): lambda old: "batch",
+    # the attention fusions' output LayerNorm started at gain 1; the other fusions have no such gain,
+    # nor has a run of one modality (nothing to fuse)
+    ("model", "fusion_gain"): lambda old: (1.0 if old.get("model", {}).get("fusion") in ATTENTION_KINDS
+                                           and len(old.get("features") or {}) > 1 else None),
+}
+
+
+@dataclass
+class RunConfig:
+    dataset: str
+    method: str = "sasrec"
+    out: str = "runs"
+    name: str | None = None
+    features: dict[str, str] = field(default_factory=dict)  # modality (text|image|price) -> store entry
+    store: str = "features"
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cold: ColdConfig = field(default_factory=ColdConfig)
+    # the preset the settings started from (``mmrec presets``; None: mmrec's defaults, "harmonised"),
+    # and each of its values that a config file, a flag or --set changed: {key: {"preset": v, "used": w}}
+    preset: str | None = None
+    preset_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        k = int(self.train.valid_metric.split("@")[1])
+        if k not in self.eval.ks:
+            raise ConfigError(f"train.valid_metric uses K={k}, which is not in eval.ks={self.eval.ks}")
+
+
+# settings that change how a run is computed, not what it computes: a run folder is resumed or
+# reused whatever they were
+RESOURCE_SETTINGS = frozenset({"preset", "preset_overrides", "out", "name", "train.device", "train.threads", "train.log_every_s",
+                                "train.trackers", "eval.batch_size", "eval.item_chunk"})
+
+
+def resolved_config(run: RunConfig, model_cfg: Any = None) -> dict[str, Any]:
+    """What a run folder's ``config.json`` holds for ``run``: every default filled in, the model
+    section through the method's config class (``model_cfg`` when already built)."""
+    out = to_dict(run)
+    out["model"] = to_dict(model_cfg if model_cfg is not None
+                           else from_dict(get_method(run.method).Config, run.model, prefix="model."))
+    return out
+
+
+def upgrade_saved_config(old: dict[str, Any], model_cls: type) -> dict[str, Any]:
+    """A run folder's saved config read by this version: settings added since it was written get
+    the behaviour the run had, their default or, where the default changed the behaviour, the
+    old one (``BEHAVIOUR_BEFORE``), so such a run can still be resumed as it was."""
+    try:
+        upgraded = to_dict(from_dict(RunConfig, old))
+        upgraded["model"] = to_dict(from_dict(model_cls, old.get("model", {})))
+    except ConfigError:
+        return old
+    for (section, key), before in BEHAVIOUR_BEFORE.items():
+        if key not in old.get(section, {}) and key in upgraded[section]:  # (the method has the setting)
+            upgraded[section][key] = before(old)
+    return upgraded
+
+
+def check_saved_config(folder: RunFolder, resolved: dict[str, Any], model_cls: type, action: str) -> None:
+    """Refuse to ``action`` (resume, reuse) ``folder`` when it was trained with other settings than
+    ``resolved`` (resource settings aside: threads, device, evaluation batch)."""
+    old = folder.config()
+    if old is None or old == resolved:
+        return
+    a, b = flatten(upgrade_saved_config(old, model_cls), "."), flatten(resolved, ".")
+    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in RESOURCE_SETTINGS]
+    if diff:
+        raise ConfigError(f"{folder.config_path} differs from this run's configuration ({'; '.join(diff[:5])}); "
+                          f"to {action} it use the same settings (--set KEY=VALUE), or give another run folder")
+
+
+def finished_results(run: RunConfig, run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``results.json`` of ``run_dir`` if a run with ``run``'s settings finished there; None
+    if nothing finished there; ``ConfigError`` naming the differences if the run that finished there
+    had other settings (so a rerun with changed settings never reports the old run)."""
+    folder = RunFolder(run_dir)
+    if not folder.is_finished():
+        return None
+    check_saved_config(folder, resolved_config(run), get_method(run.method).Config, "reuse")
+    return folder.results()
+
+
+def saved_run_config(folder: RunFolder, overrides: list[str] | None = None) -> RunConfig:
+    """The ``RunConfig`` a folder was trained with (upgraded to this version's settings), with
+    ``overrides`` (``key=value``) applied, without ``model.init_from`` (its checkpoint holds every
+tensor): what ``evaluate`` and ``recommend`` read."""
+    from mmrec.config import apply_overrides
+
+    base = folder.require_config()
+    if isinstance(base.get("model"), dict):  # the checkpoint holds every tensor: no pre-trained run needed
+        base["model"].pop("init_from", None)
+    model_cls = get_method(base.get("method", "sasrec")).Config
+    return from_dict(RunConfig, apply_overrides(upgrade_saved_config(base, model_cls), overrides or []))
+
+
+def preset_settings(method: str, name: str) -> dict[str, Any]:
+    """The settings of ``method``'s preset ``name`` as a nested dict (``model``, ``train``, ``eval``;
+    its ``prepare.*`` values describe the dataset and are not settings of a run)."""
+    from mmrec.trainers.presets import preset
+
+    out: dict[str, Any] = {"method": method}
+    for key, s in preset(method, name).items():
+        if key.startswith("prepare."):
+            continue
+        *path, leaf = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = s.value
+    return out
+
+
+def preset_overrides(run: RunConfig, base: dict[str, Any]) -> dict[str, Any]:
+    """Each value of the preset ``base`` that the run's final settings changed."""
+    now = flatten(resolved_config(run), ".")
+    was = {k: v for k, v in flatten(base, ".").items() if k != "method"}
+    return {k: {"preset": v, "used": now.get(k)} for k, v in sorted(was.items()) if now.get(k) != v}
+
+
+def lr_factor(tc: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The schedule's factor on the learning rate at optimiser step ``step`` (0-based, counted over
+    the whole run) with ``steps_per_epoch`` steps an epoch (``TrainConfig.lr_schedule``)."""
+    warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0
+    if tc.lr_schedule == "step":
+        return warm * tc.lr_gamma ** ((step // max(steps_per_epoch, 1)) // tc.lr_step_epochs)
+    if tc.lr_schedule == "cosine":
+        total = max(tc.epochs * steps_per_epoch - tc.warmup_steps, 1)
+        t = min(max(step - tc.warmup_steps, 0) / total, 1.0)
+        return warm * 0.5 * (1.0 + math.cos(math.pi * t))
+    return warm
