@@ -205,7 +205,7 @@ def train(
     """
     from mmrec.trainers.loop import Trainer
 
-    run = _run_config(dataset, method, config, set_, features, store, cold_start)
+    run = _run_config(dataset, method, config, set_, features, store, cold_start, preset)
     if run_dir is None:
         if resume:
             raise ConfigError("--resume needs --run-dir: the folder of the run to continue")

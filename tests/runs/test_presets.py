@@ -80,3 +80,16 @@ def test_preset_order_and_what_results_record(tmp_path, successor_raw):
     cfg.write_text(json.dumps({"method": "gru4rec", "dataset": "elsewhere"}))
     run = _run_config(str(ds), "sasrec", cfg, [])
     assert run.method == "sasrec" and run.dataset == str(ds)
+
+
+def test_train_command_applies_the_preset_and_records_it(tmp_path, successor_raw):
+    from mmrec.data.prepare import PrepareConfig, prepare
+
+    ds = prepare(successor_raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    r = CliRunner().invoke(app, ["train", "-d", str(ds), "-m", "sasrec", "--preset", "harmonised", "--set",
+                                 "train.epochs=1", "--run-dir", str(tmp_path / "h")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["preset"] == "harmonised"
+    r = CliRunner().invoke(app, ["train", "-d", str(ds), "-m", "sasrec", "--preset", "paper", "--run-dir",
+                                 str(tmp_path / "p")])
+    assert r.exit_code == 2 and "method sasrec has no preset 'paper'; its presets: harmonised" in r.output
