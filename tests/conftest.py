@@ -116,3 +116,16 @@ def prepared_with_text(tmp_path, seqs, n_items, dim=8, seed=0):
                            "n_rows": n_items, "shards": [info], "missing": {}, "catalogue_hash": "x",
                            "config_hash": "y", "library_versions": {}, "created": "now"})
     return ds, tmp_path / "store"
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A prepared dataset of three users over items 1-6 (item 6 never seen; item 3 without a price)."""
+    from mmrec.data.prepare import PrepareConfig, prepare
+    from mmrec.data.schema import Catalogue
+
+    # u0: 1 2 3 4 5   u1: 2 3 1 5   u2: 3 4 5 1 2 3
+    raw = raw_from_sequences({"u0": ["1", "2", "3", "4", "5"], "u1": ["2", "3", "1", "5"],
+                              "u2": ["3", "4", "5", "1", "2", "3"]})
+    raw.catalogue = Catalogue.build(["1", "2", "3", "4", "5", "6"], price=[1.0, 2.0, None, 4.0, 5.0, 6.0])
+    return prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))

@@ -26,9 +26,8 @@ def test_methods_table_file_keeps_rows_of_earlier_calls(tmp_path):
     """bench/methods_table.py: a call that prints one row (and its variant rows) leaves the other rows of
     the table file alone and replaces its own, variants included."""
     import importlib.util
-    from pathlib import Path
-
     import sys
+    from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "bench" / "methods_table.py"
     sys.path.insert(0, str(path.parent))  # its bench helpers (_runs)

@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import raw_from_sequences
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
-
-from conftest import raw_from_sequences
 
 REPO = Path(__file__).resolve().parents[2]
 

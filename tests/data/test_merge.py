@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import raw_from_sequences
 from typer.testing import CliRunner
 
 from mmrec.cli import app
@@ -16,8 +17,6 @@ from mmrec.features.store import FeatureEntry
 from mmrec.pipeline.extract import ExtractConfig, extract
 from mmrec.runs.config import RunConfig
 from mmrec.trainers.loop import Trainer
-
-from conftest import raw_from_sequences
 
 runner = CliRunner()
 

@@ -2,13 +2,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import raw_from_sequences
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
 from mmrec.data.schema import Catalogue, RawDataset, make_interactions
 from mmrec.errors import DataError
-
-from conftest import raw_from_sequences
 
 
 def _prep(raw, tmp_path, **kw):

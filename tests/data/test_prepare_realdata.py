@@ -1,13 +1,12 @@
 """prepare on the real datasets in ../shared/data (skipped where absent)."""
 
 import pytest
+from conftest import shared
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
 from mmrec.data.readers import read_dataset
 from mmrec.errors import DataError
-
-from conftest import shared
 
 pytestmark = pytest.mark.realdata
 

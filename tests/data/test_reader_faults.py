@@ -14,13 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_readers import (  # noqa: F401
+    META_2018,
+    REVIEWS_2018,
+    _jsonl,
+    _unisrec_folder,
+    hm_folder,
+    ml_folder,
+    recbole_folder,
+    s3rec_folder,
+    write,
+)
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.readers import read_dataset
 from mmrec.errors import MMRecError
-
-from test_readers import META_2018, REVIEWS_2018, _jsonl, _unisrec_folder, write
-from test_readers import hm_folder, ml_folder, recbole_folder, s3rec_folder  # noqa: F401
 
 BYTE_DAMAGE = ("cut", "garbage", "empty", "delete", "double", "latin1")
 FIELD_DAMAGE = ("drop_column", "word_for_number", "nan", "negative", "symlink")

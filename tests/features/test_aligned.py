@@ -2,11 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import raw_from_sequences
 
-from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
-from mmrec.data.schema import Catalogue
 from mmrec.errors import ConfigError, DataError
 from mmrec.features.aligned import (
     check_modalities,
@@ -14,16 +11,6 @@ from mmrec.features.aligned import (
     parse_features_option,
 )
 from mmrec.pipeline.extract import ExtractConfig, extract
-
-
-@pytest.fixture
-def small(tmp_path):
-    # u0: 1 2 3 4 5   u1: 2 3 1 5   u2: 3 4 5 1 2 3
-    raw = raw_from_sequences({"u0": ["1", "2", "3", "4", "5"], "u1": ["2", "3", "1", "5"],
-                              "u2": ["3", "4", "5", "1", "2", "3"]})
-    raw.catalogue = Catalogue.build(["1", "2", "3", "4", "5", "6"], price=[1.0, 2.0, None, 4.0, 5.0, 6.0])
-    return prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
-
 
 
 def test_features_option_and_modality_errors(small, tmp_path):

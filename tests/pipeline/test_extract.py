@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import raw_from_sequences
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.schema import Catalogue
@@ -13,8 +14,6 @@ from mmrec.errors import ConfigError, DataError
 from mmrec.features.base import Encoder, Missing
 from mmrec.features.store import FeatureEntry
 from mmrec.pipeline.extract import ExtractConfig, extract
-
-from conftest import raw_from_sequences
 
 
 class HashText(Encoder):

@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import raw_from_sequences
 from typer.testing import CliRunner
 
 from mmrec.cli import app
@@ -11,11 +12,9 @@ from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
 from mmrec.errors import ConfigError
-from mmrec.runs.recommend import RecommendConfig, load_trained_model, recommend
 from mmrec.runs.config import RunConfig
+from mmrec.runs.recommend import RecommendConfig, load_trained_model, recommend
 from mmrec.trainers.loop import Trainer
-
-from conftest import raw_from_sequences
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

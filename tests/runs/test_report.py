@@ -10,8 +10,8 @@ from mmrec.cli import app
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.errors import ConfigError
-from mmrec.runs.report import build_report, case_metric, paired_test
 from mmrec.runs.config import RunConfig
+from mmrec.runs.report import build_report, case_metric, paired_test
 from mmrec.trainers.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

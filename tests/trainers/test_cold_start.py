@@ -3,42 +3,21 @@
 import numpy as np
 import pytest
 import torch
-from conftest import raw_from_sequences
+from conftest import prepared_with_text
 
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
-from mmrec.data.schema import Catalogue
 from mmrec.errors import ConfigError
-from mmrec.features.store import write_manifest, write_shard
 from mmrec.runs.config import ColdConfig, RunConfig
 from mmrec.trainers.loop import Trainer, cold_items
-
-
-def _prepared_with_text(tmp_path, seqs, n_items, dim=8, seed=0):
-    raw = raw_from_sequences(seqs)
-    ids = [str(i) for i in range(1, n_items + 1)]
-    raw.catalogue = Catalogue.build(ids, title=[f"t{i}" for i in ids])
-    ds = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
-    # a text "feature" that reveals the successor rule: item k's vector is a one-hot-ish code of k
-    rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(n_items, dim)).astype(np.float32)
-    entry = tmp_path / "store" / "text"
-    (entry / "shards").mkdir(parents=True)
-    info = write_shard(entry / "shards" / "part-00000.h5", ids, feats, fmt="h5", dtype="float32")
-    write_manifest(entry, {"version": 1, "name": "text", "encoder": {"encoder": "synthetic"}, "modality": "text",
-                           "format": "h5", "dtype": "float32", "shape_per_item": [dim], "n_items": n_items,
-                           "n_rows": n_items, "shards": [info], "missing": {}, "catalogue_hash": "x",
-                           "config_hash": "y", "library_versions": {}, "created": "now"})
-    return ds, tmp_path / "store"
-
 
 
 def test_cold_items_are_ranked_by_a_feature_method(tmp_path):
     # every user walks the ring 1..20; item features are random but fixed: mmsr-like methods can
     # still rank held-out items, and the results carry cold and warm figures for them
     ring = {f"u{u}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(80)}
-    ds, store = _prepared_with_text(tmp_path, ring, 20)
+    ds, store = prepared_with_text(tmp_path, ring, 20)
     run = from_dict(RunConfig, {"dataset": str(ds), "method": "sasrec_ef", "features": {"text": "text"},
                                 "store": str(store), "cold": {"fraction": 0.2, "seed": 0},
                                 "model": {"hidden": 16, "inner": 32, "dropout": 0.1, "attn_dropout": 0.1},
@@ -47,15 +26,6 @@ def test_cold_items_are_ranked_by_a_feature_method(tmp_path):
     assert "ndcg@10" in res["test_cold"] and "ndcg@10" in res["test_warm"]
     assert res["test_cold"]["n_cases"] + res["test_warm"]["n_cases"] == res["test"]["n_cases"]
 
-
-
-@pytest.fixture
-def small(tmp_path):
-    # u0: 1 2 3 4 5   u1: 2 3 1 5   u2: 3 4 5 1 2 3
-    raw = raw_from_sequences({"u0": ["1", "2", "3", "4", "5"], "u1": ["2", "3", "1", "5"],
-                              "u2": ["3", "4", "5", "1", "2", "3"]})
-    raw.catalogue = Catalogue.build(["1", "2", "3", "4", "5", "6"], price=[1.0, 2.0, None, 4.0, 5.0, 6.0])
-    return prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
 
 
 

@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import raw_from_sequences
 
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
 from mmrec.trainers import evaluation
 from mmrec.trainers.evaluation import EvalConfig, Evaluator, metrics_from_ranks
-
-from conftest import raw_from_sequences
 
 
 class TableModel(torch.nn.Module):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_features, raw_from_sequences
 from safetensors.torch import save_file
 
 from mmrec.config import from_dict
@@ -22,9 +23,12 @@ from mmrec.runs.config import RunConfig
 from mmrec.trainers.loop import Trainer
 from mmrec.trainers.methods.ant import ANT, ANTConfig, ant_fuse
 from mmrec.trainers.modules.adaptors import LinearExpert, WhiteningExpert
-from mmrec.trainers.transfer import POLICIES, AdaptPolicy, apply_policy, pretrained_state
-
-from conftest import random_features, raw_from_sequences
+from mmrec.trainers.transfer import (
+    POLICIES,
+    AdaptPolicy,
+    apply_policy,
+    pretrained_state,
+)
 
 N_ITEMS = 10
 NO_IMAGE = (3, 7)

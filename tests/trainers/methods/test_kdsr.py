@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import random_features
 
 from mmrec.config import from_dict
 from mmrec.errors import ConfigError
@@ -25,8 +26,6 @@ from mmrec.trainers.methods.kdsr import (
     subspace_pair_correlation,
     subspace_pairwise_correlation,
 )
-
-from conftest import random_features
 
 N_ITEMS = 20
 
@@ -404,10 +403,10 @@ def test_no_tensor_is_catalogue_by_catalogue():
 # --- through the shared loop ----------------------------------------------------------------------
 
 def test_loop_logs_loss_parts_and_the_rising_modality_rate(tmp_path):
+    from conftest import prepared_with_text
+
     from mmrec.runs.config import RunConfig
     from mmrec.trainers.loop import Trainer
-
-    from conftest import prepared_with_text
 
     ring = {f"u{u}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(40)}
     ds, store = prepared_with_text(tmp_path, ring, 20, dim=16)
@@ -471,7 +470,11 @@ def test_prefix_relations_are_the_code_graph_of_each_prefix(lag):
 
 
 def test_relational_gat_on_a_prefix_equals_the_layer_written_out():
-    from mmrec.trainers.modules.sequence import RelationalGAT, prefix_relations, session_nodes
+    from mmrec.trainers.modules.sequence import (
+        RelationalGAT,
+        prefix_relations,
+        session_nodes,
+    )
 
     torch.manual_seed(0)
     gat = RelationalGAT(6, slope=0.1, dropout=0.0)
@@ -527,13 +530,12 @@ def test_graph_backbone_is_causal_trains_and_reads_the_last_two_positions():
 
 
 def test_graph_backbone_overfits_the_ring_and_round_trips(tmp_path):
+    from conftest import prepared_with_text
     from typer.testing import CliRunner
 
     from mmrec.cli import app
     from mmrec.runs.config import RunConfig
     from mmrec.trainers.loop import Trainer
-
-    from conftest import prepared_with_text
 
     ring = {f"u{u:03d}": [str((u + k) % 20 + 1) for k in range(10)] for u in range(100)}
     ds, store = prepared_with_text(tmp_path, ring, 20, dim=16)

@@ -4,37 +4,14 @@ import functools
 import json
 import shutil
 
-import numpy as np
 import pytest
-from conftest import random_features, raw_from_sequences
+from conftest import prepared_with_text, random_features
 
 from mmrec.config import from_dict
-from mmrec.data.prepare import PrepareConfig, prepare
-from mmrec.data.schema import Catalogue
 from mmrec.errors import ConfigError
-from mmrec.features.store import write_manifest, write_shard
 from mmrec.runs.config import RunConfig
 from mmrec.trainers.loop import Trainer
 from mmrec.trainers.methods import METHODS
-
-
-def _prepared_with_text(tmp_path, seqs, n_items, dim=8, seed=0):
-    raw = raw_from_sequences(seqs)
-    ids = [str(i) for i in range(1, n_items + 1)]
-    raw.catalogue = Catalogue.build(ids, title=[f"t{i}" for i in ids])
-    ds = prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
-    # a text "feature" that reveals the successor rule: item k's vector is a one-hot-ish code of k
-    rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(n_items, dim)).astype(np.float32)
-    entry = tmp_path / "store" / "text"
-    (entry / "shards").mkdir(parents=True)
-    info = write_shard(entry / "shards" / "part-00000.h5", ids, feats, fmt="h5", dtype="float32")
-    write_manifest(entry, {"version": 1, "name": "text", "encoder": {"encoder": "synthetic"}, "modality": "text",
-                           "format": "h5", "dtype": "float32", "shape_per_item": [dim], "n_items": n_items,
-                           "n_rows": n_items, "shards": [info], "missing": {}, "catalogue_hash": "x",
-                           "config_hash": "y", "library_versions": {}, "created": "now"})
-    return ds, tmp_path / "store"
-
 
 
 def _feats(n_items, dims, missing=()):
@@ -61,7 +38,7 @@ def test_a_run_saved_before_fusion_gain_resumes_with_the_gain_it_had(tmp_path):
     resumes only with --set model.fusion_gain=1; with another fusion, or one modality (no fusion at
     all), the setting changes nothing and the run resumes as it is."""
     ring = {f"u{u}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(20)}
-    ds, store = _prepared_with_text(tmp_path, ring, 20)
+    ds, store = prepared_with_text(tmp_path, ring, 20)
     shutil.copytree(store / "text", store / "image")  # a second modality: the same vectors as "image"
     manifest = next((store / "image").glob("manifest*"))
     manifest.write_text(manifest.read_text().replace('"modality": "text"', '"modality": "image"')
@@ -121,6 +98,7 @@ def test_modality_norm_makes_items_blind_to_a_modality_s_scale():
 
 def _token_feats(n_items=10, t_text=4, t_image=3, dim=6, missing_image=()):
     import torch
+
     from mmrec.features.aligned import FeatureTable
 
     g = torch.Generator().manual_seed(3)
@@ -203,6 +181,7 @@ def test_backbone_flags_attn_bias_eps_and_act():
     backbone's FFN (it used to be ignored)."""
     import torch
     import torch.nn.functional as F
+
     from mmrec.trainers.modules.sequence import gather_last
 
     f = _feats(10, {"text": 8, "image": 8})

@@ -9,7 +9,12 @@ import torch
 from mmrec.config import from_dict
 from mmrec.errors import ConfigError
 from mmrec.features.aligned import FeatureTable
-from mmrec.trainers.methods.odmt import ODMT, ODMTConfig, distill_weight, imt_attention_mask
+from mmrec.trainers.methods.odmt import (
+    ODMT,
+    ODMTConfig,
+    distill_weight,
+    imt_attention_mask,
+)
 
 N_ITEMS = 12
 
@@ -364,12 +369,12 @@ def test_results_report_each_subnetwork_as_evaluate_would(tmp_path):
     sub-network (which cannot rank held-out items) has a note instead of cold figures."""
     import json
 
+    from conftest import prepared_with_text
     from typer.testing import CliRunner
 
     from mmrec.cli import app
     from mmrec.runs.config import RunConfig
     from mmrec.trainers.loop import Trainer
-    from conftest import prepared_with_text
 
     ring = {f"u{u:02d}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(60)}
     ds, store = prepared_with_text(tmp_path, ring, 20)

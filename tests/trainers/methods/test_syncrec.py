@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import raw_from_sequences
 
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
@@ -16,8 +17,8 @@ from mmrec.data.prepared import PreparedDataset
 from mmrec.data.readers import read_dataset
 from mmrec.data.schema import Catalogue
 from mmrec.errors import ConfigError
-from mmrec.trainers.evaluation import metrics_by_group
 from mmrec.runs.config import RunConfig
+from mmrec.trainers.evaluation import metrics_by_group
 from mmrec.trainers.loop import Trainer
 from mmrec.trainers.methods.syncrec import (
     SyNCRec,
@@ -30,9 +31,6 @@ from mmrec.trainers.methods.syncrec import (
     ntg_weights,
     pack_by_domain,
 )
-
-from conftest import raw_from_sequences
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
