@@ -56,6 +56,11 @@ class PrepareConfig:
     split: Literal["loo", "time", "ratio"] = "loo"
     time_split: list[float] = field(default_factory=lambda: [0.8, 0.9])
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    # how a ratio split rounds: "train" (the first floor(ratios[0] * n) events train, the validation
+    # part ends at floor((ratios[0] + ratios[1]) * n), the rest tests); "test" (the last
+    # floor(ratios[2] * n) events test, the floor(ratios[1] * n) before them validate, the rest
+    # trains: KDSR's code, whose test part is the last floor(0.2 n) events)
+    ratio_rounding: Literal["train", "test"] = "train"
 
     def validate(self) -> None:
         if self.min_user_interactions < 1 or self.min_item_interactions < 1:
@@ -305,6 +310,13 @@ def _split(cfg: PrepareConfig, offsets: np.ndarray, lengths: np.ndarray, ts: np.
         short = lengths < 3
         split[:, 0] = np.where(short, lengths, lengths - 2)
         split[:, 1] = np.where(short, lengths, lengths - 1)
+    elif cfg.split == "ratio" and cfg.ratio_rounding == "test":
+        n_test = np.floor(lengths * cfg.ratios[2] + 1e-9).astype(np.int64)
+        n_valid = np.floor(lengths * cfg.ratios[1] + 1e-9).astype(np.int64)
+        b = lengths - n_test
+        a = np.clip(b - n_valid, np.minimum(1, lengths), lengths)
+        split[:, 0] = a
+        split[:, 1] = np.clip(b, a, lengths)
     elif cfg.split == "ratio":
         a = np.floor(lengths * cfg.ratios[0] + 1e-9).astype(np.int64)
         b = np.floor(lengths * (cfg.ratios[0] + cfg.ratios[1]) + 1e-9).astype(np.int64)
@@ -331,8 +343,9 @@ def _split_doc(cfg: PrepareConfig, ts: np.ndarray) -> dict[str, Any]:
         return {"kind": "loo", "doc": "last event of each user is the test target, the one before it the "
                 "validation target; users with fewer than 3 events only train"}
     if cfg.split == "ratio":
-        return {"kind": "ratio", "ratios": cfg.ratios,
-                "doc": "per user, in time order: first share trains, next validates, rest tests"}
+        return {"kind": "ratio", "ratios": cfg.ratios, "rounding": cfg.ratio_rounding,
+                "doc": "per user, in time order: first share trains, next validates, rest tests; every "
+                       "validation and test event is a case"}
     t_valid, t_test = _time_bounds(cfg, ts)
     return {"kind": "time", "valid_start": t_valid, "test_start": t_test,
             "doc": "events before valid_start train, before test_start validate, the rest test; "

@@ -265,3 +265,20 @@ def lr_factor(tc: TrainConfig, step: int, steps_per_epoch: int) -> float:
         t = min(max(step - tc.warmup_steps, 0) / total, 1.0)
         return warm * 0.5 * (1.0 + math.cos(math.pi * t))
     return warm
+
+
+def preset_prepare_differences(method: str, name: str | None, dataset_config: dict[str, Any]) -> dict[str, Any]:
+    """The ``prepare.*`` values of ``method``'s preset ``name`` that the dataset was not prepared
+    with (``dataset_config``: its ``dataset.json`` ``config``): {key: {"preset": v, "dataset": w}}.
+    Only keys that are settings of ``mmrec data prepare`` are compared; the others describe data
+    mmrec cannot make (another encoder, say) and are only printed by ``mmrec presets``."""
+    if not name:
+        return {}
+    from mmrec.trainers.presets import preset
+
+    out = {}
+    for key, v in preset(method, name).items():
+        field_name = key.removeprefix("prepare.")
+        if key.startswith("prepare.") and field_name in dataset_config and dataset_config[field_name] != v.value:
+            out[key] = {"preset": v.value, "dataset": dataset_config[field_name]}
+    return out

@@ -30,6 +30,7 @@ from mmrec.runs.config import (
     check_saved_config,
     flatten,
     lr_factor,
+    preset_prepare_differences,
     resolved_config,
     scalars,
 )
@@ -122,6 +123,11 @@ class Trainer:
         self.samples = TrainSamples(self.data, tc.max_len, tc.windows, exclude=self.cold,
                                     negatives_avoid=tc.negatives_avoid)
         self.evaluator = Evaluator(self.data, run.eval, tc.max_len, self.accel.device, self.run_dir)
+        self.prepare_differences = preset_prepare_differences(run.method, run.preset, self.data.meta.get("config", {}))
+        if self.prepare_differences:
+            self.log(f"note: the dataset was not prepared as preset {run.preset} says ("
+                     + "; ".join(f"{k}={d['preset']!r} there, {d['dataset']!r} here" for k, d in self.prepare_differences.items())
+                     + "); results.json records it")
 
     @property
     def raw_model(self) -> torch.nn.Module:
@@ -410,6 +416,7 @@ class Trainer:
                 "train_windows": self.run.train.windows,
                 "evaluation": self.evaluator.protocol(),
                 "valid_metric": self.run.train.valid_metric,
+                **({"preset_prepare_differences": self.prepare_differences} if self.prepare_differences else {}),
                 "checkpoint_selection": ("validation part" if self.run.train.select_on == "valid" else
                                          "TEST part (train.select_on=test_leak, as the released code: a leak; "
                                          "the test figures are optimistic)"),

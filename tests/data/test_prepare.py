@@ -65,6 +65,15 @@ def test_ratio_and_time_splits(tmp_path):
     d = _prep(raw_from_sequences(seqs), tmp_path, min_user_interactions=1, min_item_interactions=1,
               split="ratio", ratios=[0.6, 0.2, 0.2])
     assert d.split.tolist() == [[6, 8], [3, 4]]
+    # KDSR's code rounds the test part: 7 events at [0.8, 0, 0.2] -> the last floor(1.4) = 1 tests, 6 train
+    # (rounding the train part gives floor(5.6) = 5 train, 2 test)
+    seven = raw_from_sequences({"a": [str(i) for i in range(7)], "b": [str(i) for i in range(10)]})
+    d3 = _prep(seven, tmp_path / "r", min_user_interactions=1, min_item_interactions=1, split="ratio",
+               ratios=[0.8, 0.0, 0.2], ratio_rounding="test")
+    d4 = _prep(seven, tmp_path / "r2", min_user_interactions=1, min_item_interactions=1, split="ratio",
+               ratios=[0.8, 0.0, 0.2])
+    assert d3.split.tolist() == [[6, 6], [8, 8]] and d4.split.tolist() == [[5, 5], [8, 8]]
+    assert len(d3.eval_cases("test").pos) == 1 + 2 and len(d3.eval_cases("valid").pos) == 0
     times = {"a": [1, 2, 3, 4, 5, 6], "b": [1, 5, 9, 10, 11, 12]}
     raw = raw_from_sequences({"a": list("abcdef"), "b": list("abcdef")}, times=times)
     d2 = PreparedDataset(prepare(raw, tmp_path / "t", PrepareConfig(min_user_interactions=1, min_item_interactions=1,

@@ -93,3 +93,17 @@ def test_train_command_applies_the_preset_and_records_it(tmp_path, successor_raw
     r = CliRunner().invoke(app, ["train", "-d", str(ds), "-m", "sasrec", "--preset", "paper", "--run-dir",
                                  str(tmp_path / "p")])
     assert r.exit_code == 2 and "method sasrec has no preset 'paper'; its presets: harmonised" in r.output
+
+
+def test_a_dataset_prepared_otherwise_than_the_preset_is_named(tmp_path, successor_raw):
+    from mmrec.data.prepare import PrepareConfig, prepare
+    from mmrec.data.prepared import PreparedDataset
+    from mmrec.runs.config import preset_prepare_differences
+
+    ds = prepare(successor_raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    meta = PreparedDataset(ds).meta["config"]
+    diff = preset_prepare_differences("kdsr", "code", meta)
+    assert diff["prepare.split"] == {"preset": "ratio", "dataset": "loo"}
+    assert diff["prepare.ratio_rounding"] == {"preset": "test", "dataset": "train"}
+    assert "prepare.features_text" not in diff  # not a setting of `mmrec data prepare`: printed only
+    assert preset_prepare_differences("kdsr", None, meta) == {}

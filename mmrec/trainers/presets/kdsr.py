@@ -30,8 +30,9 @@ _CODE: dict[str, S] = {
     "prepare.kcore_iterative": S(True, f"{_D}:8 ('core: would iteractively filter users and items')"),
     "prepare.min_rating": S(0, f"{_D}:6 (rating_threshold: 0)"),
     "prepare.split": S("ratio", f"{_D}:9 (train_test_strategy: 'ratio'; 'user-based ratio')"),
-    "prepare.test_ratio": S(0.2, f"{_D}:7 (split_ratio: 0.2); preprocess/beauty/process_dataset.py:180 "
-                                 "(split_idx = len(record) - int(len(record)*split_ratio): the last floor(0.2 n) are test)"),
+    "prepare.ratios": S([0.8, 0.0, 0.2], f"{_D}:7 (split_ratio: 0.2; validation: False)"),
+    "prepare.ratio_rounding": S("test", f"{_C} preprocess/beauty/process_dataset.py:180 (split_idx = len(record) - "
+                                        "int(len(record)*split_ratio): the last floor(0.2 n) are test)"),
     "prepare.test_cases": S("every", f"{_C} preprocess/beauty/process_dataset.py:198 (every test item is a case; "
                                      "history = train part + earlier test items, the last 50)"),
     "prepare.validation": S("none", f"{_D}:4 (validation: False)"),
