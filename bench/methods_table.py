@@ -13,6 +13,10 @@ variants (ODMT's sub-networks alone) gets one more row per variant, from the sam
         --row sasrec=sasrec --row ef=sasrec_ef:features.text=minilm \\
         --row unisrec-ind=unisrec:features.text=minilm
 
+``--preset paper`` starts each row from its method's preset (``mmrec presets``); a row whose method
+has no such preset (SASRec) takes the ``train.*`` and ``eval.*`` values of ``--family``'s preset,
+so baselines run under the same preset family (optimiser, schedule, batch, length, protocol).
+
 Prints a Markdown table (mean ± sample standard deviation over the seeds) of the rows asked for and
 updates ``<out>/table.json``, which keeps every row any call under ``--out`` has printed (several
 calls, e.g. one per row in parallel, add up there; a row holds the seeds of the call that printed it
@@ -31,13 +35,27 @@ from pathlib import Path
 from mmrec.config import apply_overrides, from_dict
 from mmrec.runs.report import mean_sd
 from _runs import train_or_reuse
-from mmrec.runs.config import RunConfig
+from mmrec.runs.config import RunConfig, preset_overrides, preset_settings
+from mmrec.trainers.presets import presets_of
 
 
 def _row(spec: str) -> tuple[str, str, list[str]]:
     label, _, rest = spec.partition("=")
     method, _, sets = rest.partition(":")
     return label, method, [s for s in sets.split(",") if s]
+
+
+def _preset_base(method: str, preset: str | None, family: str | None) -> tuple[dict, str | None]:
+    """The settings a row starts from: its method's preset, or the train/eval part of the family's."""
+    if not preset:
+        return {}, None
+    if preset in presets_of(method):
+        return preset_settings(method, preset), preset
+    if not family:
+        sys.exit(f"method {method} has no preset {preset!r}: give --family METHOD to take that method's "
+                 "train.* and eval.* values for this row")
+    fam = preset_settings(family, preset)
+    return {k: v for k, v in fam.items() if k in ("train", "eval")}, f"{family}:{preset} (train, eval)"
 
 
 def _save_rows(path: Path, label: str, table: dict) -> None:
@@ -63,6 +81,9 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="setting for every row")
     ap.add_argument("--row", dest="rows", action="append", required=True, help="label=method[:k=v,...]")
     ap.add_argument("--metric", default="ndcg@10")
+    ap.add_argument("--preset", help="start every row from its method's preset of this name")
+    ap.add_argument("--family", help="with --preset: rows whose method has no such preset take the train.* "
+                                     "and eval.* values of this method's preset")
     ap.add_argument("--only-finished", action="store_true",
                     help="train nothing: print the table of the runs that have finished (seeds per row may differ)")
     args = ap.parse_args()
@@ -74,9 +95,13 @@ def main() -> None:
         runs, seeds = [], []
         for seed in args.seeds:
             run_dir = out / f"{label}-s{seed}"
-            base = {"dataset": args.dataset, "method": method, "store": args.store,
+            preset_base, preset_name = _preset_base(method, args.preset, args.family)
+            base = {**preset_base, "dataset": args.dataset, "method": method, "store": args.store,
                     "cold": {"fraction": args.cold, "seed": 0}}
             run = from_dict(RunConfig, apply_overrides(base, list(args.sets) + sets + [f"train.seed={seed}"]))
+            if preset_name:
+                run.preset = preset_name
+                run.preset_overrides = preset_overrides(run, preset_base)
             res = train_or_reuse(run, run_dir, f"{label} seed {seed}", only_finished=args.only_finished)
             if res is None:
                 continue

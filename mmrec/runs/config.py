@@ -272,10 +272,10 @@ def preset_prepare_differences(method: str, name: str | None, dataset_config: di
     with (``dataset_config``: its ``dataset.json`` ``config``): {key: {"preset": v, "dataset": w}}.
     Only keys that are settings of ``mmrec data prepare`` are compared; the others describe data
     mmrec cannot make (another encoder, say) and are only printed by ``mmrec presets``."""
-    if not name:
-        return {}
-    from mmrec.trainers.presets import preset
+    from mmrec.trainers.presets import preset, presets_of
 
+    if not name or name not in presets_of(method):  # none, or another method's (bench/methods_table.py --family)
+        return {}
     out = {}
     for key, v in preset(method, name).items():
         field_name = key.removeprefix("prepare.")

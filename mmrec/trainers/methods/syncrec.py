@@ -80,18 +80,15 @@ domain as negatives (those with the same target item excepted),
 
 (a domain with more than ``mim_group`` pairs is split into random groups of at most ``mim_group``,
 which bounds the memory of the scores and the log N scale of the loss). The paper describes a
-mutual-information maximisation without its estimator; on a small synthetic two-domain ring
-(120 users, 30 items, hidden 32, 40 epochs, one seed) ``infonce`` at weight 1 slowed learning
-markedly (test NDCG@10 0.73 against 0.985 without SC-MIM, 0.94 at ``mim_weight=0.1``) while
-``code`` cost little (0.965), hence the default.
+mutual-information maximisation without its estimator; ``code`` is the default because ``infonce``
+slowed learning on a synthetic ring (docs/results.md, "SC-MIM estimators").
 
 Cost. A training step runs every expert over two rows per user (the packed single-domain row and
 the merged one; ``inplace``: D + 1 rows), and each SDSR gate and tower only at the positions whose
 state a loss reads. With the stop-gradient, an expert runs without autograd on the rows whose output
 is detached (the cross experts on the SDSR rows, the single experts on the CDSR rows), which keeps
-the activation memory near one row per expert. With 6 domains (ml-1m genres' shares, batch 64 x 50,
-one CPU thread) a packed step takes 1/3.2 of the time of one padded row per domain
-(``bench/syncrec_packing.py``). Evaluation runs the CDSR task only (K expert passes).
+the activation memory near one row per expert (``bench/syncrec_packing.py`` times packed against
+one padded row per domain; docs/benchmarks.md). Evaluation runs the CDSR task only (K expert passes).
 
 Per-epoch report (metrics.jsonl): ``ntg_gap`` {domain: mean phi_d over the epoch's batches},
 ``ntg_weight`` {domain: w_d at the end of the epoch}, ``ntg_targets`` {domain: number of paired
