@@ -109,6 +109,10 @@ _PAPER_OVERRIDES: dict[str, S] = {
                                     "features needs features of dimension hidden); mmrec's rank-d reduction of the "
                                     "stored features stands in for the autoencoder"),
     "train.select_on": S("valid", "paper silent on model selection; choosing on the test set is the code's leak"),
+    # selecting on validation needs a validation part, which the code's split has none of: the last
+    # 10% of each user's events before the test part (mmrec's choice; the test part is the code's)
+    "prepare.ratios": S([0.7, 0.1, 0.2], None),
+    "prepare.validation": S("the last floor(0.1 n) events before the test part", None),
 }
 
 
