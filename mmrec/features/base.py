@@ -39,6 +39,15 @@ class Encoder:
     dim: int
     pooling: str = "pooled"
     tokens: int | None = None  # T when pooling == "tokens"
+    # attributes left out when the encoder is pickled (DataLoader workers started with 'spawn' get
+    # the encoder without its model)
+    unpicklable: ClassVar[tuple[str, ...]] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in self.unpicklable:
+            state[name] = None
+        return state
 
     def load(self, device: torch.device) -> None:
         """Load weights and move to ``device`` (called once per process before encoding)."""

@@ -150,11 +150,7 @@ class ClipEncoder(Encoder):
         self._loaded_file: Path | None = None
         self._ctx: int | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_model"] = None
-        state["_skeleton"] = None
-        return state
+    unpicklable = ("_model", "_skeleton")  # Encoder.__getstate__ leaves these out
 
     # -- building ------------------------------------------------------------------------------
 

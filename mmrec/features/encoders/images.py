@@ -408,11 +408,7 @@ class TimmImageEncoder(Encoder):
         self._hub_file: tuple[Path, str] | None = None
         self._hub_tag: str | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_model"] = None
-        state["_skeleton"] = None
-        return state
+    unpicklable = ("_model", "_skeleton")  # Encoder.__getstate__ leaves these out
 
     # -- where the weights come from ----------------------------------------------------------
 

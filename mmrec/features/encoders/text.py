@@ -275,10 +275,7 @@ class HFTextEncoder(Encoder):
 
     # -- pickling: DataLoader workers started with 'spawn' get the encoder without its model ------
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_model"] = None
-        return state
+    unpicklable = ("_model",)  # Encoder.__getstate__ leaves these out
 
     # -- what gets loaded ---------------------------------------------------------------------
 
