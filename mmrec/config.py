@@ -168,6 +168,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, dict) and value and all(v is None for v in value.values()):
+            value = raw  # "{title}" is a template, not a mapping of keys without values
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

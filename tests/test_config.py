@@ -57,3 +57,11 @@ def test_literal_and_cross_field_validation():
         from_dict(RunConfig, {"dataset": "d", "train": {"valid_metric": "ndcg@30"}})
     with pytest.raises(ConfigError, match="missing required setting"):
         from_dict(RunConfig, {})
+
+
+def test_a_braced_word_is_a_string_not_a_mapping():
+    from mmrec.config import apply_overrides
+
+    out = apply_overrides({}, ["options.template={title}", "options.t2={title}. {genres}.", "a.b={x: 1}"])
+    assert out["options"] == {"template": "{title}", "t2": "{title}. {genres}."}
+    assert out["a"]["b"] == {"x": 1}  # a real mapping stays one
