@@ -134,6 +134,9 @@ BEHAVIOUR_BEFORE: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
     ("train", "loss_weighting"): lambda old: "batch",
     # the attention fusions' output LayerNorm started at gain 1; the other fusions have no such gain,
     # nor has a run of one modality (nothing to fuse)
+    # UniSRec pre-training had no sequence-sequence term before model.seq_seq_weight existed
+    ("model", "seq_seq_weight"): lambda old: (0.0 if old.get("method") == "unisrec"
+                                              and old.get("model", {}).get("objective") == "pretrain" else 1e-3),
     ("model", "fusion_gain"): lambda old: (1.0 if old.get("model", {}).get("fusion") in ATTENTION_KINDS
                                            and len(old.get("features") or {}) > 1 else None),
 }

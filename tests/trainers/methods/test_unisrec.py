@@ -51,3 +51,176 @@ def test_unisrec_pretrain_then_finetune_loads_and_freezes(tmp_path, successor_ra
     with pytest.raises(ConfigError, match="no best.safetensors"):
         Trainer(from_dict(RunConfig, {**base, "model": {**base["model"], "init_from": str(tmp_path)}}),
                 tmp_path / "x", log=lambda s: None)
+
+
+# -- the sequence-sequence task and the code flags ----------------------------------------------------
+def _model(n=12, dim=6, word_drop=None, **cfg):
+    from mmrec.features.aligned import FeatureTable
+    from mmrec.trainers.methods.unisrec import UniSRec, UniSRecConfig
+
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(n + 1, dim, generator=g)
+    table[0] = 0
+    present = torch.ones(n + 1, dtype=torch.bool)
+    feats = {"text": FeatureTable("text", table, present, {})}
+    wd = None
+    if word_drop is not None:
+        wd = FeatureTable("text", word_drop(table), present.clone(), {})
+    base = {"hidden": 8, "inner": 16, "heads": 2, "dropout": 0.0, "attn_dropout": 0.0, "adaptor_dropout": 0.0,
+            "objective": "pretrain"}
+    torch.manual_seed(0)
+    m = UniSRec(from_dict(UniSRecConfig, {**base, **cfg}), n, 6, features=feats, word_drop=wd)
+    with torch.no_grad():  # non-uniform gates and centres, so a wrong feature would show
+        for p in m.text.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m.eval()
+
+
+def _batch():
+    items = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 6, 7, 0, 0, 0], [8, 9, 10, 11, 12, 1], [2, 4, 0, 0, 0, 0]])
+    lengths = torch.tensor([4, 3, 6, 2])
+    targets = torch.zeros_like(items)
+    targets[torch.arange(4), lengths - 1] = torch.tensor([5, 8, 2, 5])  # rows 0 and 3 share a target
+    return {"items": items, "lengths": lengths, "targets": targets}
+
+
+def test_item_drop_rules_by_hand():
+    from mmrec.trainers.methods.unisrec import item_drop
+
+    items = torch.tensor([[5, 6, 7, 8, 0, 0], [1, 2, 3, 0, 0, 0]])
+    lengths = torch.tensor([4, 3])
+    keep = torch.tensor([[1, 0, 1, 1, 0, 1], [0, 0, 0, 1, 1, 1]]).bool()
+    ids, n = item_drop(items, lengths, keep, "keep")
+    assert ids.tolist() == [[5, 7, 8, 0, 0, 0], [1, 0, 0, 0, 0, 0]] and n.tolist() == [3, 1]
+    # the released code: a run of dropped items overwrites the kept one before it (6 replaces 5; the
+    # last item, 3, always survives)
+    ids, n = item_drop(items, lengths, keep, "scatter")
+    assert ids.tolist() == [[6, 7, 8, 0, 0, 0], [3, 0, 0, 0, 0, 0]] and n.tolist() == [3, 1]
+
+
+def test_item_drop_scatter_rule_is_the_codes_scatter():
+    """UniSRec data/transform.py's packing, written out, against ``item_drop(..., "scatter")``."""
+    from mmrec.trainers.methods.unisrec import item_drop
+
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, 13, (200,), generator=g)
+    items = torch.randint(1, 50, (200, 12), generator=g) * (torch.arange(12)[None] < lengths[:, None])
+    keep = torch.bernoulli(torch.full(items.shape, 0.8), generator=g).bool()
+    mask = keep | items.eq(0)
+    mask[:, 0] = True
+    drop_index = torch.cumsum(mask, dim=1) - 1
+    code = torch.zeros_like(items).scatter(dim=-1, index=drop_index, src=items)
+    code_len = torch.gather(drop_index, 1, (lengths - 1).unsqueeze(1)).squeeze(1) + 1
+    ids, n = item_drop(items, lengths, keep, "scatter")
+    assert torch.equal(ids, code) and torch.equal(n, code_len)
+    ids_keep, n_keep = item_drop(items, lengths, keep, "keep")
+    assert torch.equal(n_keep, code_len) and not torch.equal(ids_keep, code)
+    assert torch.equal(ids_keep[:, 0], items[:, 0])  # the first item always survives under "keep"
+
+
+def test_seq_seq_loss_is_lambda_times_the_augmented_infonce():
+    from mmrec.trainers.methods.unisrec import item_drop
+
+    m = _model(seq_seq_weight=0.5, same_target_logit="0")
+    b = _batch()
+    keep = torch.tensor([[1, 0, 1, 0, 1, 1]] * 4).bool()
+    m.augmentation_draw = lambda items: (False, keep[: len(items)])
+    total = m.loss(b, None)
+    m0 = _model(seq_seq_weight=0.0, same_target_logit="0")
+    l_si = m0.loss(b, None)
+    assert set(m0.loss_parts) == {"seq_item"}
+    with torch.no_grad():
+        s = m.query(b["items"], b["lengths"])
+        aug, n = item_drop(b["items"], b["lengths"], keep, "keep")
+        a = m.query(aug, n)
+        logits = (s @ a.T) / 0.07
+        logits[0, 3] = logits[3, 0] = 0.0  # rows 0 and 3 share their target: the code's logit 0
+        l_ss = (torch.logsumexp(logits, 1) - logits.diag()).mean()
+    assert torch.allclose(total, l_si + 0.5 * l_ss, atol=1e-5)
+    assert m.loss_parts["seq_seq"] == pytest.approx(float(l_ss), abs=1e-5) and m.loss_parts["word_drop"] == 0.0
+
+
+def test_seq_seq_weight_zero_is_the_loss_before_the_task():
+    """seq_seq_weight=0 draws nothing and gives the sequence-item loss alone, as before."""
+    import torch.nn.functional as F
+
+    from mmrec.trainers.modules.losses import infonce_in_batch
+
+    m = _model(seq_seq_weight=0.0, dropout=0.3, attn_dropout=0.3).train()
+    b = _batch()
+    torch.manual_seed(5)
+    loss = m.loss(b, None)
+    after = torch.rand(())
+    torch.manual_seed(5)
+    h = m.sequence_states(b["items"], b["lengths"])  # the former pre-training loss, step by step
+    last = h[torch.arange(4), b["lengths"] - 1]
+    tgt = torch.tensor([5, 8, 2, 5])
+    old = infonce_in_batch(last, F.normalize(m._items(tgt), dim=-1), 0.07, target_ids=tgt)
+    assert torch.equal(loss, old) and torch.equal(after, torch.rand(()))
+
+
+def test_word_drop_swaps_the_dropped_positions_vectors():
+    b = _batch()
+    m = _model(word_drop=lambda t: t * -2.0 + 1.0, item_drop_prob=0.0)
+    torch.manual_seed(0)
+    word, keep = m.augmentation_draw(b["items"])
+    assert word and keep.shape == b["items"].shape  # item_drop_prob 0: always word drop
+    with torch.no_grad():
+        s = m.query(b["items"], b["lengths"])
+        all_kept = m.augmented_last(b["items"], b["lengths"], True, torch.ones_like(keep))
+        none_kept = m.augmented_last(b["items"], b["lengths"], True, torch.zeros_like(keep))
+        m.text.feat_text.copy_(m.feat_word_drop)  # every position from the word-drop table
+        s_wd = m.query(b["items"], b["lengths"])
+        half = keep.clone()
+        half[:, 1::2] = False
+    assert torch.allclose(all_kept, s, atol=1e-6) and torch.allclose(none_kept, s_wd, atol=1e-6)
+    assert not torch.allclose(s, s_wd, atol=1e-3)
+    # without a word-drop table every batch uses item drop
+    assert not _model(item_drop_prob=0.0).augmentation_draw(b["items"])[0]
+
+
+def test_pad_candidate_adds_the_codes_padding_class():
+    m = _model(objective="finetune", mode="transductive")
+    with torch.no_grad():
+        m.item.weight[0].normal_()
+    b = _batch()
+    plain = m.loss(b, None)
+    m.cfg.pad_candidate = True
+    pad = m.loss(b, None)
+    with torch.no_grad():
+        h = m.sequence_states(b["items"], b["lengths"])[b["targets"] > 0]
+        t = b["targets"][b["targets"] > 0]
+        items = m.item_embeddings()[1:]
+        row0 = m.text.adaptors["text"](torch.zeros(1, 6)) + m.item.weight[:1]
+        row0 = row0 / row0.norm()
+        z = h @ items.T / 0.07
+        z0 = h @ row0.T / 0.07
+        want_plain = (torch.logsumexp(z, 1) - z[torch.arange(len(t)), t - 1]).mean()
+        want_pad = (torch.logsumexp(torch.cat([z0, z], 1), 1) - z[torch.arange(len(t)), t - 1]).mean()
+    assert torch.allclose(plain, want_plain, atol=1e-5) and torch.allclose(pad, want_pad, atol=1e-5)
+    assert float(pad.detach()) > float(plain.detach())
+
+
+def test_unisrec_pretrain_with_word_drop_features_entry(tmp_path):
+    ring = {f"u{u}": [str((u + k) % 20 + 1) for k in range(8)] for u in range(30)}
+    ds, store = prepared_with_text(tmp_path, ring, 20)
+    cfg = {"dataset": str(ds), "method": "unisrec", "features": {"text": "text"}, "store": str(store),
+           "model": {"hidden": 16, "inner": 32, "objective": "pretrain", "item_drop_prob": 0.0,
+                     "word_drop_features": str(store / "text")},
+           "train": {"epochs": 1, "threads": 1, "batch_size": 16}}
+    tr = Trainer(from_dict(RunConfig, cfg), tmp_path / "pre", log=lambda s: None)
+    assert tr.raw_model.has_word_drop
+    tr.fit()
+    rows = [json.loads(x) for x in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
+    parts = [r["loss_parts"] for r in rows if "loss_parts" in r]
+    assert parts and parts[0]["word_drop"] == 1.0 and "seq_seq" in parts[0]
+
+
+def test_a_pretraining_folder_saved_before_the_seq_seq_term_resumes_without_it():
+    from mmrec.runs.config import upgrade_saved_config
+    from mmrec.trainers.methods.unisrec import UniSRecConfig
+
+    old = {"dataset": "d", "method": "unisrec", "model": {"objective": "pretrain"}}
+    assert upgrade_saved_config(old, UniSRecConfig)["model"]["seq_seq_weight"] == 0.0
+    finetune = {"dataset": "d", "method": "unisrec", "model": {}}
+    assert upgrade_saved_config(finetune, UniSRecConfig)["model"]["seq_seq_weight"] == 1e-3  # unused there
