@@ -217,7 +217,7 @@ def test_domain_gaps_by_hand():
 
 def test_cross_loss_is_weighted_by_the_domain_weights_and_the_average_moves():
     tc = SimpleNamespace(loss="ce")
-    m = _model()
+    m = _model(ntg_gap="mean")  # the estimator before ntg_gap existed (the code's): mean loss difference
     m.eval()  # deterministic states (no dropout, no gate noise) for the check
     with torch.no_grad():
         m.ntg_state.copy_(torch.tensor([0.1, -0.1]))
@@ -287,7 +287,7 @@ def test_infonce_leaves_out_rows_with_the_same_target():
 
 
 def test_model_mim_of_the_projected_cross_states():
-    m = _model(mim_estimator="infonce")
+    m = _model(mim_estimator="infonce", mim_negatives="batch")
     m.eval()
     with torch.no_grad():
         st = m.task_states(**{k: _batch()[k] for k in ("items", "lengths", "targets")})
@@ -438,3 +438,210 @@ def test_packing_benchmark_runs_both_layouts(monkeypatch, capsys):
     assert "3 domains, batch 4 x 8" in out
     assert "rows per user 2" in out and "rows per user 4" in out  # packed: 2; one row per domain: D + 1
     assert "ratio (per domain / packed) x" in out
+
+
+# --------------------------------------------------------------------------- the paper's LC-NTG and SC-MIM, the code's flags
+
+
+def test_sum_gap_by_hand():
+    # ntg_gap=sum (the paper's NTG, losses summed over time steps): per-domain sums over the batch's rows
+    m = SyNCRec(from_dict(SyNCRecConfig, SMALL), 6, 8, item_domain=np.array([0, 1, 1, 2, 2, 3, 3]),
+                domain_names=["a", "b", "c"])
+    gap, present, count = m.domain_gaps(torch.tensor([2.0, 1.0, 3.0]), torch.tensor([1.0, 1.0, 1.0]),
+                                        torch.tensor([1, 1, 2]), rows=2)
+    assert gap.tolist() == pytest.approx([(3.0 - 2.0) / 2, (3.0 - 1.0) / 2, 0.0])
+    assert present.tolist() == [True, True, False] and count.tolist() == [2, 1, 0]
+
+
+@pytest.mark.parametrize("gap", ["sum", "mean"])
+def test_model_gap_estimators(gap):
+    m = _model(ntg_gap=gap)
+    m.eval()
+    with torch.no_grad():
+        st = m.task_states(**{k: _batch()[k] for k in ("items", "lengths", "targets")})
+        p = st["paired"]
+        l_c = m.target_losses(st["cross"], st["target"], None, "ce")
+        l_s = m.target_losses(st["single"], st["target"][p], None, "ce")
+        got, _, _ = m.ntg_gaps(st, l_s, l_c, "ce")
+        d = st["target_domain"][p]
+        for k in (1, 2):
+            diffs = (l_s - l_c[p])[d == k]
+            expect = diffs.sum() / 3 if gap == "sum" else diffs.mean()  # 3 rows in the batch
+            assert float(got[k - 1]) == pytest.approx(float(expect), rel=1e-5)
+
+
+def test_domain_restricted_gap_scores_only_the_domains_items():
+    m = _model(ntg_scope="domain")
+    m.eval()
+    with torch.no_grad():
+        st = m.task_states(**{k: _batch()[k] for k in ("items", "lengths", "targets")})
+        p = st["paired"]
+        tgt, d = st["target"][p], st["target_domain"][p]
+        # ce: a softmax over the target's domain's items only, for both heads
+        for h in (st["single"], st["cross"][p]):
+            got = m.domain_losses(h, tgt, d, "ce")
+            logits = h @ m.item.weight[1:].T
+            for i in range(len(tgt)):
+                own = (DOM[1:] == d[i]).nonzero(as_tuple=True)[0]
+                expect = -torch.log_softmax(logits[i, own], 0)[(own == tgt[i] - 1).nonzero()[0, 0]]
+                assert float(got[i]) == pytest.approx(float(expect), rel=1e-5)
+        # bce: the negative is drawn among the domain's items (a-items are odd, b-items even)
+        order, start, count = m.domain_items()
+        assert order.tolist() == [1, 3, 5, 2, 4, 6] and start.tolist() == [0, 3] and count.tolist() == [3, 3]
+        torch.manual_seed(0)
+        dom = torch.tensor([1, 2] * 50)
+        pick = start[dom - 1] + (torch.rand(len(dom)) * count[dom - 1]).long()
+        assert (DOM[order[pick]] == dom).all()
+        # the gap it gives differs from the unrestricted one (the SDSR head is no longer favoured)
+        l_c = m.target_losses(st["cross"], st["target"], None, "ce")
+        l_s = m.target_losses(st["single"], tgt, None, "ce")
+        g_dom = m.ntg_gaps(st, l_s, l_c, "ce")[0]
+        m.cfg.ntg_scope = "all"
+        g_all = m.ntg_gaps(st, l_s, l_c, "ce")[0]
+        assert not torch.allclose(g_dom, g_all)
+
+
+def test_ntg_weights_move_and_differ_by_domain_under_the_paper_gap():
+    """A hand-made batch where domain a's targets are many and predictable from the merged history
+    and b's few: after a few training steps the weights differ by domain under the default (summed
+    gap), and much more than with the mean-difference estimator."""
+    items = torch.tensor([[1, 2, 3, 5, 1, 3, 5, 1], [3, 5, 1, 3, 5, 1, 3, 6], [5, 1, 3, 5, 1, 2, 5, 1]])
+    targets = torch.tensor([[2, 3, 5, 1, 3, 5, 1, 3], [5, 1, 3, 5, 1, 3, 6, 1], [1, 3, 5, 1, 2, 5, 1, 3]])
+    batch = {"items": items, "targets": targets, "lengths": torch.tensor([8, 8, 8])}
+    tc = SimpleNamespace(loss="ce")
+    spread = {}
+    for gap in ("sum", "mean"):
+        m = _model(ntg_gap=gap, gate_noise=False)
+        m.train()
+        opt = torch.optim.Adam(m.parameters(), lr=0.01)
+        m.on_epoch_start(1, opt)
+        for _ in range(5):
+            opt.zero_grad()
+            m.loss(batch, tc).backward()
+            opt.step()
+        rep = m.epoch_report()
+        w = rep["ntg_weight"]
+        assert sum(w.values()) == pytest.approx(1.0)
+        assert rep["ntg_gap"]["a"] != rep["ntg_gap"]["b"]
+        spread[gap] = abs(w["a"] - w["b"])
+    assert spread["sum"] > 0.03  # the weights differ by domain (0.06 here; the mean estimator: 0.008)
+    assert spread["sum"] > 3 * spread["mean"]  # the summed gap moves them much more than the mean one
+
+
+def test_code_loss_reduction_by_hand():
+    tc = SimpleNamespace(loss="bce")
+    m = _model(loss_reduction="code", single_input="inplace", mim_estimator="code")
+    m.eval()
+    batch = _batch()
+    with torch.no_grad():
+        m.ntg_state.copy_(torch.tensor([0.3, -0.2]))
+        st = m.task_states(**{k: batch[k] for k in ("items", "lengths", "targets")})
+        r, c = st["position"].unbind(-1)
+        neg = batch["negatives"][r, c]
+        l_c = m.target_losses(st["cross"], st["target"], neg, "bce")
+        l_s = m.target_losses(st["single"], st["target"], neg, "bce")
+        w = torch.softmax(torch.tensor([0.3, -0.2]), 0)
+        torch.manual_seed(5)
+        terms = m.loss_terms(batch, tc)
+        assert float(terms["single"]) == pytest.approx(float(l_s.sum() / 2000), rel=1e-5)  # D = 2
+        assert float(terms["cross"]) == pytest.approx(float((w[st["target_domain"] - 1] * l_c).sum() / 1000), rel=1e-5)
+        torch.manual_seed(5)
+        perm = torch.randperm(3)
+        other = m.item(batch["items"][perm][r, c])
+        mim = code_mim(m.mim(st["cross"]), st["single"], other).sum() / (3 * 8)  # B x max_len positions
+        assert float(terms["mim"]) == pytest.approx(float(mim), rel=1e-5)
+
+
+def test_sequence_gate_reads_the_whole_left_padded_window():
+    with pytest.raises(ConfigError):
+        _model(gate_input="sequence")  # needs the in-place single-domain rows
+    m = _model(gate_input="sequence", single_input="inplace")
+    assert m.gates[0].single.weight.shape == (2, 8 * 16) and m.gates[0].single.bias is not None
+    m.eval()
+    batch = _batch()
+    with torch.no_grad():
+        e, flat = m.window_embeddings(batch["items"], batch["lengths"])
+        # left-padded layout: row 2 (2 items) has 6 padding slots, then its items at positions 6, 7
+        left = m.embeddings(torch.tensor([[0, 0, 0, 0, 0, 0, 6, 5]]), None, torch.arange(8)[None])
+        assert torch.allclose(flat[2], left.reshape(-1), atol=1e-6)
+        assert torch.allclose(e[:, :5][batch["items"] > 0], m.embeddings(batch["items"], batch["lengths"])[batch["items"] > 0],
+                              atol=1e-6)
+        h = m.sequence_states(batch["items"], batch["lengths"])
+        # the gate sees later items: changing row 0's last item changes its state at position 0
+        items2 = batch["items"].clone()
+        items2[0, 4] = 1
+        h2 = m.sequence_states(items2, batch["lengths"])
+        assert not torch.allclose(h[0, 0], h2[0, 0])
+        m.cfg.gate_input = "position"  # the per-position gate is causal (the gate weights are not used)
+        m.gates = torch.nn.ModuleList(type(g)(16, 2, 2) for g in m.gates)
+        h, h2 = m.sequence_states(batch["items"], batch["lengths"]), m.sequence_states(items2, batch["lengths"])
+        assert torch.allclose(h[0, :4], h2[0, :4], atol=1e-6)
+
+
+def test_gate_noise_at_evaluation_only_with_gate_noise_eval():
+    batch = _batch()
+    for flag, same in ((False, True), (True, False)):
+        m = _model(gate_noise_eval=flag)
+        m.eval()
+        with torch.no_grad():
+            a, b = (m.query(batch["items"], batch["lengths"]) for _ in range(2))
+        assert torch.equal(a, b) == same
+
+
+def test_infonce_with_other_users_as_negatives_by_hand():
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    # rows 0 and 1 belong to the same user: neither is the other's negative; row 2 is another user's
+    out = infonce_per_group(c, s, torch.tensor([1, 1, 1]), owner=torch.tensor([0, 0, 1]))
+    assert float(out[0]) == pytest.approx(-math.log(math.exp(1) / (math.exp(1) + math.exp(2))))
+    assert float(out[1]) == pytest.approx(-math.log(math.exp(1) / (math.exp(1) + math.exp(0))))
+    assert float(out[2]) == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + math.exp(1) + math.exp(1))))
+    # the same target does not exclude another user's state (the paper's negatives: every other user)
+    out2 = infonce_per_group(c, s, torch.tensor([1, 1, 1]), owner=torch.tensor([0, 1, 2]))
+    assert float(out2[0]) == pytest.approx(-math.log(math.exp(1) / (math.exp(1) + math.exp(0) + math.exp(2))))
+
+
+def test_model_mim_default_is_the_papers_infonce_over_other_users():
+    m = _model()
+    assert m.cfg.mim_estimator == "infonce" and m.cfg.mim_negatives == "users" and m.mim.bias is None
+    m.eval()
+    with torch.no_grad():
+        st = m.task_states(**{k: _batch()[k] for k in ("items", "lengths", "targets")})
+        p = st["paired"]
+        expect = infonce_per_group(m.mim(st["cross"][p]), st["single"], st["target_domain"][p],
+                                   owner=st["position"][p][:, 0]).mean()
+        assert float(m.mim_loss(st)) == pytest.approx(float(expect))
+
+
+def test_mim_pair_input_and_bias_follow_the_code():
+    m = _model(mim_pair="input", mim_estimator="code", mim_bias=True, single_input="inplace")
+    assert m.mim.bias is not None
+    m.eval()
+    batch = _batch()
+    with torch.no_grad():
+        st = m.task_states(batch["items"], batch["lengths"], batch["targets"])
+        r, c = st["position"].unbind(-1)
+        idom = DOM[batch["items"][r, c]]
+        assert st["input_domain"].tolist() == idom.tolist() and len(st["single_input"]) == len(st["target"])
+        # h^S of the input's domain: the single-domain state of that domain at the position
+        other = m.task_states(batch["items"], batch["lengths"], torch.where(batch["targets"] > 0, batch["items"], 0))
+        assert torch.allclose(st["single_input"], other["single"], atol=1e-6)
+        # x': the other row's item as far from its end as the target's position is from this row's end
+        torch.manual_seed(4)
+        perm = torch.randperm(3)
+        n = batch["lengths"]
+        oc = c + n[perm][r] - n[r]
+        ids = torch.where(oc >= 0, batch["items"][perm][r, oc.clamp(min=0)], 0)
+        expect = code_mim(m.mim(st["cross"]), st["single_input"], m.item(ids)).mean()
+        torch.manual_seed(4)
+        assert float(m.mim_loss(st)) == pytest.approx(float(expect))
+
+
+def test_a_folder_saved_before_the_papers_lc_ntg_and_sc_mim_resumes_with_the_old_estimators():
+    from mmrec.runs.config import upgrade_saved_config
+    from mmrec.trainers.methods.syncrec import SyNCRecConfig
+
+    up = upgrade_saved_config({"dataset": "d", "method": "syncrec", "model": {"mim_estimator": "code"}}, SyNCRecConfig)
+    assert up["model"]["ntg_gap"] == "mean" and up["model"]["mim_negatives"] == "batch"
+    assert up["model"]["mim_estimator"] == "code"  # stored: an old run keeps it; a new one defaults to infonce
+    assert SyNCRecConfig().mim_estimator == "infonce" and SyNCRecConfig().ntg_gap == "sum"
