@@ -28,6 +28,19 @@ Objectives (``model.objective``):
 - ``pretrain``: ``L = L_SI + lambda * L_IT`` (lambda = ``model.it_weight`` = 1e-3).
   ``L_SI``: in-batch InfoNCE between the states and their targets' fused vectors (cosine / tau);
   other pairs with the same target are masked out (-inf; the code's -1e4 / tau gives the same value).
+  Negatives (``model.pretrain_negatives``): ``other_users`` (default) also masks every other target
+  position of the same user (the batch's ``user``; the same window where a batch has none), so a
+  row's negatives are the targets of the *other* users in the batch; ``batch`` keeps them all.
+  Why: the code's samples are (prefix, next item) pairs drawn from a shuffled concatenation of all
+  users' prefixes, so a row's in-batch negatives are, but for chance, other users' next items (the
+  paper's sequence-item contrast). With ``pretrain_positions=all`` every target of a 50-long window
+  joins one softmax, and without the mask a user's own other (earlier and later) items would be
+  negatives: hard false negatives the code almost never has. mmrec keeps the all-positions form
+  (every target once per epoch at the cost of one encoder pass per window, where prefix sampling
+  costs one pass per target) and removes the same-user pairs; ``train.windows=prefixes`` with
+  ``pretrain_positions=last`` and ``pretrain_negatives=batch`` is the code's prefix sampling
+  (the ``code_pretrain`` preset). On one batch of all the prefixes of some windows, the code's
+  ``L_SI`` equals ``pretrain_positions=all pretrain_negatives=batch`` (bench/side_by_side_ant.py).
   ``L_IT``: in-batch InfoNCE image -> text between ``u_image`` and ``u_text`` of the batch's targets.
   Pre-train on several datasets at once by merging them (``mmrec data merge`` / ``mmrec features
   merge``): the batches then mix domains, as ANT's concatenated and shuffled auxiliary datasets.
@@ -60,25 +73,49 @@ lambda = 1e-3 (``calculate_loss``), ``position=forward`` (RecBole's positions), 
   code's form: rows are the targets with an image, candidates are the texts of all the batch's
   targets, no same-item mask, mean over the rows.
 - ``L_SI`` at every target position of each training window (``model.pretrain_positions=all``), so
-  the in-batch candidates are all targets of the batch; the code's samples are (prefix, next item)
-  pairs, one position each: ``last`` uses the last position of each window only (as mmrec's UniSRec).
-  With ``all`` the logits are [N, N] for N target positions: mind ``train.batch_size``.
-- No +1e-8 terms in the log and the denominator (exact log-softmax); the padding row is not a class
-  of the target softmax (the code includes row 0, the projection of zero features).
-- Learning-rate decay: the code's StepLR (gamma 0.99 target, 0.995 pre-training, per epoch) is
-  ``model.lr_decay`` (default 1.0: off, as the other methods under the shared loop); fp16 is
-  ``train.mixed_precision``. Checkpoint selection is the loop's validation metric; the code keeps the
-  pre-training checkpoint of minimum training loss, and the target checkpoint of maximum validation
-  R@10 (``train.valid_metric=hr@10``).
+  the in-batch candidates are the targets of the batch (of its other users: ``pretrain_negatives``);
+  the code's samples are (prefix, next item) pairs, one position each: ``last`` uses the last
+  position of each window only (as mmrec's UniSRec; with ``train.windows=prefixes`` it is the
+  code's sampling). With ``all`` the logits are [N, N] for N target positions: mind
+  ``train.batch_size``. Pre-training with ``pretrain_negatives=batch`` and ``positions=all``, as
+  mmrec did before the option existed, made a user's own other items negatives (a bug, fixed by the
+  ``other_users`` default).
+- No +1e-8 terms in the log and the denominator (exact log-softmax); ``model.loss_eps=1e-8`` is the
+  code's ``-log(p / (S + eps) + eps)`` in all three losses. Not negligible: with tau = 0.07 a logit
+  spans +-14.3, so a positive's probability can fall below 1e-8, where the code's loss saturates at
+  -log(1e-8) = 18.4 and its gradient fades (1-2 % of the loss on random weights in the side-by-side).
+  The padding row is not a class of the target softmax; ``model.padding_class=true`` is the
+  code's softmax over rows 0..n, row 0 being the projection of all-zero features (every modality's
+  experts on a zero vector, with the interaction): exp(0) = 1 in the denominator at the code's
+  initialisation (b = 0, biases 0), a learned vector afterwards.
+- With gate noise on, the code's target loss draws the positive's gate noise apart from the
+  table's (``Modality2Item(label)`` and ``Modality2Item(indices)`` are two draws), so its positive
+  logit is not the table's column; mmrec draws once (one table). No flag (a sampling detail).
+- Learning-rate decay: the code's ``StepLR(step_size=1)`` with gamma 0.99 (target) and 0.995
+  (pre-training) is returned from Lightning's ``configure_optimizers`` without an interval, so it
+  steps once per *epoch* (Lightning's default ``interval="epoch"``): ``train.lr_schedule=step
+  train.lr_step_epochs=1 train.lr_gamma=0.99`` (the presets). The older ``model.lr_decay`` (per
+  epoch, default 1.0: off) does the same from the method's epoch hook; set one of the two, not both
+  (they compound). fp16 is ``train.mixed_precision``. Checkpoint selection is the loop's validation
+  metric; the code keeps the pre-training checkpoint of minimum training loss, and the target
+  checkpoint of maximum validation R@10 (``train.valid_metric=hr@10``).
 - Evaluation masks the input sequence in the code: ``eval.history_mask=input`` reproduces it.
-- ``relearn`` re-initialises to a fresh model's values (the paper: "re-learn from scratch"); the
-  code's own re-draw (xavier-normal experts, pre-trained price biases kept) is ``model.adapt=relearn_code``.
+- Re-learning initialisation (``model.adapt``): ``relearn`` (default) re-initialises to a fresh
+  model's values: the experts' W ~ N(0, init_std = 0.02), as the code's own from-scratch model starts
+  (``ANT._init_weights`` overrides the experts' xavier init at construction), which is the paper's
+  "re-learn from scratch". The code's ``finetune.py`` re-draws W xavier-normal instead, sd
+  sqrt(2 / (in + out)): 0.044 for text 768 -> 256, 0.040 for image 1024 -> 256, 0.079 for price
+  64 -> 256, i.e. 2-4x the scratch scale, and keeps the pre-trained price-expert biases:
+  ``model.adapt=relearn_code`` (``reinit_parameter``). Both are tested
+  (``test_relearn_initialisation_scale_paper_against_code``) and compared with the code's re-draw
+  in bench/side_by_side_ant.py.
 - Not ported: the ablation modes (NoMoE etc.: set features / ``fusion_lambda=0`` instead),
   ``last_n_MoE`` (off by default in the code), the unused MMFusion / DFusion modules.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -91,8 +128,12 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.adaptors import MoEAdaptor
 from mmrec.trainers.modules.items import FeatureItemEncoder, present_modalities
-from mmrec.trainers.modules.losses import ce_all_items, infonce_in_batch
-from mmrec.trainers.modules.sequence import TransformerConfig, TransformerEncoder, gather_last
+from mmrec.trainers.modules.losses import ce_all_items, same_target_mask
+from mmrec.trainers.modules.sequence import (
+    TransformerConfig,
+    TransformerEncoder,
+    gather_last,
+)
 
 
 @dataclass
@@ -112,16 +153,32 @@ class ANTConfig(TransformerConfig):
     it_weight: float = 1e-3  # lambda of the image-text contrastive term (pre-training)
     it_pairs: Literal["both", "code"] = "both"
     pretrain_positions: Literal["all", "last"] = "all"
-    lr_decay: float = 1.0  # per-epoch StepLR factor (code: 0.99 target, 0.995 pre-training)
+    # pre-training L_SI negatives: "other_users" = the targets of the batch's other users (a user's own
+    # other positions are masked, as the same target is); "batch" = every other target (the code's form
+    # on its (prefix, next item) samples; with pretrain_positions=all it makes a user's own items negatives)
+    pretrain_negatives: Literal["other_users", "batch"] = "other_users"
+    # target softmax over rows 0..n with row 0 the projection of all-zero features (the code's
+    # full_seq_item_contrastive_task over self.indices = 0..n); False: items 1..n only
+    padding_class: bool = False
+    # the code's "+ 1e-8" in every softmax loss, -log(exp(z_t) / (sum exp(z) + eps) + eps) (its
+    # layer_norm_eps reused): caps a sample's loss near -log(eps) = 18.4; 0 = the exact log-softmax
+    loss_eps: float = 0.0
+    # per-epoch learning-rate factor from the method's epoch hook (1.0: off); the presets use
+    # train.lr_schedule=step / lr_step_epochs=1 / lr_gamma instead (the code: 0.99 target, 0.995
+    # pre-training, StepLR stepped per epoch); do not set both
+    lr_decay: float = 1.0
     init_from: str | None = None
-    adapt: str = "relearn"  # a policy of mmrec.trainers.transfer.POLICIES
+    # a policy of mmrec.trainers.transfer.POLICIES: "relearn" (paper: re-learned tensors start as a fresh
+    # model's, experts N(0, init_std)) or "relearn_code" (finetune.py: xavier-normal experts, 2-4x larger
+    # at 768/1024/64 -> 256, pre-trained price biases kept); also finetune, finetune_all, freeze, scratch
+    adapt: str = "relearn"
 
     def validate(self) -> None:
         from mmrec.trainers.transfer import get_policy
 
         get_policy(self.adapt)
-        if self.temperature <= 0 or not 0 < self.lr_decay <= 1:
-            raise ConfigError("model.temperature must be positive and model.lr_decay in (0, 1]")
+        if self.temperature <= 0 or not 0 < self.lr_decay <= 1 or self.loss_eps < 0:
+            raise ConfigError("model.temperature must be positive, model.lr_decay in (0, 1] and model.loss_eps >= 0")
 
 
 def ant_fuse(vectors: Mapping[str, torch.Tensor], beta: float, both: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,6 +193,34 @@ def ant_fuse(vectors: Mapping[str, torch.Tensor], beta: float, both: torch.Tenso
             inter = inter * both.unsqueeze(-1).to(inter.dtype)
         out = out + beta * inter
     return out
+
+
+def nll(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Mean ``-log softmax(logits)[target]``; with ``eps > 0`` the code's form
+    ``-log(exp(z_t) / (sum_j exp(z_j) + eps) + eps)`` (``models/ANT.py``'s ``+ self.layer_norm_eps``
+    terms), computed in log space: a sample's loss is capped near ``-log(eps)`` and its gradient fades
+    once its positive's probability falls below ``eps``."""
+    if not eps:
+        return F.cross_entropy(logits, target)
+    lse = torch.logsumexp(logits, -1)
+    log_eps = torch.full_like(lse, math.log(eps))
+    log_p = logits.gather(1, target[:, None]).squeeze(1) - torch.logaddexp(lse, log_eps)
+    return -torch.logaddexp(log_p, log_eps).mean()
+
+
+def seq_item_infonce(h: torch.Tensor, pos: torch.Tensor, temperature: float, target_ids: torch.Tensor,
+                     owner: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+    """In-batch InfoNCE of cosine / ``temperature`` (row i's positive is ``pos[i]``) where column j != i
+    is removed from row i's softmax when it has row i's target (``target_ids``) or, given ``owner``
+    ([N] user ids), row i's user: ``L_SI`` with ``pretrain_negatives=other_users`` (``owner=None``:
+    ``batch``). ``eps``: ``nll``."""
+    h, pos = F.normalize(h, dim=-1), F.normalize(pos, dim=-1)
+    logits = (h @ pos.T).float() / temperature
+    drop = same_target_mask(target_ids)
+    if owner is not None:
+        drop = drop | ((owner[:, None] == owner[None, :]) & ~torch.eye(len(owner), dtype=torch.bool, device=owner.device))
+    logits = logits.masked_fill(drop, float("-inf"))
+    return nll(logits, torch.arange(len(h), device=h.device), eps)
 
 
 class ANT(SequentialRecommender):
@@ -228,22 +313,59 @@ class ANT(SequentialRecommender):
         h = self.sequence_states(batch["items"], batch["lengths"])
         if self.cfg.objective == "target":
             mask = batch["targets"] > 0
-            loss = ce_all_items(h[mask], batch["targets"][mask], self.item_embeddings(),
-                                temperature=self.cfg.temperature, exclude=self.train_exclusion)
+            if self.cfg.padding_class or self.cfg.loss_eps:
+                loss = self.target_loss_code(h[mask], batch["targets"][mask])
+            else:
+                loss = ce_all_items(h[mask], batch["targets"][mask], self.item_embeddings(),
+                                    temperature=self.cfg.temperature, exclude=self.train_exclusion)
             self._loss_parts = {"target": float(loss.detach())}
             return loss
+        targets = batch["targets"]
+        user = batch.get("user")
+        owner = (torch.as_tensor(user, device=targets.device) if user is not None
+                 else torch.arange(len(targets), device=targets.device))  # no user ids: the window
         if self.cfg.pretrain_positions == "all":
-            mask = batch["targets"] > 0
-            hs, tgt = h[mask], batch["targets"][mask]
+            mask = targets > 0
+            hs, tgt = h[mask], targets[mask]
+            owner = owner[:, None].expand_as(targets)[mask]
         else:
             hs = gather_last(h, batch["lengths"])
-            tgt = batch["targets"].gather(1, (batch["lengths"].clamp(min=1) - 1)[:, None]).squeeze(1)
-            hs, tgt = hs[tgt > 0], tgt[tgt > 0]
+            tgt = targets.gather(1, (batch["lengths"].clamp(min=1) - 1)[:, None]).squeeze(1)
+            hs, tgt, owner = hs[tgt > 0], tgt[tgt > 0], owner[tgt > 0]
         pos, vecs = self.item_vectors(tgt, parts=True)
-        l_si = infonce_in_batch(hs, pos, self.cfg.temperature, target_ids=tgt)
+        l_si = seq_item_infonce(hs, pos, self.cfg.temperature, tgt,
+                                owner if self.cfg.pretrain_negatives == "other_users" else None, self.cfg.loss_eps)
         l_it = self.image_text_loss(vecs, tgt)
         self._loss_parts = {"seq_item": float(l_si.detach()), "image_text": float(l_it.detach())}
         return l_si + self.cfg.it_weight * l_it
+
+    def padding_vector(self) -> torch.Tensor:
+        """The code's row 0 ``[1, d]``: every modality's experts and gate on an all-zero feature, fused
+        with the interaction (``Modality2Item`` of the padding id, whose features are zero)."""
+        vecs = {}
+        for s in self.items.modalities:
+            x = getattr(self.items, f"feat_{s}")
+            vecs[s] = self.items.adaptors[s](x.new_zeros(1, x.shape[-1]))
+        v = ant_fuse(vecs, self.cfg.fusion_lambda)
+        return v if self.item is None else v + self.item.weight[:1]
+
+    def target_loss_code(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The target loss with the code's options: cross-entropy of ``cos(h, v(i)) / tau`` over items
+        1..n, or over rows ``0..n`` with ``model.padding_class`` (row 0 = ``padding_vector``, the code's
+        ``full_seq_item_contrastive_task`` over ``self.indices``), with ``model.loss_eps`` (``nll``).
+        ``h`` [N, d] unit states, ``targets`` [N] ids in 1..n."""
+        table = self.item_vectors(None)[1:]
+        if self.cfg.padding_class:
+            table = torch.cat([self.padding_vector(), table])
+        e = F.normalize(table, dim=-1)
+        logits = (h @ e.T).float() / self.cfg.temperature
+        exclude = self.train_exclusion
+        if not self.cfg.padding_class:
+            exclude = None if exclude is None else exclude[1:]
+            targets = targets - 1
+        if exclude is not None:
+            logits = logits.masked_fill(exclude, float("-inf"))
+        return nll(logits, targets, self.cfg.loss_eps)
 
     def image_text_loss(self, vecs: Mapping[str, torch.Tensor], tgt: torch.Tensor) -> torch.Tensor:
         """In-batch InfoNCE image -> text over the targets ``tgt`` (``model.it_pairs``, module docstring);
@@ -255,13 +377,14 @@ class ANT(SequentialRecommender):
             sel = has_img & self._present("text", tgt)
             if not sel.any():
                 return vecs["image"].new_zeros(())
-            return infonce_in_batch(vecs["image"][sel], vecs["text"][sel], self.cfg.temperature, target_ids=tgt[sel])
+            return seq_item_infonce(vecs["image"][sel], vecs["text"][sel], self.cfg.temperature, tgt[sel],
+                                    eps=self.cfg.loss_eps)
         if not has_img.any():
             return vecs["image"].new_zeros(())
         img = F.normalize(vecs["image"][has_img], dim=-1)
         txt = F.normalize(vecs["text"], dim=-1)
         logits = (img @ txt.T).float() / self.cfg.temperature
-        return F.cross_entropy(logits, has_img.nonzero().squeeze(1))
+        return nll(logits, has_img.nonzero().squeeze(1), self.cfg.loss_eps)
 
     # -- loop hooks ------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:

@@ -137,20 +137,60 @@ def test_gaussian_routing_samples_in_training_and_uses_the_mean_at_eval():
 
 # --- losses ---------------------------------------------------------------------------------------
 
-def _infonce_by_hand(a, b, ids, mask_same=True, rows=None):
-    """-mean_i log(exp(s_ii) / sum_{j kept} exp(s_ij)), s = cos / TAU, with loops."""
+def _infonce_by_hand(a, b, ids, mask_same=True, rows=None, owners=None):
+    """-mean_i log(exp(s_ii) / sum_{j kept} exp(s_ij)), s = cos / TAU, with loops; ``owners``: a
+    column of the row's own owner (user) is dropped too."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     rows = list(range(len(a))) if rows is None else rows
     total = 0.0
     for r, i in enumerate(rows):
         s = [float(a[r] @ b[j]) / TAU for j in range(len(b))]
-        keep = [j for j in range(len(b)) if j == i or not (mask_same and ids[j] == ids[i])]
+        keep = [j for j in range(len(b)) if j == i or not ((mask_same and ids[j] == ids[i])
+                                                           or (owners is not None and owners[j] == owners[i]))]
         total -= s[i] - math.log(sum(math.exp(s[j]) for j in keep))
     return total / len(rows)
 
 
+def test_pretraining_negatives_exclude_the_same_users_other_items():
+    """Default ``pretrain_negatives=other_users``: a target position's softmax leaves out the other
+    positions of its own user (here users 5, 9, 5: windows 0 and 2 are one user), as it leaves out
+    the same target; ``batch`` keeps them (a user's own items as negatives)."""
+    m = _model(objective="pretrain", it_weight=0.0)
+    assert m.cfg.pretrain_negatives == "other_users"
+    _randomise(m, 4)
+    m.eval()
+    b = {"items": torch.tensor([[1, 2, 3, 0], [4, 3, 5, 6], [8, 9, 0, 0]]),
+         "targets": torch.tensor([[2, 3, 4, 0], [3, 5, 6, 7], [9, 10, 0, 0]]),
+         "lengths": torch.tensor([3, 4, 2]), "user": torch.tensor([5, 9, 5])}
+    with torch.no_grad():
+        h = m.sequence_states(b["items"], b["lengths"])
+        mask = b["targets"] > 0
+        hs, tgt = h[mask], b["targets"][mask]
+        ids = tgt.tolist()
+        owners = b["user"][:, None].expand_as(b["targets"])[mask].tolist()
+        assert owners == [5, 5, 5, 9, 9, 9, 9, 5, 5]
+        pos = m.item_vectors(tgt)
+        other_users = _infonce_by_hand(hs, pos, ids, owners=owners)
+        everyone = _infonce_by_hand(hs, pos, ids)
+        assert m.loss(b, _Train()).item() == pytest.approx(other_users, rel=1e-5)
+        assert abs(other_users - everyone) > 1e-3  # the mask matters here
+        m.cfg.pretrain_negatives = "batch"
+        assert m.loss(b, _Train()).item() == pytest.approx(everyone, rel=1e-5)
+        # last positions only: the two windows of user 5 do not see each other's target either
+        m.cfg.pretrain_negatives, m.cfg.pretrain_positions = "other_users", "last"
+        last = h[torch.arange(3), b["lengths"] - 1]
+        lt = [4, 7, 10]
+        expect = _infonce_by_hand(last, m.item_vectors(torch.tensor(lt)), lt, owners=[5, 9, 5])
+        assert m.loss(b, _Train()).item() == pytest.approx(expect, rel=1e-5)
+        # a batch without user ids: each window is its own user
+        del b["user"]
+        m.cfg.pretrain_positions = "all"
+        win = [0, 0, 0, 1, 1, 1, 1, 2, 2]
+        assert m.loss(b, _Train()).item() == pytest.approx(_infonce_by_hand(hs, pos, ids, owners=win), rel=1e-5)
+
+
 def test_pretraining_loss_is_seq_item_plus_lambda_image_text():
-    m = _model(objective="pretrain", it_weight=0.5)
+    m = _model(objective="pretrain", it_weight=0.5, pretrain_negatives="batch")
     _randomise(m, 1)
     m.eval()  # no gate noise: deterministic
     b = _batch()
@@ -197,6 +237,142 @@ def test_target_loss_is_a_cosine_softmax_over_all_items():
         tgt = b["targets"][b["targets"] > 0] - 1
         expect = -(logits.log_softmax(-1)[torch.arange(len(tgt)), tgt]).mean()
         assert m.loss(b, _Train()).item() == pytest.approx(expect.item(), rel=1e-5)
+
+
+def test_padding_class_is_the_codes_row_0_of_zero_features():
+    """``padding_class``: the softmax runs over rows 0..n, row 0 = every modality's experts on a zero
+    feature (uniform gates: the gate reads 0) with the interaction. At the initialisation (b = 0,
+    biases 0) row 0 is the zero vector, so it adds exp(0) = 1 to each denominator."""
+    m = _model(padding_class=True, temperature=1.0)  # logits near 0: row 0 weighs
+    m.eval()
+    b = _batch()
+    with torch.no_grad():
+        h = m.sequence_states(b["items"], b["lengths"])[b["targets"] > 0]
+        tgt = b["targets"][b["targets"] > 0]
+        logits = h @ F.normalize(m.item_vectors(None)[1:], dim=-1).T / m.cfg.temperature
+        pick = logits[torch.arange(len(tgt)), tgt - 1]
+        expect = -(pick - torch.log(1.0 + logits.exp().sum(-1))).mean()
+        assert not m.padding_vector().any()
+        assert m.loss(b, _Train()).item() == pytest.approx(expect.item(), rel=1e-5)
+        plain = -(logits.log_softmax(-1)[torch.arange(len(tgt)), tgt - 1]).mean()
+        assert abs(plain.item() - expect.item()) > 1e-2  # the extra exp(0) counts
+        _randomise(m, 5)
+        ad = m.items.adaptors
+        u = {s: -torch.stack([e.lin.weight @ e.bias for e in ad[s].experts]).mean(0) for s in ("text", "image")}
+        u["price"] = torch.stack([e.lin.bias for e in ad["price"].experts]).mean(0)
+        row0 = u["text"] + u["image"] + u["price"] + 0.1 * u["image"] * u["text"]
+        assert torch.allclose(m.padding_vector()[0], row0, atol=1e-6)
+        h = m.sequence_states(b["items"], b["lengths"])[b["targets"] > 0]
+        table = F.normalize(torch.cat([row0[None], m.item_vectors(None)[1:]]), dim=-1)
+        logits = h @ table.T / m.cfg.temperature
+        expect = -(logits.log_softmax(-1)[torch.arange(len(tgt)), tgt]).mean()
+        assert m.loss(b, _Train()).item() == pytest.approx(expect.item(), rel=1e-5)
+        m.cfg.padding_class = False  # items 1..n only
+        plain = -(logits[:, 1:].log_softmax(-1)[torch.arange(len(tgt)), tgt - 1]).mean()
+        assert m.loss(b, _Train()).item() == pytest.approx(plain.item(), rel=1e-5)
+        assert abs(plain.item() - expect.item()) > 1e-3
+
+
+def test_loss_eps_is_the_codes_plus_eps_in_the_denominator_and_the_log():
+    """``loss_eps``: each sample's loss is ``-log(exp(z_t) / (sum_j exp(z_j) + eps) + eps)`` (the code's
+    ``+ self.layer_norm_eps``), in the target loss (with and without the padding row) and in L_SI / L_IT;
+    the cap ``-log(eps)`` binds for a sample whose positive is unlikely."""
+    eps = 1e-3  # large enough to see; the code's is 1e-8
+    b = _batch()
+
+    def by_hand(logits, tgt):
+        out = []
+        for z, t in zip(logits.tolist(), tgt.tolist()):
+            p = math.exp(z[t]) / (sum(math.exp(v) for v in z if v != float("-inf")) + eps)
+            out.append(-math.log(p + eps))
+        return sum(out) / len(out), max(out)
+
+    for padding in (False, True):
+        m = _model(loss_eps=eps, padding_class=padding)
+        _randomise(m, 7)
+        m.eval()
+        with torch.no_grad():
+            h = m.sequence_states(b["items"], b["lengths"])[b["targets"] > 0]
+            tgt = b["targets"][b["targets"] > 0]
+            table = m.item_vectors(None)
+            table = torch.cat([m.padding_vector(), table[1:]]) if padding else table[1:]
+            logits = h @ F.normalize(table, dim=-1).T / TAU
+            expect, worst = by_hand(logits, tgt if padding else tgt - 1)
+            assert m.loss(b, _Train()).item() == pytest.approx(expect, rel=1e-5)
+            assert worst < -math.log(eps)  # capped
+            m.cfg.loss_eps = 0.0
+            assert abs(m.loss(b, _Train()).item() - expect) > 1e-3
+    m = _model(objective="pretrain", it_weight=0.0, pretrain_negatives="batch", loss_eps=eps)
+    _randomise(m, 8)
+    m.eval()
+    with torch.no_grad():
+        h = m.sequence_states(b["items"], b["lengths"])
+        mask = b["targets"] > 0
+        hs, tgt = F.normalize(h[mask], dim=-1), b["targets"][mask]
+        pos = F.normalize(m.item_vectors(tgt), dim=-1)
+        logits = hs @ pos.T / TAU
+        ids = tgt.tolist()
+        for i in range(len(ids)):
+            for j in range(len(ids)):
+                if i != j and ids[i] == ids[j]:
+                    logits[i, j] = float("-inf")
+        expect, _ = by_hand(logits, torch.arange(len(ids)))
+        assert m.loss(b, _Train()).item() == pytest.approx(expect, rel=1e-5)
+
+
+@pytest.mark.parametrize("name,gamma", [("code", 0.99), ("code_pretrain", 0.995), ("paper", 0.99),
+                                        ("paper_pretrain", 0.995)])
+def test_presets_lr_decay_is_the_codes_steplr_stepped_per_epoch(name, gamma):
+    """The code returns ``StepLR(step_size=1, gamma)`` from Lightning's ``configure_optimizers``
+    without an interval, so it steps once per epoch; the presets' ``train.lr_schedule=step`` gives the
+    same factor at every optimiser step of an epoch (and not gamma ** steps, per batch)."""
+    from mmrec.runs.config import TrainConfig, lr_factor
+    from mmrec.trainers.presets import preset
+
+    p = preset("ant", name)
+    tc = TrainConfig(lr_schedule=p["train.lr_schedule"].value, lr_step_epochs=p["train.lr_step_epochs"].value,
+                     lr_gamma=p["train.lr_gamma"].value)
+    assert tc.lr_gamma == gamma
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
+    per_epoch = 3
+    for epoch in range(4):
+        for k in range(per_epoch):
+            assert lr_factor(tc, epoch * per_epoch + k, per_epoch) == pytest.approx(opt.param_groups[0]["lr"])
+            opt.step()
+        sched.step()  # Lightning: after each training epoch
+    assert lr_factor(tc, per_epoch, per_epoch) == pytest.approx(gamma) != pytest.approx(gamma ** per_epoch)
+
+
+def test_relearn_initialisation_scale_paper_against_code():
+    """At the paper's sizes (text 768, image 1024, price 64 -> 256, 8 experts) ``relearn`` re-starts the
+    experts' W at a fresh model's N(0, 0.02), the scale the code's own from-scratch model starts from,
+    and ``relearn_code`` at the code's xavier-normal sd sqrt(2 / (in + out)): 2.2x, 2.0x and 4x larger."""
+    dims = {"text": 768, "image": 1024, "price": 64}
+    f = random_features(4, dims)
+    torch.manual_seed(0)
+    cfg = from_dict(ANTConfig, {"hidden": 256, "inner": 256, "layers": 1})
+    pre = ANT(cfg, 4, 6, features=f)
+    _randomise(pre, 6)
+    state = {k: v.clone() for k, v in pre.state_dict().items()}
+    sd = {}
+    for policy in ("relearn", "relearn_code"):
+        torch.manual_seed(1)
+        m = ANT(cfg, 4, 6, features=f)
+        apply_policy(m, state, POLICIES[policy])
+        sd[policy] = {s: torch.stack([e.lin.weight for e in m.items.adaptors[s].experts]).std().item() for s in dims}
+        if policy == "relearn_code":
+            price_bias = m.items.adaptors["price"].experts[3].lin.bias
+            assert torch.equal(price_bias, state["items.adaptors.price.experts.3.lin.bias"])  # kept
+            assert not m.items.adaptors["text"].experts[0].bias.any()
+    for s, d in dims.items():
+        xavier = math.sqrt(2 / (d + 256))
+        assert sd["relearn"][s] == pytest.approx(0.02, rel=0.02)
+        assert sd["relearn_code"][s] == pytest.approx(xavier, rel=0.02)
+    ratio = {s: sd["relearn_code"][s] / sd["relearn"][s] for s in dims}
+    assert ratio["text"] == pytest.approx(2.2, abs=0.1) and ratio["image"] == pytest.approx(1.98, abs=0.1)
+    assert ratio["price"] == pytest.approx(3.95, abs=0.15)
 
 
 def test_lr_decay_is_a_per_epoch_step():
@@ -432,3 +608,10 @@ def test_negative_transfer_verdict():
     assert t["a"]["negative_transfer"] == "yes" and t["a"]["gap"] == pytest.approx(-0.10)
     assert t["b"]["negative_transfer"] == "no (within spread)" and t["c"]["negative_transfer"] == "no"
     assert t["a"]["gap_pct"] == pytest.approx(-100 * 0.10 / 0.205)
+
+
+def test_a_pretraining_folder_saved_before_pretrain_negatives_resumes_with_batch_negatives():
+    from mmrec.runs.config import upgrade_saved_config
+
+    up = upgrade_saved_config({"dataset": "d", "method": "ant", "model": {"objective": "pretrain"}}, ANTConfig)
+    assert up["model"]["pretrain_negatives"] == "batch" and ANTConfig().pretrain_negatives == "other_users"
