@@ -137,6 +137,11 @@ BEHAVIOUR_BEFORE: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
     # UniSRec pre-training had no sequence-sequence term before model.seq_seq_weight existed
     ("model", "seq_seq_weight"): lambda old: (0.0 if old.get("method") == "unisrec"
                                               and old.get("model", {}).get("objective") == "pretrain" else 1e-3),
+    # SyNCRec's LC-NTG gap was the mean loss difference and its InfoNCE took the batch's other pairs
+    ("model", "ntg_gap"): lambda old: "mean",
+    ("model", "mim_negatives"): lambda old: "batch",
+    # ANT pre-training's in-batch softmax had every other target of the batch as a negative
+    ("model", "pretrain_negatives"): lambda old: "batch",
     ("model", "fusion_gain"): lambda old: (1.0 if old.get("model", {}).get("fusion") in ATTENTION_KINDS
                                            and len(old.get("features") or {}) > 1 else None),
 }
