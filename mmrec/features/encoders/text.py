@@ -62,6 +62,7 @@ from ._common import (
     looks_local,
     opt_bool,
     opt_choice,
+    opt_float,
     opt_int,
     require,
     sha256_files,
@@ -203,6 +204,23 @@ def template_from_options(template: Any, fields: Any, default: str = DEFAULT_TEM
     return TextTemplate(default if template is None else template)
 
 
+def drop_words(text: str, p: float, seed: int, item_id: str) -> str:
+    """``text`` with each whitespace-separated word dropped with probability ``p`` (at least one word
+    kept), drawn from ``(seed, item_id)``: the same item always loses the same words."""
+    import hashlib
+
+    import numpy as np
+
+    words = text.split()
+    if len(words) <= 1:
+        return text
+    key = int.from_bytes(hashlib.sha256(f"{seed}:{item_id}".encode()).digest()[:8], "little")
+    keep = np.random.default_rng(key).random(len(words)) >= p
+    if not keep.any():
+        keep[0] = True
+    return " ".join(w for w, k in zip(words, keep) if k)
+
+
 def render_or_missing(template: TextTemplate, item: dict[str, Any]) -> str | Missing:
     text = template.render(item)
     if not text:
@@ -235,9 +253,17 @@ class HFTextEncoder(Encoder):
     def __init__(self, model: str | None = None, pooling: str | None = None, *, template: str | None = None,
                  fields: Sequence[str] | None = None, max_length: int | None = None, tokens: int | None = None,
                  normalize: bool | None = None, revision: str | None = None,
-                 trust_remote_code: bool | None = None):
+                 trust_remote_code: bool | None = None, word_drop: float | None = None, word_drop_seed: int = 0):
         self.pooling = opt_choice("pooling", pooling or self.DEFAULT_POOLING, self.POOLINGS)
         self.template = template_from_options(template, fields)
+        # UniSRec's word-drop augmentation: each whitespace word of the rendered text dropped with
+        # probability word_drop (at least one kept), drawn from (word_drop_seed, item id), so an
+        # extraction that resumes draws the same words; the entry is then a second text table
+        # (UniSRec's model.word_drop_features)
+        self.word_drop = 0.0 if word_drop is None else opt_float("word_drop", word_drop, positive=False)
+        if not 0.0 <= self.word_drop < 1.0:
+            raise ConfigError(f"encoder option word_drop must be in [0, 1), got {word_drop!r}")
+        self.word_drop_seed = opt_int("word_drop_seed", word_drop_seed, minimum=0)
         if self.pooling == "tokens":
             if max_length is not None:
                 raise ConfigError("with pooling=tokens the sequence length is option tokens (default "
@@ -350,7 +376,10 @@ class HFTextEncoder(Encoder):
     # -- the three steps ----------------------------------------------------------------------
 
     def make_input(self, item: dict[str, Any]) -> str | Missing:
-        return render_or_missing(self.template, item)
+        text = render_or_missing(self.template, item)
+        if self.word_drop and isinstance(text, str):
+            text = drop_words(text, self.word_drop, self.word_drop_seed, str(item.get("item_id", "")))
+        return text
 
     def sort_key(self, item: dict[str, Any]) -> int:
         return len(self.template.render(item))
@@ -414,6 +443,8 @@ class HFTextEncoder(Encoder):
                "pooling": self.pooling, "dim": self.dim, "tokens": self.tokens, "normalize": self.normalize,
                "dtype": "float32",
                "preprocessing": {"template": self.template.template, "max_length": self.max_length,
+                                 **({"word_drop": self.word_drop, "word_drop_seed": self.word_drop_seed}
+                                    if self.word_drop else {}),
                                  "tokenizer_sha256": self._tokenizer_digest(), "padding": "longest",
                                  "truncation": True},
                "libraries": library_versions("torch", "transformers", "tokenizers")}
@@ -424,7 +455,8 @@ class HFTextEncoder(Encoder):
         return {"encoder": self.key, "model": m["model"], "weights_sha256": m["weights_sha256"] if self.local else None,
                 "revision": self.revision, "tokenizer_sha256": self._tokenizer_digest(), "pooling": self.pooling,
                 "tokens": self.tokens, "normalize": self.normalize, "template": self.template.template,
-                "max_length": self.max_length}
+                "max_length": self.max_length,
+                **({"word_drop": self.word_drop, "word_drop_seed": self.word_drop_seed} if self.word_drop else {})}
 
 
 class BertEncoder(HFTextEncoder):
