@@ -77,8 +77,9 @@ class TrainConfig:
     early_stop: Literal["metric", "any"] = "metric"
     # "valid": the checkpoint kept is the best on the validation part; "test_leak": on the *test*
     # part (as some released code does: a leak, reported as such in results.json; only in ``code``
-    # presets). The test part is then evaluated every epoch
-    select_on: Literal["valid", "test_leak"] = "valid"
+    # presets). The test part is then evaluated every epoch. "last": the last evaluated epoch is kept
+    # (no early stop; e.g. UniSRec's code fine-tunes from its last pre-training epoch)
+    select_on: Literal["valid", "test_leak", "last"] = "valid"
     eval_every: int = 1
     grad_clip: float | None = None
     seed: int = 42

@@ -314,7 +314,7 @@ class Trainer:
                 if tc.select_on == "test_leak":  # the released code's way: a leak, named in results.json
                     chosen_on = row["test_leak"] = self.evaluator.evaluate(self.raw_model, "test")
                 value = chosen_on[metric]
-                if improved(chosen_on, state, metric, tc.early_stop):
+                if tc.select_on == "last" or improved(chosen_on, state, metric, tc.early_stop):
                     state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
                     if self.accel.is_main_process:
                         self.folder.save_best(self.raw_model)
@@ -417,9 +417,11 @@ class Trainer:
                 "evaluation": self.evaluator.protocol(),
                 "valid_metric": self.run.train.valid_metric,
                 **({"preset_prepare_differences": self.prepare_differences} if self.prepare_differences else {}),
-                "checkpoint_selection": ("validation part" if self.run.train.select_on == "valid" else
-                                         "TEST part (train.select_on=test_leak, as the released code: a leak; "
-                                         "the test figures are optimistic)"),
+                "checkpoint_selection": {
+                    "valid": "validation part",
+                    "last": "the last epoch (train.select_on=last)",
+                    "test_leak": "TEST part (train.select_on=test_leak, as the released code: a leak; "
+                                 "the test figures are optimistic)"}[self.run.train.select_on],
                 "cold_start": ({"fraction": self.run.cold.fraction, "seed": self.run.cold.seed,
                                 "held_out_items": int(self.cold.sum()), "file": "cold_items.txt"}
                                if self.cold is not None else None),

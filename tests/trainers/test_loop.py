@@ -391,3 +391,9 @@ def test_checkpoint_chosen_on_test_is_named_a_leak(ds, tmp_path):
     assert res["best_epoch"] == best["epoch"]
     plain = Trainer(_run(ds, epochs=1), tmp_path / "b", log=lambda s: None).fit()
     assert plain["protocol"]["checkpoint_selection"] == "validation part" and plain["preset"] is None
+
+
+def test_select_on_last_keeps_the_last_epoch(ds, tmp_path):
+    res = Trainer(_run(ds, epochs=3, select_on="last", patience=1), tmp_path / "a", log=lambda s: None).fit()
+    assert res["best_epoch"] == 3 and res["epochs_run"] == 3
+    assert res["protocol"]["checkpoint_selection"] == "the last epoch (train.select_on=last)"

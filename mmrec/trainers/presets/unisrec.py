@@ -101,7 +101,8 @@ _PRETRAIN_CODE: dict[str, S] = {
     "train.epochs": S(300, f"{_P}:10 (pretrain_epochs: 300)"),
     "train.batch_size": S(8192, f"{_P}:12 (train_batch_size: 8192)"),
     # the code does not validate while pre-training and fine-tunes from the epoch-300 checkpoint
-    # (README: UniSRec-FHCKM-300.pth); mmrec keeps its best validation epoch: never stop early
+    # (README: UniSRec-FHCKM-300.pth): keep the last epoch, never stop early
+    "train.select_on": S("last", f"{_C} README (fine-tunes from UniSRec-FHCKM-300.pth, the last pre-training epoch)"),
     "train.patience": S(300, f"{_C} trainer.py / RecBole PretrainTrainer.pretrain (no validation, saves every "
                              f"save_step = 50 epochs, {_P}:11)"),
     "train.eval_every": S(50, f"{_P}:11 (save_step: 50)"),
