@@ -31,7 +31,7 @@ def train_or_reuse(run: RunConfig, run_dir: str | Path, label: str, *, only_fini
         return None
     t = time.perf_counter()
     try:
-        res = Trainer(run, run_dir, log=lambda m: None).fit(resume=True)
+        res = Trainer(run, run_dir, log=lambda m: None, progress_bar=False).fit(resume=True)
     except RunFolderBusy as busy:
         log(f"{label}: left to the other process ({busy.holder})")
         return None

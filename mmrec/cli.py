@@ -196,6 +196,7 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: <out>/<dataset>-<method>-<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Start from the method's preset: paper, code or harmonised (the defaults); see `mmrec presets METHOD`. --config, the flags and --set override it."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no epoch lines (errors and the results table only)."),
 ) -> None:
     """Train a method on a prepared dataset; evaluate the test part once at the best validation epoch.
 
@@ -212,7 +213,7 @@ def train(
         name = run.name or f"{Path(run.dataset).name}-{run.method}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(run.out) / name
     typer.echo(f"run folder: {run_dir}")
-    trainer = Trainer(run, run_dir)
+    trainer = Trainer(run, run_dir, log=(lambda m: None) if quiet else print, progress_bar=False if quiet else None)
     try:
         results = trainer.fit(resume=resume)
     except Preempted as p:
@@ -441,6 +442,7 @@ def extract(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace features made from another catalogue or settings."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or progress lines."),
 ) -> None:
     """Encode an item catalogue with a frozen encoder into a sharded, resumable feature store.
 
@@ -459,6 +461,8 @@ def extract(
             base[k] = v
     if overwrite:
         base["overwrite"] = True
+    if quiet:
+        base["quiet"] = True
     base = apply_overrides(base, list(set_ or []) + [f"options.{o}" for o in (option or [])])
     cfg = from_dict(ExtractConfig, base)
     res = run_extract(cfg, log=lambda m: typer.echo(m, err=True))
@@ -469,7 +473,7 @@ def extract(
             r = ": ".join(r.split(": ")[:2])  # the kind of failure, without the file it names
             reasons[r] = reasons.get(r, 0) + 1
         typer.echo(f"{res.entry_dir}: {m['n_rows']:,} of {m['n_items']:,} items encoded "
-                   f"({m['encoder'].get('key', cfg.encoder)}, shape {m['shape_per_item']}, {m['dtype']}, {m['format']}); "
+                   f"({m['encoder'].get('encoder', cfg.encoder)}, shape {m['shape_per_item']}, {m['dtype']}, {m['format']}); "
                    f"{len(m['missing']):,} missing")
         for r, c in sorted(reasons.items(), key=lambda x: -x[1])[:10]:
             typer.echo(f"  missing: {c:,} x {r}")
@@ -485,6 +489,50 @@ def features_info(entry: str = typer.Argument(..., help="Entry folder, or its na
     from mmrec.features.store import find_entry, format_info
 
     typer.echo(format_info(find_entry(entry, store)))
+
+
+@features_app.command("import")
+@_user_errors
+def features_import(
+    source: Path = typer.Argument(..., help="The features: an .npy / .pt matrix, a Parquet or HDF5 file, or an MMRec "
+                                            "dataset folder (text_feat.npy, image_feat.npy, i_id_mapping.csv)."),
+    modality: str = typer.Option(..., "--modality", "-m", help="text, image or price."),
+    name: Optional[str] = typer.Option(None, "--name", help="Entry name (default: the file's name; MMRec: FOLDER-MODALITY)."),
+    store: Path = typer.Option(Path("features"), "--store", help="Feature store root."),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="Item ids of the matrix's rows, one a line (.npy, .pt); "
+                                                           "MMRec: another i_id_mapping.csv."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Id column (Parquet), dataset (HDF5), dict key "
+                                                                      "(.pt) or MMRec mapping column (default item_id; MMRec: asin)."),
+    key: Optional[str] = typer.Option(None, "--key", help="The features' column (Parquet), dataset (HDF5) or dict key "
+                                                          "(.pt) when the file holds several."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="npy, pt, parquet, h5 or mmrec (default: from the extension)."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 or float32."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prepared dataset (or Parquet catalogue with "
+                                                                        "item_id): its items without a row are recorded as missing."),
+    drop_unknown: bool = typer.Option(False, "--drop-unknown", help="Leave out rows whose id is not in --dataset (refused otherwise)."),
+    tokens: bool = typer.Option(False, "--tokens", help="The matrix is [items, tokens, dim] token features."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an entry of that name made from other data."),
+) -> None:
+    """Store features computed elsewhere as a feature store entry (manifest, shards with checksums),
+    without re-extracting. Refused, with nothing written, for a row-count mismatch, NaN/inf, duplicate
+    or unknown ids, or a wrong shape."""
+    from mmrec.features.importing import ImportConfig, import_features
+    from mmrec.features.store import FeatureEntry, format_info
+
+    data: dict[str, Any] = {"source": str(source), "modality": modality, "store": str(store), "dtype": dtype,
+                            "drop_unknown": drop_unknown, "tokens": tokens, "overwrite": overwrite}
+    for k, v in (("name", name), ("ids", ids), ("id_column", id_column), ("key", key), ("format", format),
+                 ("dataset", dataset)):
+        if v is not None:
+            data[k] = str(v)
+    res = import_features(from_dict(ImportConfig, data), log=lambda m: typer.echo(m, err=True))
+    m = res.manifest
+    typer.echo(format_info(FeatureEntry(res.entry_dir)))
+    typer.echo(f"source    {m['import']['source']} ({m['import']['format']}, sha256 {m['import']['source_sha256'][:16]}...)")
+    if res.dropped_unknown:
+        typer.echo(f"dropped   {res.dropped_unknown:,} row(s) whose id is not in the dataset "
+                   f"(e.g. {', '.join(m['import']['dropped_examples'])})")
+    typer.echo(f"use it:   --store {store} --features {m['modality']}={res.entry_dir.name}")
 
 
 @features_app.command("merge")

@@ -33,6 +33,29 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def list_form(value: Any) -> str:
+    """The ``[a, b]`` spelling of a list, built from the value the user gave: ``"a,b"`` or ``"a b"``
+    -> ``[a, b]``, ``0.9`` -> ``[0.9]``, a list as it is; ``[a, b]`` when nothing usable was given."""
+    if isinstance(value, (list, tuple)):
+        parts = [str(v) for v in value]
+    elif isinstance(value, str):
+        text = value.strip().strip("[]")
+        parts = [p.strip() for p in (text.split(",") if "," in text else text.split())]
+        parts = [p for p in parts if p]
+    elif value is None or isinstance(value, dict):
+        parts = []
+    else:
+        parts = [json.dumps(value) if isinstance(value, bool) else str(value)]
+    return "[" + ", ".join(parts or ["a", "b"]) + "]"
+
+
+def _not_a_list(key: str, value: Any) -> ConfigError:
+    form = list_form(value)
+    return ConfigError(f"{key}: expected a list in brackets, got {value!r}; write {key}={form} "
+                       f"(on the command line quote it: --set '{key}={form}'; in a config file: "
+                       f"{key.rsplit('.', 1)[-1]}: {form})")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check (and gently convert: int -> float, list -> tuple) ``value`` against the type ``tp``."""
     origin = get_origin(tp)
@@ -54,6 +77,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if not isinstance(value, (list, tuple)) and any(get_origin(a) in (list, tuple) for a in args):
+            raise _not_a_list(key, value)
         raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -63,7 +88,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=key + ".")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise _not_a_list(key, value)
         (item_tp, *_rest) = get_args(tp) or (Any,)
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)

@@ -73,7 +73,8 @@ A JSON object. Keys marked * are required; reading an entry checks them.
 ``created`` *          str, UTC time, ISO 8601
 =====================  ==========================================================================
 
-Further keys (``catalogue_source``, ``stats``, ...) are kept and ignored.
+Further keys (``catalogue_source``, ``stats``, ``import``: the file ``mmrec features import`` read,
+its sha256 and how its rows were mapped to item ids, ...) are kept and ignored.
 
 Reading
 =======
@@ -898,10 +899,12 @@ def committed_shards(entry_dir: str | Path) -> int:
 
 def finish_entry(entry_dir: str | Path, plan: dict[str, Any], *, encoder: dict[str, Any], modality: str,
                  fmt: str, dtype: str, shape_per_item: list[int], source: str | None,
-                 log: Callable[[str], None]) -> dict[str, Any] | None:
+                 log: Callable[[str], None], extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Assemble and write ``manifest.json`` (and ``errors.jsonl``) from the shards' commit files, or
     None (with a log line) while some shard is not finished. ``encoder``: the encoder's description
-    (its ``describe()``: ``encoder`` is its name)."""
+    (its ``describe()``: ``encoder`` is its name). ``extra``: further top-level manifest keys (e.g.
+    ``import``: the imported file and its sha256, ``mmrec features import``); they may not replace
+    the keys written here."""
     entry = Path(entry_dir)
     sidecars, absent = [], []
     for s in range(len(plan["shards"])):
@@ -950,6 +953,10 @@ def finish_entry(entry_dir: str | Path, plan: dict[str, Any], *, encoder: dict[s
                   "items_per_s": round(plan["n_items"] / secs, 2) if secs > 0 else None,
                   "machine": platform.machine()},
     }
+    clash = sorted(set(extra or {}) & set(manifest))
+    if clash:
+        raise ValueError(f"extra manifest keys {clash} would replace the ones finish_entry writes")
+    manifest.update(extra or {})
     write_manifest(entry, manifest)
     if missing and manifest["n_rows"] == 0:
         some = next(iter(missing.values()))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mmrec.errors import ConfigError, DataError
+from mmrec.progress import Progress
 
 
 @dataclass
@@ -64,6 +64,7 @@ class ExtractConfig:
     threads: int | None = None
     overwrite: bool = False
     limit: int | None = None  # encode only the first N items (smoke tests)
+    quiet: bool = False  # no progress (bar or lines)
     log_every_s: float = 30.0
 
     def validate(self) -> None:
@@ -214,33 +215,6 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-class _Progress:
-    """A carriage-return progress line on a terminal; a plain log line every ``every_s`` otherwise."""
-
-    def __init__(self, total: int, log: Callable[[str], None], every_s: float, prefix: str):
-        self.total, self.log, self.every_s, self.prefix = total, log, every_s, prefix
-        self.done = 0
-        self.t0 = self.last = time.monotonic()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        rate = self.done / max(now - self.t0, 1e-9)
-        msg = f"{self.prefix}{self.done:,}/{self.total:,} items  {rate:,.1f} items/s"
-        if self.tty and now - self.last > 0.2:
-            sys.stderr.write("\r" + msg)
-            sys.stderr.flush()
-            self.last = now
-        elif not self.tty and now - self.last > self.every_s:
-            self.log(msg)
-            self.last = now
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-
-
 @dataclass
 class ExtractResult:
     entry_dir: Path
@@ -262,8 +236,16 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
     """Run the extraction for this process (see the module docstring). Returns this process's result."""
     from accelerate import PartialState
 
-    from mmrec.features.store import (clear_shard_debris, commit_shard, committed_shards, finish_entry, make_plan,
-                                      shard_committed, start_entry, write_shard)
+    from mmrec.features.store import (
+        clear_shard_debris,
+        commit_shard,
+        committed_shards,
+        finish_entry,
+        make_plan,
+        shard_committed,
+        start_entry,
+        write_shard,
+    )
 
     t_start = time.perf_counter()
     if cfg.threads:
@@ -323,7 +305,8 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
     if skipped:
         log(f"[rank {rank}] resuming: {skipped} of {len(mine)} shards already done")
     total_todo = sum(spans[s][1] - spans[s][0] for s in todo)
-    progress = _Progress(total_todo, log, cfg.log_every_s, f"[rank {rank}] " if world > 1 else "")
+    progress = Progress(total_todo, unit="items", desc=f"[rank {rank}]" if world > 1 else "encoding", log=log,
+                        every_s=cfg.log_every_s, quiet=cfg.quiet)
     encoded = missing_count = 0
     autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
     batch_size = cfg.batch_size

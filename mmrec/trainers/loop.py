@@ -24,6 +24,7 @@ import torch
 from mmrec.config import from_dict
 from mmrec.data.prepared import PreparedDataset
 from mmrec.errors import ConfigError, Preempted
+from mmrec.progress import Progress
 from mmrec.runs.config import (
     ColdConfig,
     RunConfig,
@@ -90,8 +91,13 @@ def build_model(run: RunConfig, data: PreparedDataset):
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, run_dir: str | Path, *, log: Callable[[str], None] = print):
+    def __init__(self, run: RunConfig, run_dir: str | Path, *, log: Callable[[str], None] = print,
+                 progress_bar: bool | None = None):
+        """``log`` gets the epoch lines (and, without a bar, a progress line every
+        ``train.log_every_s``); ``progress_bar``: a tqdm bar inside each epoch (None: when stderr is
+        a terminal and ``log`` is not silenced)."""
         self.run = run
+        self.progress_bar = progress_bar
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
         self.log = log
@@ -180,8 +186,11 @@ class Trainer:
             parts = dict(partial["parts"])
         dev = self.accel.device
         n_neg = tc.negatives if tc.loss == "bce" else 0
-        last_log = time.monotonic()
-        for b in range(first, n_batches - (n_batches % world if world > 1 else 0), world):
+        last = n_batches - (n_batches % world if world > 1 else 0)
+        progress = Progress(len(range(first, last, world)), unit="steps", desc=f"epoch {epoch}", log=self.log,
+                            every_s=tc.log_every_s, bar=self.progress_bar and self.accel.is_main_process,
+                            quiet=not self.accel.is_main_process)
+        for b in range(first, last, world):
             idx = batches[b]
             rng = np.random.default_rng([tc.seed, epoch, b])
             batch = self.samples.batch(idx, n_neg, rng)
@@ -205,13 +214,13 @@ class Trainer:
                 parts[k] = parts.get(k, 0.0) + float(v)
             if self._stop_agreed():
                 nxt = b + world
-                if nxt < n_batches - (n_batches % world if world > 1 else 0):  # else: the epoch is done anyway
+                if nxt < last:  # else: the epoch is done anyway
+                    progress.close()
                     self._partial = {"epoch": epoch, "next_batch": nxt, "total": total, "count": count,
                                      "parts": parts}
                     return total / max(count, 1), count, {}
-            if time.monotonic() - last_log > tc.log_every_s:
-                self.log(f"  epoch {epoch} batch {b + 1}/{n_batches} loss {total / count:.4f}")
-                last_log = time.monotonic()
+            progress.update(1, loss=total / count)
+        progress.close()
         return total / max(count, 1), count, {k: v / max(count, 1) for k, v in parts.items()}
 
     # -- stop requests (SIGTERM / SIGUSR1 from a batch scheduler) ---------------------------------

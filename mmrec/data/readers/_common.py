@@ -45,6 +45,42 @@ def check_choice(fmt: str, name: str, value: Any, choices: Sequence[Any]) -> Non
         raise ConfigError(f"format {fmt!r}: option {name!r} must be one of {list(choices)}, got {value!r}")
 
 
+def list_form(value: Any) -> str:
+    """The ``[a, b]`` spelling of a list, built from what the user wrote (``"a,b"`` -> ``[a, b]``)."""
+    from mmrec.config import list_form as _form
+
+    return _form(value)
+
+
+def check_list_option(fmt: str, name: str, value: Any, what: str, *, allow_empty: bool = True) -> list[Any]:
+    """``value`` as a list of non-blank strings; anything else raises ConfigError showing the ``[a, b]`` form.
+
+    ``name`` is the option as the user writes it (``items.text_cols``); ``what`` says what the list
+    holds ("column names").
+    """
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) and v.strip() for v in value)
+    if ok and (value or allow_empty):
+        return list(value)
+    form = list_form(value)
+    got = "an empty list" if isinstance(value, (list, tuple)) and not value else repr(value)
+    raise ConfigError(
+        f"format {fmt!r}: option {name} must be a list of {what} in brackets, got {got}; "
+        f"write {name}={form} (on the command line: -r '{name}={form}'; in a config file: "
+        f"{name.rsplit('.', 1)[-1]}: {form})"
+    )
+
+
+def several_datasets(fmt: str, folder: Path, found: dict[str, list[str]]) -> ConfigError:
+    """The error for a folder holding several datasets of one format: ``found`` maps each dataset's
+    name to its files; the user picks one with the reader option ``name``."""
+    listed = "; ".join(f"{n} ({', '.join(files)})" for n, files in found.items())
+    first = next(iter(found))
+    return ConfigError(
+        f"{folder} holds {len(found)} {fmt} datasets: {listed}; pick one with the reader option name, "
+        f"e.g. -r name={first}"
+    )
+
+
 def as_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).expanduser()
 

@@ -102,6 +102,7 @@ from mmrec.data.readers._common import (
     require_dir,
     require_file,
     resolve_option_path,
+    several_datasets,
 )
 from mmrec.data.schema import Catalogue, RawDataset, ReadReport, make_interactions
 from mmrec.errors import ConfigError, DataError
@@ -264,19 +265,31 @@ def _s3rec_sequences(folder: Path, name: str | None, sequences: str | None) -> t
     if name:
         p = require_file(folder / f"{name}.txt", f"{name}.txt", "check option 'name'")
         return p, name
-    attr_files = sorted(folder.glob("*_item2attributes.json"))
-    for a in attr_files:
-        stem = a.name[: -len("_item2attributes.json")]
-        if (folder / f"{stem}.txt").is_file():
-            return folder / f"{stem}.txt", stem
+    datasets = s3rec_datasets(folder)
+    if len(datasets) == 1:
+        stem = next(iter(datasets))
+        return folder / f"{stem}.txt", stem
+    if len(datasets) > 1:
+        raise several_datasets("s3rec", folder, datasets)
     txts = sorted(p for p in folder.glob("*.txt") if p.name != "sequential_data.txt")
     if len(txts) == 1:
         return txts[0], txts[0].stem
     if len(txts) > 1:
-        raise ConfigError(f"{folder}: several sequence files ({', '.join(p.name for p in txts)}); pick one with option 'name'")
+        raise several_datasets("s3rec", folder, {p.stem: [p.name] for p in txts})
     if (folder / "sequential_data.txt").is_file():
         return folder / "sequential_data.txt", folder.resolve().name
     raise DataError("no <Name>.txt sequence file in the folder", path=str(folder), hint="expected lines 'uid iid iid ...'")
+
+
+def s3rec_datasets(folder: Path) -> dict[str, list[str]]:
+    """The S3-Rec datasets in ``folder``: each ``<Name>`` that has both ``<Name>.txt`` and
+    ``<Name>_item2attributes.json``, with those two file names."""
+    out: dict[str, list[str]] = {}
+    for a in sorted(folder.glob("*_item2attributes.json")):
+        stem = a.name[: -len("_item2attributes.json")]
+        if (folder / f"{stem}.txt").is_file():
+            out[stem] = [f"{stem}.txt", a.name]
+    return out
 
 
 def _attribute_maps_agree(item2attr: dict[str, list[int]], maps: dict[str, Any]) -> bool:
@@ -305,7 +318,7 @@ def read_unisrec(path: str | Path, **options: Any) -> RawDataset:
         if not stems:
             raise DataError("no <Name>.train/.valid/.test.inter files in the folder", path=str(folder), hint="check the path")
         if len(stems) > 1:
-            raise ConfigError(f"{folder}: several datasets ({', '.join(stems)}); pick one with option 'name'")
+            raise several_datasets("unisrec", folder, {st: sorted(p.name for p in folder.glob(f"{st}.*.inter")) for st in stems})
         name = stems[0]
 
     rows: dict[str, list[tuple[list[str], str, int]]] = defaultdict(list)  # user -> [(history, target, split rank)]
@@ -497,7 +510,7 @@ def read_lcrec(path: str | Path, **options: Any) -> RawDataset:
         if not stems:
             raise DataError("no <Name>.inter.json in the folder", path=str(folder), hint="check the path")
         if len(stems) > 1:
-            raise ConfigError(f"{folder}: several datasets ({', '.join(stems)}); pick one with option 'name'")
+            raise several_datasets("lcrec", folder, {st: [f"{st}.inter.json"] for st in stems})
         name = stems[0]
     inter_path = require_file(folder / f"{name}.inter.json", f"{name}.inter.json", "check option 'name'")
     inter = _load_json(inter_path)
@@ -597,7 +610,7 @@ def read_amazon_raw(path: str | Path, **options: Any) -> RawDataset:
     else:
         metas = sorted(p for p in folder.glob("meta_*") if p.is_file() and p.name.endswith((".json", ".json.gz", ".jsonl", ".jsonl.gz")))
         if len(metas) > 1:
-            raise ConfigError(f"{folder}: several meta files ({', '.join(p.name for p in metas)}); pick one with option 'meta'")
+            raise ConfigError(f"{folder}: several meta files ({', '.join(p.name for p in metas)}); pick one with the reader option meta, e.g. -r meta={metas[0].name}")
         meta_path = metas[0] if metas else None
 
     interactions = _read_reviews(reviews_path, skip, report)
@@ -633,7 +646,7 @@ def _find_reviews(folder: Path) -> Path:
         return cands[0]
     if not cands:
         raise DataError("no reviews file (*.json or *.json.gz) in the folder", path=str(folder), hint="name it with option 'reviews'")
-    raise ConfigError(f"{folder}: several possible reviews files ({', '.join(p.name for p in cands)}); pick one with option 'reviews'")
+    raise ConfigError(f"{folder}: several possible reviews files ({', '.join(p.name for p in cands)}); pick one with the reader option reviews, e.g. -r reviews={cands[0].name}")
 
 
 def _iter_records(path: Path, skip: bool, report: ReadReport, what: str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 
 from mmrec.data.readers._common import (
     as_path,
+    check_list_option,
     check_options,
     clean_text,
     drop_duplicate_ids,
@@ -116,8 +117,8 @@ def read_table(path: str | Path, **options: Any) -> RawDataset:
         item_opts = check_options("table (items)", item_opts, ITEM_OPTIONS)
         if not item_opts["path"]:
             raise ConfigError("format 'table': option 'items' needs a 'path'")
-        if isinstance(item_opts["text_cols"], str):
-            raise ConfigError("format 'table': items.text_cols must be a list of column names")
+        if item_opts["text_cols"] is not None:
+            item_opts["text_cols"] = check_list_option(FORMAT, "items.text_cols", item_opts["text_cols"], "column names")
 
     wanted = {"user": opts["user_col"], "item": opts["item_col"]}
     for key in ("time_col", "rating_col", "price_col", "domain_col"):

@@ -53,6 +53,7 @@ import pyarrow.csv as pacsv
 
 from mmrec.data.readers._common import (
     as_path,
+    check_list_option,
     check_options,
     clean_text,
     drop_duplicate_ids,
@@ -271,7 +272,7 @@ def _read_articles_table(
     ids = table.column("article_id").combine_chunks()
 
     if opts["text_fields"] is not None:
-        fields = list(opts["text_fields"])
+        fields = check_list_option(FORMAT, "text_fields", opts["text_fields"], "articles column names")
         missing = [f for f in fields if f not in header]
         if missing:
             raise DataError(

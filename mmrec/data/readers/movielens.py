@@ -56,6 +56,7 @@ import pyarrow.csv as pacsv
 
 from mmrec.data.readers._common import (
     as_path,
+    check_list_option,
     check_options,
     decode,
     image_lists,
@@ -320,8 +321,7 @@ def _check_domain_options(opts: dict[str, Any]) -> None:
     if listed is not None:
         if rule is None:
             raise ConfigError("format 'movielens': domain_genres needs a domain rule (domain: first, rarest or commonest)")
-        if isinstance(listed, str) or not all(isinstance(g, str) and g.strip() for g in listed) or not listed:
-            raise ConfigError(f"format 'movielens': domain_genres must be a non-empty list of genre names, not {listed!r}")
+        check_list_option(FORMAT, "domain_genres", listed, "genre names (not empty)", allow_empty=False)
     if not isinstance(opts["domain_other"], str) or not opts["domain_other"].strip():
         raise ConfigError("format 'movielens': domain_other must be a non-empty name")
 

@@ -57,9 +57,10 @@ from mmrec.data.readers._common import (
     drop_duplicate_ids,
     drop_null_ids,
     positions_within_groups,
+    several_datasets,
 )
 from mmrec.data.schema import Catalogue, RawDataset, ReadReport, make_interactions
-from mmrec.errors import ConfigError, DataError
+from mmrec.errors import DataError
 
 FORMAT = "recbole"
 LAYOUT = "a folder with <name>.inter (and optional <name>.item, <name>.user): TSV with field:type headers"
@@ -155,7 +156,7 @@ def _find_inter(path: Path, name: str | None) -> Path:
         return found[0]
     if not found:
         raise DataError("no .inter file in the folder", path=str(path), hint=f"expected {LAYOUT}")
-    raise ConfigError(f"{path}: several .inter files ({', '.join(p.name for p in found)}); pick one with option 'name'")
+    raise several_datasets(FORMAT, path, {p.name[: -len(".inter")]: [p.name] for p in found})
 
 
 def _require_field(path: Path, types: dict[str, str], name: str) -> None:
