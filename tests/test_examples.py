@@ -32,3 +32,16 @@ def test_job_scripts_parse_and_use_real_options(script):
     used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", text.split(f"mmrec.cli {command}" if "mmrec.cli" in text else f"mmrec {command}", 1)[1].split("\n\n")[0]))
     used -= {"--num_processes"}
     assert used and used <= known, used - known
+
+
+@pytest.mark.parametrize("path", sorted((EX / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_experiments_build_every_run(path):
+    """Each example experiment file builds a valid configuration for every (dataset, row, seed)."""
+    from mmrec.runs.experiment import load_experiment, row_config
+
+    exp, root = load_experiment(path)
+    for ds in exp.datasets:
+        for row in exp.rows:
+            for seed in exp.seeds:
+                run = row_config(exp, root, ds, row, seed)
+                assert run.train.seed == seed and run.method == exp.rows[row].method

@@ -38,9 +38,10 @@ import hashlib
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -191,7 +192,7 @@ def _read_pt(path: Path, cfg: ImportConfig) -> tuple[np.ndarray, list[str] | Non
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickled code, damaged file: one message
+    except Exception as e:
         raise DataError(f"cannot read the .pt file with torch.load(weights_only=True): {type(e).__name__}: {e}",
                         path=str(path), hint="save a tensor (or a dict of tensors) with torch.save") from e
     rec: dict[str, Any] = {}
@@ -229,7 +230,7 @@ def _read_parquet(path: Path, cfg: ImportConfig) -> tuple[np.ndarray, list[str],
 
     try:
         table = pq.read_table(path)
-    except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError
+    except Exception as e:
         raise DataError(f"cannot read the Parquet file: {e}", path=str(path)) from e
     names = table.column_names
     id_col = cfg.id_column or "item_id"
@@ -521,8 +522,17 @@ def check_source(src: Source, cfg: ImportConfig, catalogue: list[str] | None) ->
 def import_features(cfg: ImportConfig, *, log: Callable[[str], None] = print) -> ImportResult:
     """Check the source and write it as an entry ``<store>/<name>`` (module docstring). Nothing is
     written when a check fails; an interrupted import resumes like an extraction (same command)."""
-    from mmrec.features.store import (clear_shard_debris, commit_shard, committed_shards, finish_entry, make_plan,
-                                      shard_committed, shard_file, start_entry, write_shard)
+    from mmrec.features.store import (
+        clear_shard_debris,
+        commit_shard,
+        committed_shards,
+        finish_entry,
+        make_plan,
+        shard_committed,
+        shard_file,
+        start_entry,
+        write_shard,
+    )
 
     t0 = time.perf_counter()
     src = read_source(cfg)
