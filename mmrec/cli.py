@@ -26,6 +26,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Read public dataset formats a
 app.add_typer(data_app, name="data")
 features_app = typer.Typer(no_args_is_help=True, help="Inspect and check feature store entries.")
 app.add_typer(features_app, name="features")
+experiment_app = typer.Typer(no_args_is_help=True, help="Experiments as files: datasets x rows x seeds, resumable, then the table and the report.")
+app.add_typer(experiment_app, name="experiment")
 
 EXIT_USER_ERROR = 2
 
@@ -70,28 +72,39 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 @data_app.command("prepare")
 @_user_errors
 def data_prepare(
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="Reader: movielens, recbole, s3rec, unisrec, lcrec, amazon-raw, hm, table."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="Reader: movielens, recbole, s3rec, unisrec, lcrec, amazon-raw, hm, table. Left out: detected from the input's files, and the choice printed."),
     input: Optional[str] = typer.Option(None, "--input", "-i", help="The downloaded dataset folder (or file)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Folder to write the prepared dataset to."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    reader_opt: Optional[list[str]] = typer.Option(None, "--reader-opt", "-r", help="Reader option key=value (repeatable)."),
+    reader_opt: Optional[list[str]] = typer.Option(None, "--reader-opt", "-r", help="Reader option key=value (repeatable); a list value goes in square brackets, quoted in a shell."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset."),
 ) -> None:
     """Read a dataset in a public format, filter (k-core), order, map ids, split; write a prepared folder.
 
     Settings under ``prepare.``: min_user_interactions, min_item_interactions, kcore_iterative,
     min_rating, unknown_items (drop|error|keep), dedup, max_seq_len, split (loo|time|ratio),
-    time_split, ratios.
+    time_split, ratios, clean_text (true: HTML entities, tags and extra spaces cleaned from the
+    item text; false keeps it as read).
     """
+    import os
+
     from mmrec.data.prepare import prepare
-    from mmrec.data.readers import read_dataset
+    from mmrec.data.readers import choose_format, read_dataset
 
     base: dict[str, Any] = read_config_file(config) if config else {}
     for k, v in (("format", format), ("input", input), ("output", output)):
         if v is not None:
             base[k] = v
     base = apply_overrides(base, list(set_ or []) + [f"reader.{o}" for o in (reader_opt or [])])
+    detected = None
+    if not base.get("format"):
+        if not base.get("input"):
+            raise ConfigError("give the dataset to read with -i (its folder or file) and where to write it with -o; "
+                              "the format is detected from the files (or pass -f)")
+        fmt, detected = choose_format(str(base["input"]))
+        base["format"] = fmt
+        typer.echo(f"format: {fmt} (detected: {detected}); pass -f to choose")
     job = PrepareJob.from_data(base)
     t0 = time.perf_counter()
     raw = read_dataset(job.format, job.input, **job.reader)
@@ -99,9 +112,20 @@ def data_prepare(
     out = prepare(raw, job.output, job.prepare, overwrite=overwrite)
     meta = json.loads((out / "dataset.json").read_text())
     meta_job = {"format": job.format, "input": job.input, "reader": job.reader}
+    if detected is not None:
+        meta_job["format_detected"] = detected
     meta["job"] = meta_job
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    tmp = out / ".dataset.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / "dataset.json")
     _print_dataset(meta)
+    cleaning = meta.get("text_cleaning") or {}
+    if cleaning.get("items_changed"):
+        steps = cleaning.get("values_changed_by_step") or {}
+        typer.echo(f"  text: cleaned the text of {cleaning['items_changed']:,} items (HTML entities in "
+                   f"{steps.get('entities', 0):,} values, tags in {steps.get('tags', 0):,}, spacing in "
+                   f"{steps.get('whitespace', 0):,}; details in dataset.json); "
+                   "--set prepare.clean_text=false keeps it as read")
     typer.echo(f"read {t1 - t0:.1f}s, prepared {time.perf_counter() - t1:.1f}s -> {out}")
 
 
@@ -247,6 +271,28 @@ def methods() -> None:
         summary = para if len(para) <= 110 else para[:110].rsplit(" ", 1)[0] + " ..."
         ids = "mode" if name in ("unisrec", "ant") else ("yes" if cls.uses_item_ids else "no")
         typer.echo(f"{name:<11} {ids:<9} {modalities:<28} {','.join(cls.losses):<8} {summary}")
+
+
+@experiment_app.command("run")
+@_user_errors
+def experiment_run(file: Path = typer.Argument(..., help="The experiment file (YAML or TOML; see mmrec/runs/experiment.py)."),
+                   no_report: bool = typer.Option(False, "--no-report", help="Only the table, no HTML report.")) -> None:
+    """Train every (dataset, row, seed) of the file that has not finished (an interrupted run resumes;
+    one another process trains is left to it), then print the table and write the report."""
+    from mmrec.runs.experiment import run_experiment
+
+    res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m))
+    if res["pending"]:
+        raise typer.Exit(3)
+
+
+@experiment_app.command("show")
+@_user_errors
+def experiment_show(file: Path = typer.Argument(..., help="The experiment file.")) -> None:
+    """Print the table of the runs of the file that have finished (trains nothing)."""
+    from mmrec.runs.experiment import run_experiment
+
+    run_experiment(file, only_finished=True, report=False, log=lambda m: typer.echo(m))
 
 
 @app.command()
@@ -510,7 +556,7 @@ def features_import(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prepared dataset (or Parquet catalogue with "
                                                                         "item_id): its items without a row are recorded as missing."),
     drop_unknown: bool = typer.Option(False, "--drop-unknown", help="Leave out rows whose id is not in --dataset (refused otherwise)."),
-    tokens: bool = typer.Option(False, "--tokens", help="The matrix is [items, tokens, dim] token features."),
+    tokens: bool = typer.Option(False, "--tokens", help="The matrix holds token features: items x tokens x dim (3-D)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an entry of that name made from other data."),
 ) -> None:
     """Store features computed elsewhere as a feature store entry (manifest, shards with checksums),

@@ -20,12 +20,23 @@ Steps, in order, each recorded in ``dataset.json`` with the rows it dropped and 
 8. Split: ``loo`` (leave-one-out: last event is test, second last valid), ``time`` (global time
    split at the ``time_split`` quantiles or timestamps), ``ratio`` (per user, the first
    ``ratios[0]`` share trains, the next ``ratios[1]`` validates, the rest tests).
+9. Item text (``clean_text``, on by default): the title and the reader's text fields of the kept
+   items are cleaned as the text recommenders' own preprocessing does (UniSRec's
+   ``process_amazon.py`` unescapes HTML entities): HTML character references unescaped
+   (``&amp;`` -> ``&``, ``&#8211;`` -> ``\u2013``, twice-escaped ``&amp;amp;`` too), HTML comments and
+   tags removed (``<br>``, ``<b>``, ``<!-- ... -->``), whitespace runs collapsed to one space and
+   trimmed; a value left empty becomes missing. ``dataset.json``'s ``text_cleaning`` records how
+   many items' text changed, per field, with examples. ``image_urls`` and ``attribute_ids`` are
+   not prose and are kept as read.
 """
 
 from __future__ import annotations
 
+import html
+import html.entities
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -61,6 +72,8 @@ class PrepareConfig:
     # floor(ratios[2] * n) events test, the floor(ratios[1] * n) before them validate, the rest
     # trains: KDSR's code, whose test part is the last floor(0.2 n) events)
     ratio_rounding: Literal["train", "test"] = "train"
+    # clean the items' text (HTML entities, tags, whitespace; step 9 above); false keeps it as read
+    clean_text: bool = True
 
     def validate(self) -> None:
         if self.min_user_interactions < 1 or self.min_item_interactions < 1:
@@ -267,7 +280,11 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
         np.save(tmp / "event_price.npy", extra_cols["price"].take(pa.array(sel)).to_numpy(zero_copy_only=False)
                 .astype(np.float64))
     item_raw = [item_vocab[i] for i in io]
-    pq.write_table(_items_table(catalogue, item_raw), tmp / "items.parquet")
+    items_table = _items_table(catalogue, item_raw)
+    text_cleaning: dict[str, Any] = {"enabled": cfg.clean_text}
+    if cfg.clean_text and catalogue is not None:
+        items_table, text_cleaning = clean_items_text(items_table, ["title", *catalogue.text_fields])
+    pq.write_table(items_table, tmp / "items.parquet")
     pq.write_table(pa.table({"uid": np.arange(n_users, dtype=np.int64),
                              "user_id": pa.array([user_vocab[i] for i in uo], pa.string())}),
                    tmp / "users.parquet")
@@ -293,6 +310,7 @@ def prepare(raw: RawDataset, out_dir: str | Path, config: PrepareConfig | None =
             "image_root": str(Path(catalogue.image_root).resolve()) if catalogue is not None and catalogue.image_root else None,
             "items_without_catalogue_row": int(n_unknown) if cfg.unknown_items == "keep" else 0,
         },
+        "text_cleaning": text_cleaning,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
@@ -383,6 +401,97 @@ def _items_table(catalogue: Catalogue | None, item_raw: list[str]) -> pa.Table:
             continue
         cols[name] = cat[name].combine_chunks().take(idx)
     return pa.table(cols)
+
+
+# ---------------------------------------------------------------------------- item text (step 9)
+
+TEXT_CLEANING_STEPS = [
+    "HTML character references unescaped (&amp; -> &, &#8211; -> \u2013; twice-escaped ones too)",
+    "HTML comments and tags removed (<br>, <b>...</b>, <!-- ... -->)",
+    "whitespace runs collapsed to one space, ends trimmed; an empty result is missing",
+]
+NOT_PROSE_FIELDS = frozenset({"image_urls", "attribute_ids"})  # kept as read
+_ENTITY_RE = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_COMMENT_RE = re.compile(r"<!--(?:>|->|.*?-->)", re.DOTALL)
+_TAG_RE = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>|<![^<>]*>")
+
+
+def _entity(m: re.Match[str]) -> str:
+    ref = m.group(0)
+    if ref[1] == "#":
+        return html.unescape(ref)
+    # only a complete named reference: html.unescape would also read "&notit;" as "\u00acit;"
+    return html.entities.html5.get(ref[1:], ref)
+
+
+def clean_text_value(value: str | None) -> str | None:
+    """One item text cleaned as step 9 describes; None for None or a value that cleans to nothing."""
+    return _clean_steps(value)[0]
+
+
+def _clean_steps(value: str | None) -> tuple[str | None, tuple[bool, bool, bool]]:
+    """The cleaned value and which steps changed it (entities, tags, whitespace)."""
+    if value is None:
+        return None, (False, False, False)
+    s = value
+    for _ in range(3):  # "&amp;amp;" was escaped twice
+        if "&" not in s:
+            break
+        unescaped = _ENTITY_RE.sub(_entity, s)
+        if unescaped == s:
+            break
+        s = unescaped
+    entities = s != value
+    before_tags = s
+    if "<" in s:
+        s = _TAG_RE.sub(" ", _COMMENT_RE.sub(" ", s))
+    tags = s != before_tags
+    before_space = s
+    s = " ".join(s.split())
+    return (s or None), (entities, tags, s != before_space)
+
+
+def clean_items_text(table: pa.Table, fields: list[str], examples: int = 3) -> tuple[pa.Table, dict[str, Any]]:
+    """Clean the text ``fields`` of an items table (``clean_text_value``); returns the table and the
+    record that ``dataset.json`` keeps as ``text_cleaning``."""
+    changed_items: set[int] = set()
+    per_field: dict[str, int] = {}
+    emptied: dict[str, int] = {}
+    shown: list[dict[str, Any]] = []
+    by_step = {"entities": 0, "tags": 0, "whitespace": 0}  # values each step changed (one value may count in several)
+    cleaned_fields = [f for f in dict.fromkeys(fields) if f in table.column_names and f not in NOT_PROSE_FIELDS]
+    for name in cleaned_fields:
+        values = table.column(name).to_pylist()
+        results = [_clean_steps(v) for v in values]
+        out = [r[0] for r in results]
+        diff = [i for i, (a, b) in enumerate(zip(values, out)) if a != b]
+        if not diff:
+            continue
+        per_field[name] = len(diff)
+        for i in diff:
+            for step, hit in zip(by_step, results[i][1]):
+                by_step[step] += hit
+        n_empty = sum(1 for i in diff if out[i] is None)
+        if n_empty:
+            emptied[name] = n_empty
+        changed_items.update(diff)
+        ids = table.column("item_id")
+        for i in diff[: max(0, examples - len(shown))]:
+            shown.append({"item_id": ids[i].as_py(), "field": name, "before": values[i][:200],
+                          "after": None if out[i] is None else out[i][:200]})
+        table = table.set_column(table.column_names.index(name), name, pa.array(out, pa.string()))
+    record = {
+        "enabled": True,
+        "steps": TEXT_CLEANING_STEPS,
+        "fields": cleaned_fields,
+        "items_changed": len(changed_items),
+        "values_changed": per_field,
+        "values_emptied": emptied,
+        "values_changed_by_step": by_step,
+        "examples": shown,
+        "doc": "prepare.clean_text=false keeps the text as the reader read it",
+    }
+    return table, record
 
 
 def _cfg_dict(cfg: PrepareConfig) -> dict[str, Any]:

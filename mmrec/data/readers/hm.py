@@ -103,6 +103,8 @@ ARTICLE_ID_WIDTH = 10
 def read_hm(path: str | Path, **options: Any) -> RawDataset:
     """Read the H&M Kaggle files (see the module docstring for the layout and options)."""
     opts = check_options(FORMAT, options, OPTIONS)
+    if opts["text_fields"] is not None:  # before reading the (large) transactions file
+        opts["text_fields"] = check_list_option(FORMAT, "text_fields", opts["text_fields"], "articles column names")
     folder = require_dir(as_path(path), FORMAT, LAYOUT)
     report = ReadReport()
 
