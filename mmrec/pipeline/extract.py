@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mmrec.errors import ConfigError, DataError
+from mmrec.features.encoders._common import hub_or_cache, probe_hub
 from mmrec.progress import Progress
 
 
@@ -211,6 +212,17 @@ def _batches_by_cost(costs: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _needs_hub(encoder: Any, cfg: ExtractConfig) -> bool:
+    """Whether loading ``encoder`` may ask the model hub: not for price, nor for a model given as a
+    local folder or weights file."""
+    from mmrec.features.encoders._common import looks_local
+
+    if encoder.modality == "price" or cfg.weights:
+        return False
+    ref = getattr(encoder, "model_ref", None) or cfg.model
+    return not (ref and looks_local(str(ref)))
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -280,8 +292,11 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
     n_shards = -(-n // cfg.shard_size)
     spans = [(s * cfg.shard_size, min(n, (s + 1) * cfg.shard_size)) for s in range(n_shards)]
 
-    config_key = {"encoder": encoder.config_key(), "out_format": cfg.out_format, "dtype": cfg.dtype,
-                  "shard_size": cfg.shard_size}
+    # a hub that does not answer is found out once, in seconds; the cache is then used (or the load fails at once)
+    hub_down = probe_hub(needs_hub=_needs_hub(encoder, cfg))
+    with hub_or_cache(hub_down):
+        config_key = {"encoder": encoder.config_key(), "out_format": cfg.out_format, "dtype": cfg.dtype,
+                      "shard_size": cfg.shard_size}
 
     # fingerprints: every process computes them (cheap: text and file stats), so each can check its own shards
     def shard_rows(a: int, b: int) -> list[dict[str, Any]]:
@@ -294,7 +309,8 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
         start_entry(entry, plan, overwrite=cfg.overwrite, log=log)
     state.wait_for_everyone()
 
-    encoder.load(device)
+    with hub_or_cache(hub_down):
+        encoder.load(device)
     mine = [s for s in range(n_shards) if s % world == rank]
     todo = [s for s in mine if not shard_committed(entry, s)]
     skipped = len(mine) - len(todo)

@@ -636,3 +636,25 @@ def test_word_drop_is_seeded_per_item_and_recorded():
     assert dropped.config_key()["word_drop"] == 0.5 and "word_drop" not in plain.config_key()
     with pytest.raises(ConfigError, match="word_drop must be in"):
         build_encoder("minilm", word_drop=1.5)
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_hint(monkeypatch):
+    """Without HF_HUB_OFFLINE and without a network, a hub look-up is not retried for a minute: one
+    probe, then the local cache only, and the error says to set HF_HUB_OFFLINE=1."""
+    import time
+
+    from huggingface_hub import constants
+
+    from mmrec.errors import ConfigError
+    from mmrec.features.encoders import _common, build_encoder
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(_common, "hub_reachable", lambda timeout=3.0: "huggingface.co:443 could not be reached (test)")
+    assert _common.probe_hub(needs_hub=False) is None  # a local folder never waits for a probe
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"the hub is not reachable \(huggingface.co:443 could not be reached "
+                                          r"\(test\)\) .* set HF_HUB_OFFLINE=1"):
+        with _common.hub_or_cache(_common.probe_hub()):
+            build_encoder("bert", model="nonexistent-org/nonexistent-model").load(torch.device("cpu"))
+    assert time.perf_counter() - t < 5
+    assert constants.HF_HUB_OFFLINE is False  # switched back after the block

@@ -6,6 +6,8 @@ and works without the optional ``vision`` extra.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import importlib
 import importlib.metadata as md
@@ -114,11 +116,68 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+# set while ``hub_or_cache`` found the hub unreachable and switched huggingface_hub to its cache
+_HUB_UNREACHABLE: contextvars.ContextVar[str | None] = contextvars.ContextVar("mmrec_hub_unreachable", default=None)
+
+
+def hub_reachable(timeout: float = 3.0) -> str | None:
+    """None when the hub's host accepts a connection within ``timeout`` seconds, else why not."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+        url = urlparse(constants.ENDPOINT)
+    except ImportError:
+        return None
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{host}:{port} could not be reached within {timeout:g} s ({type(e).__name__}: {e})"
+
+
+def probe_hub(needs_hub: bool = True, timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be used now (``hub_reachable``), or None: reachable, switched off already
+    (``HF_HUB_OFFLINE=1``: huggingface_hub uses its cache without trying), or not needed (a local
+    folder)."""
+    if not needs_hub or hub_offline():
+        return None
+    return hub_reachable(timeout)
+
+
+@contextlib.contextmanager
+def hub_or_cache(unreachable: str | None) -> Iterator[None]:
+    """Loading models inside this block does not wait for a hub that ``probe_hub`` found unreachable
+    (``unreachable``: its reason): huggingface_hub works from its local cache for the block (a cached
+    model loads, a missing one fails at once and ``hub_failure`` says why, with the hint), instead of
+    retrying for about a minute. Nothing changes when ``unreachable`` is None."""
+    if unreachable is None:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before, token = constants.HF_HUB_OFFLINE, _HUB_UNREACHABLE.set(unreachable)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+        _HUB_UNREACHABLE.reset(token)
+
+
 def hub_failure(what: str, ref: str, err: BaseException, *, local_hint: str) -> ConfigError:
     """The error for a model that could not be fetched or loaded from the hub: says how to use a local copy."""
+    unreachable = _HUB_UNREACHABLE.get()
     offline = hub_offline()
-    why = "the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline else \
-        "it is not in the local cache and could not be downloaded (no network, or no such model)"
+    if unreachable:
+        why = (f"the hub is not reachable ({unreachable}) and it is not in the local cache; set HF_HUB_OFFLINE=1 "
+               "where there is no network, so mmrec does not probe the hub at all")
+    elif offline:
+        why = "the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache"
+    else:
+        why = "it is not in the local cache and could not be downloaded (no network, or no such model)"
     detail = f"{type(err).__name__}: {err}".strip()
     if len(detail) > 400:
         detail = detail[:400] + "..."
