@@ -278,10 +278,17 @@ def methods() -> None:
 def experiment_run(file: Path = typer.Argument(..., help="The experiment file (YAML or TOML; see mmrec/runs/experiment.py)."),
                    no_report: bool = typer.Option(False, "--no-report", help="Only the table, no HTML report.")) -> None:
     """Train every (dataset, row, seed) of the file that has not finished (an interrupted run resumes;
-    one another process trains is left to it), then print the table and write the report."""
+    one another process trains is left to it), then print the table and write the report. Exits 75
+    when stopped by SIGTERM / SIGUSR1 (after a checkpoint: run it again to continue), 3 while runs
+    are left to another process."""
     from mmrec.runs.experiment import run_experiment
 
-    res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m))
+    try:
+        res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m))
+    except Preempted as p:  # a scheduler's stop: the run checkpointed; the same command continues
+        typer.echo(f"{p.signal_name}: {p.run_dir} stopped after its checkpoint; run `mmrec experiment run {file}` "
+                   "again to continue", err=True)
+        raise typer.Exit(Preempted.EXIT_CODE)
     if res["pending"]:
         raise typer.Exit(3)
 
