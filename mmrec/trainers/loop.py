@@ -25,6 +25,7 @@ from mmrec.config import from_dict
 from mmrec.data.prepared import PreparedDataset
 from mmrec.errors import ConfigError, Preempted
 from mmrec.progress import Progress
+from mmrec.resources import available_cores
 from mmrec.runs.config import (
     ColdConfig,
     RunConfig,
@@ -105,6 +106,11 @@ class Trainer:
         tc = run.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        else:  # the cores this process was given (affinity, cgroup quota, SLURM_CPUS_PER_TASK, OMP_NUM_THREADS)
+            cores, source = available_cores()
+            if cores < torch.get_num_threads():
+                torch.set_num_threads(cores)
+                self.log(f"threads: {cores} ({source}); set train.threads to choose")
         from accelerate import Accelerator
 
         cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
