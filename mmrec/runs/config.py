@@ -201,15 +201,25 @@ def upgrade_saved_config(old: dict[str, Any], model_cls: type) -> dict[str, Any]
     return upgraded
 
 
+# how long a run trains: a resume may raise them (a run that hit its epoch cap continues), since the
+# epochs done so far are the same under either value; not with a cosine schedule, whose rates depend on
+# train.epochs
+EXTENDABLE_ON_RESUME = frozenset({"train.epochs", "train.patience"})
+
+
 def check_saved_config(folder: RunFolder, resolved: dict[str, Any], model_cls: type, action: str) -> None:
     """Refuse to ``action`` (resume, reuse) ``folder`` when it was trained with other settings than
-    ``resolved`` (resource settings aside: threads, device, evaluation batch)."""
+    ``resolved`` (resource settings aside: threads, device, evaluation batch; on resume, the epoch cap
+    and patience may change, ``EXTENDABLE_ON_RESUME``)."""
     old = folder.config()
     if old is None or old == resolved:
         return
     a, b = flatten(upgrade_saved_config(old, model_cls), "."), flatten(resolved, ".")
+    free = set(RESOURCE_SETTINGS)
+    if action == "resume" and a.get("train.lr_schedule") != "cosine":
+        free |= EXTENDABLE_ON_RESUME
     diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k not in RESOURCE_SETTINGS]
+            if a.get(k) != b.get(k) and k not in free]
     if diff:
         raise ConfigError(f"{folder.config_path} differs from this run's configuration ({'; '.join(diff[:5])}); "
                           f"to {action} it use the same settings (--set KEY=VALUE), or give another run folder")

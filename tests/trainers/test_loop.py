@@ -397,3 +397,16 @@ def test_select_on_last_keeps_the_last_epoch(ds, tmp_path):
     res = Trainer(_run(ds, epochs=3, select_on="last", patience=1), tmp_path / "a", log=lambda s: None).fit()
     assert res["best_epoch"] == 3 and res["epochs_run"] == 3
     assert res["protocol"]["checkpoint_selection"] == "the last epoch (train.select_on=last)"
+
+
+def test_a_run_that_hit_its_epoch_cap_continues_with_a_higher_cap(ds, tmp_path):
+    """Resuming with a higher train.epochs (or patience) continues the run: the same first epochs as
+    a run trained to the higher cap at once; other settings stay refused; reuse stays strict."""
+    Trainer(_run(ds, epochs=2), tmp_path / "a", log=lambda s: None).fit()
+    longer = Trainer(_run(ds, epochs=4), tmp_path / "a", log=lambda s: None).fit(resume=True)
+    whole = Trainer(_run(ds, epochs=4), tmp_path / "b", log=lambda s: None).fit()
+    assert longer["epochs_run"] == 4 and longer["test"] == whole["test"]
+    with pytest.raises(ConfigError, match="train.lr"):
+        Trainer(_run(ds, epochs=6, lr=0.5), tmp_path / "a", log=lambda s: None).fit(resume=True)
+    with pytest.raises(ConfigError, match="train.epochs: 4 there, 6 now.*to reuse it"):
+        finished_results(_run(ds, epochs=6), tmp_path / "a")
