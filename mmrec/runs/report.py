@@ -1,7 +1,8 @@
 """``mmrec report``: one self-contained HTML page from finished runs.
 
 Runs are grouped by their saved configuration: runs whose ``config.json`` differs only in
-``train.seed`` (and in resource settings: threads, device, evaluation batch) are one group, labelled
+``train.seed``, in resource settings (threads, device, evaluation batch) or in the epoch cap and
+patience (a seed continued further is the same row) are one group, labelled
 by what their folder names share (``sasrec-s0``, ``sasrec-s1`` -> ``sasrec``). The page has
 
 - a metrics table: per group, the number of seeds and the test metrics as mean ± sample standard
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mmrec.errors import ConfigError
-from mmrec.runs.config import RESOURCE_SETTINGS, flatten
+from mmrec.runs.config import EXTENDABLE_ON_RESUME, RESOURCE_SETTINGS, flatten
 from mmrec.runs.folder import RunFolder
 
 
@@ -52,8 +53,9 @@ class Run:
         return json.dumps({k: v for k, v in sorted(flat.items()) if k not in _NOT_SETTINGS}, default=str)
 
 
-# what does not make two runs different rows: the seed, where they were written, and resources
-_NOT_SETTINGS = frozenset({"train.seed"}) | RESOURCE_SETTINGS
+# what does not make two runs different rows: the seed, where they were written, resources, and how
+# long they were allowed to train (a seed continued past the others' epoch cap is the same row)
+_NOT_SETTINGS = frozenset({"train.seed"}) | RESOURCE_SETTINGS | EXTENDABLE_ON_RESUME
 
 
 @dataclass
