@@ -83,3 +83,13 @@ def test_report_cli_and_errors(runs, tmp_path):
         build_report([tmp_path], tmp_path / "z.html")
     r = CliRunner().invoke(app, ["report", str(tmp_path / "nothing"), "-o", str(tmp_path / "z.html")])
     assert r.exit_code == 2 and "no such folder" in r.output
+
+
+def test_seeds_and_epoch_caps_do_not_split_a_row_but_settings_do(tmp_path):
+    from mmrec.runs.report import Run, group_runs
+
+    def run(name, **train):
+        return Run(tmp_path / name, {}, {"method": "sasrec", "train": {"seed": 0, "epochs": 200, **train}}, [])
+
+    groups = group_runs([run("sasrec-s0"), run("sasrec-s1", seed=1, epochs=400, patience=20), run("lr-s0", lr=0.1)])
+    assert [(g.label, len(g.runs)) for g in groups] == [("sasrec", 2), ("lr", 1)]
