@@ -153,7 +153,7 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
                     else:
                         t = time.perf_counter()
                         try:
-                            res = Trainer(run, folder, log=lambda m: None).fit(resume=True)
+                            res = Trainer(run, folder, log=lambda m: None, progress_bar=False).fit(resume=True)
                             log(f"{ds}/{row} seed {seed}: {time.perf_counter() - t:.0f}s, best epoch "
                                 f"{res['best_epoch']} of {res['epochs_run']}")
                         except RunFolderBusy as busy:

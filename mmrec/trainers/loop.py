@@ -96,7 +96,7 @@ class Trainer:
                  progress_bar: bool | None = None):
         """``log`` gets the epoch lines (and, without a bar, a progress line every
         ``train.log_every_s``); ``progress_bar``: a tqdm bar inside each epoch (None: when stderr is
-        a terminal and ``log`` is not silenced)."""
+        a terminal; False: never, as ``mmrec train --quiet`` and the experiment runner ask)."""
         self.run = run
         self.progress_bar = progress_bar
         self.run_dir = Path(run_dir)
