@@ -207,6 +207,12 @@ def upgrade_saved_config(old: dict[str, Any], model_cls: type) -> dict[str, Any]
 EXTENDABLE_ON_RESUME = frozenset({"train.epochs", "train.patience"})
 
 
+def setting_in(key: str, names: frozenset[str] | set[str]) -> bool:
+    """Whether the flattened ``key`` is one of ``names`` or inside one (``preset_overrides.train.lr.used``
+    is inside ``preset_overrides``)."""
+    return key in names or any(key.startswith(n + ".") for n in names)
+
+
 def check_saved_config(folder: RunFolder, resolved: dict[str, Any], model_cls: type, action: str) -> None:
     """Refuse to ``action`` (resume, reuse) ``folder`` when it was trained with other settings than
     ``resolved`` (resource settings aside: threads, device, evaluation batch; on resume, the epoch cap
@@ -219,7 +225,7 @@ def check_saved_config(folder: RunFolder, resolved: dict[str, Any], model_cls: t
     if action == "resume" and a.get("train.lr_schedule") != "cosine":
         free |= EXTENDABLE_ON_RESUME
     diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k not in free]
+            if a.get(k) != b.get(k) and not setting_in(k, free)]
     if diff:
         raise ConfigError(f"{folder.config_path} differs from this run's configuration ({'; '.join(diff[:5])}); "
                           f"to {action} it use the same settings (--set KEY=VALUE), or give another run folder")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mmrec.errors import ConfigError
-from mmrec.runs.config import EXTENDABLE_ON_RESUME, RESOURCE_SETTINGS, flatten
+from mmrec.runs.config import EXTENDABLE_ON_RESUME, RESOURCE_SETTINGS, flatten, setting_in
 from mmrec.runs.folder import RunFolder
 
 
@@ -50,7 +50,7 @@ class Run:
         if not self.config:
             return f"folder:{self.path.name}"
         flat = flatten(self.config, ".")
-        return json.dumps({k: v for k, v in sorted(flat.items()) if k not in _NOT_SETTINGS}, default=str)
+        return json.dumps({k: v for k, v in sorted(flat.items()) if not setting_in(k, _NOT_SETTINGS)}, default=str)
 
 
 # what does not make two runs different rows: the seed, where they were written, resources, and how

@@ -89,7 +89,10 @@ def test_seeds_and_epoch_caps_do_not_split_a_row_but_settings_do(tmp_path):
     from mmrec.runs.report import Run, group_runs
 
     def run(name, **train):
-        return Run(tmp_path / name, {}, {"method": "sasrec", "train": {"seed": 0, "epochs": 200, **train}}, [])
+        seed = train.get("seed", 0)
+        return Run(tmp_path / name, {}, {"method": "sasrec", "train": {"seed": 0, "epochs": 200, **train},
+                                         "preset": "paper",
+                                         "preset_overrides": {"train.seed": {"preset": 1, "used": seed}}}, [])
 
     groups = group_runs([run("sasrec-s0"), run("sasrec-s1", seed=1, epochs=400, patience=20), run("lr-s0", lr=0.1)])
     assert [(g.label, len(g.runs)) for g in groups] == [("sasrec", 2), ("lr", 1)]
