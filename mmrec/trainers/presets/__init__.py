@@ -34,6 +34,17 @@ class S:
     source: str | None = None
 
 
+PAPER_SILENT = "paper silent; code: "
+
+
+def paper_from_code(code: dict[str, S], overrides: dict[str, S]) -> dict[str, S]:
+    """A ``paper`` preset built from the ``code`` one: the paper's stated values (``overrides``) where
+    it states them, else the code's value with its source marked "paper silent; code: ..."."""
+    out = {k: overrides.get(k) or S(v.value, PAPER_SILENT + v.source if v.source else None) for k, v in code.items()}
+    out.update({k: v for k, v in overrides.items() if k not in out})
+    return out
+
+
 def _module(method: str):
     try:
         return importlib.import_module(f"{__name__}.{method}")

@@ -7,7 +7,7 @@ to the code ("paper silent; code: ..."). The paper's sizes (d = 128) are kept; s
 ``--set`` for CPU runs.
 """
 
-from mmrec.trainers.presets import S
+from mmrec.trainers.presets import S, paper_from_code
 
 _C = "HoldenHu/KDSR@86dfb1f"
 _Y = f"{_C} config/KDSR--4--beauty.yaml"
@@ -117,12 +117,7 @@ _PAPER_OVERRIDES: dict[str, S] = {
 
 
 def _paper() -> dict[str, S]:
-    out = {}
-    for k, v in _CODE.items():
-        if k in _PAPER_OVERRIDES:
-            out[k] = _PAPER_OVERRIDES[k]
-        else:
-            out[k] = S(v.value, _silent(v.source) if v.source else None)
+    out = paper_from_code(_CODE, _PAPER_OVERRIDES)
     out["model.async_lr"] = S(True, "paper Sec. 3.4: 'we use an asynchronous update training strategy for modality "
                                     "embedding parameters'")
     out["model.holistic"] = S(True, "paper Sec. 3.3.1: holistic correlation distillation")

@@ -11,7 +11,7 @@ alpha, beta of the code are random and untrained, mmrec's moving average stands 
 Hidden 512 does not fit a 2-core CPU run: the value is kept here and scaled down with ``--set``.
 """
 
-from mmrec.trainers.presets import S
+from mmrec.trainers.presets import S, paper_from_code
 
 C = "cpark88/SyNCRec@2292eef"
 PAPER_SILENT = "paper silent; code: "
@@ -104,14 +104,7 @@ def _silent(source: str) -> str:
 
 
 def _paper() -> dict[str, S]:
-    out = {}
-    for k, v in _CODE.items():
-        if k in _PAPER_OVERRIDES:
-            out[k] = _PAPER_OVERRIDES[k]
-        else:
-            out[k] = S(v.value, _silent(v.source) if v.source else None)
-    for k, v in _PAPER_OVERRIDES.items():
-        out.setdefault(k, v)
+    out = paper_from_code(_CODE, _PAPER_OVERRIDES)
     out["model.lc_ntg"] = S(True, "paper, LC-NTG: loss correction with the negative-transfer gap")
     out["model.sc_mim"] = S(True, "paper, SC-MIM: single-cross mutual information maximisation")
     out["train.loss"] = S("bce", "paper: 'trained with multi-task learning using pairwise ranking loss'")

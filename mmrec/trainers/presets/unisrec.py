@@ -11,7 +11,7 @@ paper reaches only its introduction, so paper values fall back to the code ("pap
 features, batch 2048 / 8192): scale them down with ``--set`` for CPU runs.
 """
 
-from mmrec.trainers.presets import S
+from mmrec.trainers.presets import S, paper_from_code
 
 _C = "RUCAIBox/UniSRec@05aa5cb"
 _U = f"{_C} props/UniSRec.yaml"
@@ -126,13 +126,7 @@ _PAPER_OVERRIDES: dict[str, S] = {
 
 
 def _paper(code: dict[str, S]) -> dict[str, S]:
-    out = {}
-    for k, v in code.items():
-        if k in _PAPER_OVERRIDES:
-            out[k] = _PAPER_OVERRIDES[k]
-        else:
-            out[k] = S(v.value, _silent(v.source) if v.source else None)
-    return out
+    return {k: v for k, v in paper_from_code(code, _PAPER_OVERRIDES).items() if k in code}
 
 
 def _paper_pretrain() -> dict[str, S]:
