@@ -112,8 +112,10 @@ def steps(ours: torch.nn.Module, ours_loss: Callable[[int], torch.Tensor], their
     return rows
 
 
-def print_table(title: str, rows: list[Row], tol: float = TOL, out=sys.stdout) -> bool:
-    """A Markdown table of ``rows``; True when every row is within ``tol`` (or explained)."""
+def print_table(title: str, rows: list[Row], tol: float = TOL, out=None) -> bool:
+    """A Markdown table of ``rows`` (to ``out``, default the current stdout); True when every row is
+    within ``tol`` (or explained)."""
+    out = out or sys.stdout
     print(f"\n### {title}\n", file=out)
     print("| component | max abs diff | max rel diff | verdict |", file=out)
     print("| --- | ---: | ---: | --- |", file=out)

@@ -579,7 +579,8 @@ def relearn_init(mod) -> list[Row]:
     return rows, stat_rows
 
 
-def print_stats(title: str, stat_rows, out=sys.stdout) -> bool:
+def print_stats(title: str, stat_rows, out=None) -> bool:
+    out = out or sys.stdout
     print(f"\n### {title}\n", file=out)
     print("| tensors | code mean | code sd | relearn_code sd | sd ratio - 1 | relearn sd | verdict |", file=out)
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |", file=out)
