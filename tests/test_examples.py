@@ -36,8 +36,11 @@ def test_job_scripts_parse_and_use_real_options(script):
 
 @pytest.mark.parametrize("path", sorted((EX / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_experiments_build_every_run(path):
-    """Each example experiment file builds a valid configuration for every (dataset, row, seed)."""
+    """Each example experiment file builds a valid configuration for every (dataset, row, seed), the
+    method's own settings included."""
+    from mmrec.config import from_dict
     from mmrec.runs.experiment import load_experiment, row_config
+    from mmrec.trainers.methods import get_method
 
     exp, root = load_experiment(path)
     for ds in exp.datasets:
@@ -45,3 +48,4 @@ def test_example_experiments_build_every_run(path):
             for seed in exp.seeds:
                 run = row_config(exp, root, ds, row, seed)
                 assert run.train.seed == seed and run.method == exp.rows[row].method
+                from_dict(get_method(run.method).Config, run.model, prefix="model.")
