@@ -37,10 +37,15 @@ class S:
 PAPER_SILENT = "paper silent; code: "
 
 
+def silent(source: str | None) -> str | None:
+    """The source of a ``paper`` value the paper does not state, taken from the code."""
+    return PAPER_SILENT + source if source else None
+
+
 def paper_from_code(code: dict[str, S], overrides: dict[str, S]) -> dict[str, S]:
     """A ``paper`` preset built from the ``code`` one: the paper's stated values (``overrides``) where
     it states them, else the code's value with its source marked "paper silent; code: ..."."""
-    out = {k: overrides.get(k) or S(v.value, PAPER_SILENT + v.source if v.source else None) for k, v in code.items()}
+    out = {k: overrides.get(k) or S(v.value, silent(v.source)) for k, v in code.items()}
     out.update({k: v for k, v in overrides.items() if k not in out})
     return out
 

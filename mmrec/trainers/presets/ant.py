@@ -22,7 +22,7 @@ Not expressible as a setting: the code keeps the pre-training checkpoint of mini
 (hidden 256, batch 2048, 768/1024-d features) are kept; scale them down with ``--set`` for CPU runs.
 """
 
-from mmrec.trainers.presets import S
+from mmrec.trainers.presets import S, paper_from_code
 
 C = "ninglab/ANT@d125b5a"
 _A = f"{C} models/ANT.py"
@@ -32,10 +32,6 @@ _P = f"{C} pretrain.py"
 _D = f"{C} dataset/Pretrain.py"
 _R = f"{C} README.md"
 _LIGHTNING = "(Lightning 1.7.7's default scheduler interval 'epoch': stepped once per epoch)"
-
-
-def _silent(src: str | None) -> str | None:
-    return f"paper silent; code: {src}" if src else None
 
 
 # settings both stages share (the code's pretrain.py and finetune.py read the same yaml and model)
@@ -137,12 +133,6 @@ _CODE_PRETRAIN: dict[str, S] = {
 }
 
 
-def _paper(code: dict[str, S], overrides: dict[str, S]) -> dict[str, S]:
-    out = {k: overrides.get(k, S(v.value, _silent(v.source))) for k, v in code.items()}
-    out.update({k: v for k, v in overrides.items() if k not in out})
-    return out
-
-
 _PAPER_COMMON: dict[str, S] = {
     "prepare.features_text": S("BERT 768-d per item", "paper (Method summary): 'processes item texts with BERT'; "
                                                       f"dimension: code {_D}:101"),
@@ -159,7 +149,7 @@ _PAPER_COMMON["model.loss_eps"] = S(0.0, "paper silent (a softmax contrastive lo
                                          "(its layer_norm_eps reused) cap a sample's loss at -log(1e-8) = 18.4, a "
                                          "numerical artefact, code presets only")
 
-_PAPER_TARGET = _paper(_CODE_TARGET, {
+_PAPER_TARGET = paper_from_code(_CODE_TARGET, {
     **_PAPER_COMMON,
     "model.padding_class": S(False, "paper silent; the code's padding row as a class (its table indexed by ids "
                                     "0..n, row 0 = zero features) is an indexing artefact, code preset only"),
@@ -169,7 +159,7 @@ _PAPER_TARGET = _paper(_CODE_TARGET, {
                                 f"({_A}:136,146-155), not finetune.py's xavier re-draw"),
 })
 
-_PAPER_PRETRAIN = _paper(_CODE_PRETRAIN, {
+_PAPER_PRETRAIN = paper_from_code(_CODE_PRETRAIN, {
     **_PAPER_COMMON,
     "model.pretrain_negatives": S("other_users", "paper silent on the batch (the stored copy is a summary); the "
                                                  "code's negatives are the other (prefix, next item) samples of a "

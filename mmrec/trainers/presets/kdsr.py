@@ -17,10 +17,6 @@ _M = f"{_C} model_corvector.py"
 _LOG = "AnonymousPubCode/ECIR24-KDSR@109fc51 running_records.log:1"
 
 
-def _silent(src: str) -> str:
-    return f"paper silent; code: {src}"
-
-
 _CODE: dict[str, S] = {
     # --- protocol (prepared dataset; informational) ---
     "prepare.dataset": S("Amazon 2014 (ratings_Beauty.csv, core_meta_Beauty.csv)",

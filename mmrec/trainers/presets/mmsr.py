@@ -8,10 +8,9 @@ fine-tuned top blocks; ViT-MAE's random 75 % patch masking at every forward) con
 which mmrec keeps frozen in its feature store (a named difference, not a flag).
 """
 
-from mmrec.trainers.presets import S
+from mmrec.trainers.presets import S, paper_from_code
 
 C = "MMSR23/MMSR@63a6d51"
-SILENT = "paper silent; code: "
 
 _CODE = {
     # the item side: encoders' token states -> Linear -> merged attention over all tokens
@@ -74,11 +73,7 @@ _CODE = {
 }
 
 
-def _paper(key: str, value: S) -> S:
-    return S(value.value, SILENT + value.source)
-
-
 PRESETS = {
-    "paper": {k: _paper(k, v) for k, v in _CODE.items()},
+    "paper": paper_from_code(_CODE, {}),
     "code": dict(_CODE),
 }

@@ -12,10 +12,9 @@ all 50 token states of CLIP ViT-B/32's vision tower per image, token 0 being the
 sequences do not fit a 2-core CPU: the values are kept here, and scaled down with ``--set``.
 """
 
-from mmrec.trainers.presets import S
+from mmrec.trainers.presets import PAPER_SILENT, S, silent
 
 C = "xyliugo/ODMT@3d2ba25"
-PAPER_SILENT = "paper silent; code: "
 
 _CODE = {
     # -- model ---------------------------------------------------------------------------------------
@@ -80,7 +79,7 @@ _CODE = {
 
 def _paper(key: str) -> S:
     v = _CODE[key]
-    return S(v.value, PAPER_SILENT + v.source)
+    return S(v.value, silent(v.source))
 
 
 # what the paper (abstract; review summary) states; the rest falls back to the code

@@ -14,7 +14,6 @@ Hidden 512 does not fit a 2-core CPU run: the value is kept here and scaled down
 from mmrec.trainers.presets import S, paper_from_code
 
 C = "cpark88/SyNCRec@2292eef"
-PAPER_SILENT = "paper silent; code: "
 
 _CODE = {
     # -- model ---------------------------------------------------------------------------------------
@@ -97,10 +96,6 @@ _PAPER_OVERRIDES: dict[str, S] = {
     "model.mim_pair": S("target", None),  # the pair of one target's prediction; the code's input-domain pairing is its indexing
     "train.select_on": S("valid", "paper silent on model selection; choosing on the test set is the code's leak"),
 }
-
-
-def _silent(source: str) -> str:
-    return PAPER_SILENT + source
 
 
 def _paper() -> dict[str, S]:

@@ -11,7 +11,7 @@ paper reaches only its introduction, so paper values fall back to the code ("pap
 features, batch 2048 / 8192): scale them down with ``--set`` for CPU runs.
 """
 
-from mmrec.trainers.presets import S, paper_from_code
+from mmrec.trainers.presets import S, paper_from_code, silent
 
 _C = "RUCAIBox/UniSRec@05aa5cb"
 _U = f"{_C} props/UniSRec.yaml"
@@ -21,10 +21,6 @@ _M = f"{_C} unisrec.py"
 _T = f"{_C} data/transform.py"
 _A = f"{_C} dataset/preprocessing/process_amazon.py"
 _R = "RecBole 1.2.1 recbole/properties/overall.yaml"
-
-
-def _silent(src: str) -> str:
-    return f"paper silent; code: {src}"
 
 
 # settings both stages share (the model and the data's text)
@@ -131,7 +127,7 @@ def _paper(code: dict[str, S]) -> dict[str, S]:
 
 def _paper_pretrain() -> dict[str, S]:
     out = _paper(_PRETRAIN_CODE)
-    out["model.item_drop_prob"] = S(0.9, "paper Sec. 3.2 (item drop and word drop); " + _silent(
+    out["model.item_drop_prob"] = S(0.9, "paper Sec. 3.2 (item drop and word drop); " + silent(
         _PRETRAIN_CODE["model.item_drop_prob"].source))
     return out
 
