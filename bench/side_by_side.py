@@ -89,6 +89,20 @@ def copy_weights(name_map: dict[str, str], ours: torch.nn.Module, theirs: torch.
         mine[m_name].copy_(src)
 
 
+@torch.no_grad()
+def copy_by_spec(ours: torch.nn.Module, theirs: torch.nn.Module,
+                 spec: dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor] | None]) -> None:
+    """Set each mmrec parameter from the official model's parameters by ``spec`` (mmrec name -> a
+    function of the official ``{name: tensor}``, or None for a parameter the code does not have: zero)."""
+    official = {k: p.detach() for k, p in theirs.named_parameters()}
+    for name, p in ours.named_parameters():
+        fn = spec[name]
+        src = torch.zeros_like(p) if fn is None else fn(official)
+        if src.shape != p.shape:
+            raise ValueError(f"{name}: {tuple(p.shape)} <- {tuple(src.shape)}")
+        p.copy_(src)
+
+
 def steps(ours: torch.nn.Module, ours_loss: Callable[[int], torch.Tensor], theirs: torch.nn.Module,
           theirs_loss: Callable[[int], torch.Tensor], make_opt: Callable[[Iterable], torch.optim.Optimizer],
           n: int = 20, clip: float | None = None) -> list[Row]:

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import Row, diff, official_import_path, print_table
+from side_by_side import Row, copy_by_spec, diff, official_import_path, print_table
 
 from mmrec.config import from_dict
 from mmrec.features.aligned import FeatureTable
@@ -309,17 +309,6 @@ def randomise(model: nn.Module, seed: int, scale: float = 0.1) -> None:
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-@torch.no_grad()
-def copy_official(m: ANT, off, spec) -> None:
-    P = {k: p.detach() for k, p in off.named_parameters()}
-    for name, p in m.named_parameters():
-        fn = spec[name]
-        src = torch.zeros_like(p) if fn is None else fn(P)
-        if src.shape != p.shape:
-            raise ValueError(f"{name}: {tuple(p.shape)} <- {tuple(src.shape)}")
-        p.copy_(src)
-
-
 def _group(name: str) -> str:
     """Experts are compared stacked: ``...experts.3.lin.weight`` -> ``...experts.*.lin.weight``."""
     parts = name.split(".")
@@ -435,7 +424,7 @@ def components(mod, feats, batch) -> list[Row]:
     randomise(off, 3)
     m = build_mmrec(feats, "target", gate_noise=True, **CODE_TARGET)
     spec = weight_spec(m)
-    copy_official(m, off, spec)
+    copy_by_spec(m, off, spec)
     rows = []
     with torch.no_grad():
         for s, (m2r, pool) in MODALITIES.items():
@@ -479,7 +468,7 @@ def target_stage(mod, feats, batches, flags: dict, note: str = "", full: bool = 
     randomise(off, 4)
     m = build_mmrec(feats, "target", **flags)
     spec = weight_spec(m)
-    copy_official(m, off, spec)
+    copy_by_spec(m, off, spec)
     off.train(), m.train()
     batch = batches[-1]
     interns, label, lens = prefixes(batch)
@@ -503,7 +492,7 @@ def pretrain_stage(mod, feats, batches, flags: dict, notes: dict | None = None, 
     randomise(off, 5)
     m = build_mmrec(feats, "pretrain", it_weight=1e-3, **flags)
     spec = weight_spec(m)
-    copy_official(m, off, spec)
+    copy_by_spec(m, off, spec)
     off.train(), m.train()
     batch = batches[-1]
     interns, label, lens = prefixes(batch)
@@ -532,7 +521,7 @@ def relearn_init(mod) -> list[Row]:
     randomise(off, 6)
     pre = build_mmrec(feats, "target", hidden=hid, exps=exps)
     spec = weight_spec(pre, exps)
-    copy_official(pre, off, spec)
+    copy_by_spec(pre, off, spec)
     state = {k: v.detach().clone() for k, v in pre.state_dict().items()}
     P_pre = {k: p.detach().clone() for k, p in off.named_parameters()}
     torch.manual_seed(7)

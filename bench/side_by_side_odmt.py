@@ -43,7 +43,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import TOL, Row, diff, official_import_path, print_table, steps
+from side_by_side import (
+    TOL,
+    Row,
+    copy_by_spec,
+    diff,
+    official_import_path,
+    print_table,
+    steps,
+)
 
 from mmrec.config import from_dict
 from mmrec.features.aligned import FeatureTable
@@ -190,17 +198,6 @@ def weight_spec(m: ODMT) -> dict[str, Callable[[dict], torch.Tensor] | None]:
     if missing:
         raise KeyError(f"mmrec parameters with no entry in the weight map: {missing}")
     return {k: v for k, v in spec.items() if k in names}
-
-
-@torch.no_grad()
-def copy_official(m: ODMT, off, spec) -> None:
-    P = {k: p.detach() for k, p in off.named_parameters()}
-    for name, p in m.named_parameters():
-        fn = spec[name]
-        src = torch.zeros_like(p) if fn is None else fn(P)
-        if src.shape != p.shape:
-            raise ValueError(f"{name}: {tuple(p.shape)} <- {tuple(src.shape)}")
-        p.copy_(src)
 
 
 def grad_rows(m: ODMT, off, spec, note: str = "") -> list[Row]:
@@ -426,7 +423,7 @@ def compare(mod, data, batches, flags: dict, note: str = "", full: bool = True) 
     off = build_official(mod, t_feat, v_feat, counts).train()
     m = build_mmrec(t_feat, v_feat, counts, **flags).train()
     spec = weight_spec(m)
-    copy_official(m, off, spec)
+    copy_by_spec(m, off, spec)
     seqs = batches[0]
     o = official_forward(mod, off, seqs, text_mask)
     r = mmrec_forward(m, seqs)
