@@ -32,11 +32,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from mmrec.config import apply_overrides, from_dict
-from mmrec.runs.report import mean_sd
 from _runs import train_or_reuse
-from mmrec.runs.config import RunConfig, preset_overrides, preset_settings
-from mmrec.trainers.presets import presets_of
+
+from mmrec.config import apply_overrides, from_dict
+from mmrec.runs.config import RunConfig, preset_base, preset_overrides
+from mmrec.runs.report import mean_sd
 
 
 def _row(spec: str) -> tuple[str, str, list[str]]:
@@ -47,15 +47,13 @@ def _row(spec: str) -> tuple[str, str, list[str]]:
 
 def _preset_base(method: str, preset: str | None, family: str | None) -> tuple[dict, str | None]:
     """The settings a row starts from: its method's preset, or the train/eval part of the family's."""
-    if not preset:
-        return {}, None
-    if preset in presets_of(method):
-        return preset_settings(method, preset), preset
-    if not family:
+    from mmrec.errors import ConfigError
+
+    try:
+        return preset_base(method, preset, family)
+    except ConfigError:
         sys.exit(f"method {method} has no preset {preset!r}: give --family METHOD to take that method's "
                  "train.* and eval.* values for this row")
-    fam = preset_settings(family, preset)
-    return {k: v for k, v in fam.items() if k in ("train", "eval")}, f"{family}:{preset} (train, eval)"
 
 
 def _save_rows(path: Path, label: str, table: dict) -> None:

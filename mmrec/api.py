@@ -26,12 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mmrec.config import apply_overrides, from_dict, load
-
-
-def _overrides(settings: dict[str, Any] | None) -> list[str]:
-    """``{"train.epochs": 3}`` as ``--set`` strings (values as JSON, which the YAML reader reads back)."""
-    return [f"{k}={json.dumps(v)}" for k, v in (settings or {}).items()]
+from mmrec.config import apply_overrides, from_dict, settings_overrides
 
 
 def prepare(format: str, input: str | Path, output: str | Path, *, reader: dict[str, Any] | None = None,
@@ -44,7 +39,7 @@ def prepare(format: str, input: str | Path, output: str | Path, *, reader: dict[
     from mmrec.data.readers import read_dataset
 
     sets = {k.removeprefix("prepare."): v for k, v in (settings or {}).items()}
-    cfg = from_dict(PrepareConfig, apply_overrides({}, _overrides(sets)), prefix="prepare.")
+    cfg = from_dict(PrepareConfig, apply_overrides({}, settings_overrides(sets)), prefix="prepare.")
     raw = read_dataset(format, str(input), **(reader or {}))
     return Path(_prepare(raw, str(output), cfg, overwrite=overwrite))
 
@@ -60,7 +55,7 @@ def extract(encoder: str, dataset: str | Path, *, store: str | Path = "features"
 
     base = {"encoder": encoder, "dataset": str(dataset), "store": str(store), "name": name, "model": model,
             "options": dict(options or {})}
-    cfg = from_dict(ExtractConfig, apply_overrides(base, _overrides(settings)))
+    cfg = from_dict(ExtractConfig, apply_overrides(base, settings_overrides(settings)))
     return Path(_extract(cfg, log=log).entry_dir)
 
 
@@ -108,7 +103,7 @@ class Run:
         from mmrec.runs.recommend import load_trained_model
         from mmrec.trainers.evaluation import Evaluator
 
-        model, run, data = load_trained_model(self.path, _overrides(settings), checkpoint)
+        model, run, data = load_trained_model(self.path, settings_overrides(settings), checkpoint)
         ev = Evaluator(data, run.eval, run.train.max_len, torch.device("cpu"), self.path)
         t0 = time.perf_counter()
         res = ev.evaluate(model, part)
@@ -123,17 +118,14 @@ def train(dataset: str | Path, method: str = "sasrec", *, preset: str | None = N
           log: Callable[[str], None] = print) -> Run:
     """Train ``method`` on a prepared ``dataset`` (settings: defaults < ``preset`` < ``settings``);
     returns the finished ``Run``. ``resume`` continues an interrupted ``run_dir``."""
-    from mmrec.runs.config import RunConfig, preset_overrides, preset_settings
+    from mmrec.runs.config import build_run, preset_base
     from mmrec.trainers.loop import Trainer
 
     flags: dict[str, Any] = {"dataset": str(dataset), "method": method, "store": str(store)}
     if features:
         flags["features"] = dict(features)
-    base = preset_settings(method, preset) if preset else {}
-    run = load(RunConfig, None, _overrides(settings), flags=flags, base=base)
-    if preset:
-        run.preset = preset
-        run.preset_overrides = preset_overrides(run, base)
+    base, label = preset_base(method, preset)
+    run = build_run(flags, settings_overrides(settings), base=base, label=label)
     if run_dir is None:
         run_dir = Path(run.out) / (run.name or f"{Path(run.dataset).name}-{run.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     results = Trainer(run, run_dir, log=log).fit(resume=resume)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from mmrec.config import apply_overrides, from_dict, load, read_config_file
+from mmrec.config import apply_overrides, from_dict, read_config_file
 from mmrec.errors import ConfigError, MMRecError, Preempted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -183,7 +183,7 @@ def _run_config(dataset: Optional[str], method: Optional[str], config: Optional[
                 preset: Optional[str] = None):
     """The run's settings: defaults < the method's ``preset`` < ``--config`` file < the flags < ``--set``."""
     from mmrec.features.aligned import parse_features_option
-    from mmrec.runs.config import RunConfig, preset_overrides, preset_settings
+    from mmrec.runs.config import build_run, preset_base
 
     flags: dict[str, Any] = {}
     if dataset:
@@ -196,15 +196,9 @@ def _run_config(dataset: Optional[str], method: Optional[str], config: Optional[
         flags["store"] = store
     if cold_start:
         flags["cold"] = {"fraction": 0.1}
-    base: dict[str, Any] = {}
-    if preset:
-        chosen = flags.get("method") or (read_config_file(config).get("method") if config else None) or "sasrec"
-        base = preset_settings(chosen, preset)
-    run = load(RunConfig, config, list(set_ or []), flags=flags, base=base)
-    if preset:
-        run.preset = preset
-        run.preset_overrides = preset_overrides(run, base)
-    return run
+    chosen = flags.get("method") or (read_config_file(config).get("method") if config and preset else None) or "sasrec"
+    base, label = preset_base(chosen, preset)
+    return build_run(flags, list(set_ or []), file=config, base=base, label=label)
 
 
 @app.command()

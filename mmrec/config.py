@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+import tomllib
 import yaml
 
 from mmrec.errors import ConfigError
@@ -204,6 +204,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = nxt
         node[parts[-1]] = value
     return out
+
+
+def settings_overrides(settings: dict[str, Any] | None) -> list[str]:
+    """``{"train.epochs": 3}`` as ``--set`` strings (values as JSON, which the YAML reader reads back)."""
+    return [f"{k}={json.dumps(v)}" for k, v in (settings or {}).items()]
 
 
 def load(cls: type[T], file: str | Path | None = None, overrides: list[str] | None = None,

@@ -307,3 +307,30 @@ def preset_prepare_differences(method: str, name: str | None, dataset_config: di
         if key.startswith("prepare.") and field_name in dataset_config and dataset_config[field_name] != v.value:
             out[key] = {"preset": v.value, "dataset": dataset_config[field_name]}
     return out
+
+
+def preset_base(method: str, preset: str | None, family: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """(settings, label) a run of ``method`` starts from: its ``preset``; or, when it has none, the
+    ``train`` and ``eval`` part of ``family``'s (baselines under a method's preset family); ({}, None)
+    without a preset. A ConfigError when neither has it."""
+    from mmrec.trainers.presets import presets_of
+
+    if not preset:
+        return {}, None
+    if preset in presets_of(method) or not family:
+        return preset_settings(method, preset), preset  # (an unknown preset: the error lists the presets)
+    fam = preset_settings(family, preset)
+    return {k: v for k, v in fam.items() if k in ("train", "eval")}, f"{family}:{preset} (train, eval)"
+
+
+def build_run(flags: dict[str, Any], overrides: list[str] | None = None, *, file: str | Path | None = None,
+              base: dict[str, Any] | None = None, label: str | None = None) -> RunConfig:
+    """A RunConfig from defaults < ``base`` (a preset's settings) < ``file`` < ``flags`` < ``overrides``,
+    recording the preset ``label`` and every value that overrode it."""
+    from mmrec.config import load
+
+    run = load(RunConfig, file, list(overrides or []), flags=flags, base=base or {})
+    if label:
+        run.preset = label
+        run.preset_overrides = preset_overrides(run, base or {})
+    return run

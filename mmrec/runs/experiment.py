@@ -30,14 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mmrec.config import from_dict, load, read_config_file
+from mmrec.config import from_dict, read_config_file, settings_overrides
 from mmrec.errors import ConfigError, RunFolderBusy
-from mmrec.runs.config import (
-    RunConfig,
-    finished_results,
-    preset_overrides,
-    preset_settings,
-)
+from mmrec.runs.config import RunConfig, build_run, finished_results, preset_base
 from mmrec.runs.folder import RunFolder
 
 
@@ -99,33 +94,15 @@ def row_config(exp: Experiment, root: Path, ds: str, row: str, seed: int) -> Run
     settings < dataset, method, features, seed."""
     spec, data = exp.rows[row], exp.datasets[ds]
     preset = spec.preset or exp.preset
-    base: dict[str, Any] = {}
-    label = None
-    if preset:
-        from mmrec.trainers.presets import presets_of
-
-        if preset in presets_of(spec.method):
-            base, label = preset_settings(spec.method, preset), preset
-        elif exp.family:
-            fam = preset_settings(exp.family, preset)
-            base, label = {k: v for k, v in fam.items() if k in ("train", "eval")}, f"{exp.family}:{preset} (train, eval)"
-        else:
-            raise ConfigError(f"row {row}: method {spec.method} has no preset {preset!r}; give the experiment a "
-                              "family (a method whose train/eval settings this row takes) or the row its own preset")
+    try:
+        base, label = preset_base(spec.method, preset, exp.family)
+    except ConfigError:
+        raise ConfigError(f"row {row}: method {spec.method} has no preset {preset!r}; give the experiment a "
+                          "family (a method whose train/eval settings this row takes) or the row its own preset") from None
     flags = {"dataset": _abs(root, data.path), "method": spec.method, "store": _abs(root, data.store),
              "features": dict(spec.features)}
-    sets = [f"{k}={_yaml(v)}" for k, v in {**exp.settings, **spec.settings, "train.seed": seed}.items()]
-    run = load(RunConfig, None, sets, flags=flags, base=base)
-    if label:
-        run.preset = label
-        run.preset_overrides = preset_overrides(run, base)
-    return run
-
-
-def _yaml(v: Any) -> str:
-    import json
-
-    return json.dumps(v)
+    sets = settings_overrides({**exp.settings, **spec.settings, "train.seed": seed})
+    return build_run(flags, sets, base=base, label=label)
 
 
 def run_folder(exp: Experiment, root: Path, ds: str, row: str, seed: int) -> Path:

@@ -34,7 +34,12 @@ from typing import Any
 import numpy as np
 
 from mmrec.errors import ConfigError
-from mmrec.runs.config import EXTENDABLE_ON_RESUME, RESOURCE_SETTINGS, flatten, setting_in
+from mmrec.runs.config import (
+    EXTENDABLE_ON_RESUME,
+    RESOURCE_SETTINGS,
+    flatten,
+    setting_in,
+)
 from mmrec.runs.folder import RunFolder
 
 
