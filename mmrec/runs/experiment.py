@@ -14,6 +14,7 @@ An experiment file (YAML or TOML)::
     rows:
       odmt: {method: odmt, features: {text: minilm}, settings: {model.hidden: 128}}
       sasrec: {method: sasrec}
+      odmt_harmonised: {method: odmt, preset: harmonised, seeds: [0], features: {text: minilm}}
     report: {baseline: sasrec, metric: ndcg@10}
 
 Paths are as on the command line (relative to the folder the command runs in). A run that finished with the same settings is reused, one
@@ -48,6 +49,7 @@ class RowSpec:
     features: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None  # overrides the experiment's preset for this row
+    seeds: list[int] | None = None  # overrides the experiment's seeds for this row (e.g. a one-seed check)
 
 
 @dataclass
@@ -118,8 +120,8 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     pending = 0
     for ds in exp.datasets:
-        for row in exp.rows:
-            for seed in exp.seeds:
+        for row, spec in exp.rows.items():
+            for seed in spec.seeds or exp.seeds:
                 run = row_config(exp, root, ds, row, seed)
                 folder = run_folder(exp, root, ds, row, seed)
                 res = finished_results(run, folder)

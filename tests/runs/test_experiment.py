@@ -51,6 +51,14 @@ def test_an_experiment_trains_once_then_reuses_and_reports(exp_file, tmp_path):
     assert r.exit_code == 0 and "| ring | pop | 2 |" in r.output
 
 
+def test_a_row_with_its_own_seeds_runs_only_those(exp_file, tmp_path):
+    exp_file.write_text(exp_file.read_text().replace("  pop: {method: pop}", "  pop: {method: pop, seeds: [1]}"))
+    out = run_experiment(exp_file, log=lambda s: None, report=False)
+    assert out["pending"] == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "ring").iterdir()) == ["pop-s1", "sasrec-s0", "sasrec-s1"]
+    assert "| ring | pop | 1 |" in out["table"] and "| ring | sasrec | 2 |" in out["table"]
+
+
 def test_a_busy_run_is_left_to_its_holder_and_the_command_says_so(exp_file, tmp_path):
     busy = tmp_path / "runs" / "ring" / "pop-s0"
     busy.mkdir(parents=True)

@@ -186,6 +186,7 @@ class KDSRConfig(TransformerConfig):
     code_seed: int = 2023
     code_kmeans_iters: int = 30
     max_code_pairs: int | None = None
+    pair_code_table_max_items: int = 8192  # up to this catalogue size, every item pair's code is computed once
     # loss weights (the code's v_s, v_c, t_s, t_c)
     image_holistic_weight: float = 4.0
     image_code_weight: float = 0.5
@@ -379,6 +380,29 @@ def fit_codebook(features: torch.Tensor, present: torch.Tensor, cfg: KDSRConfig,
     return kmeans(vec, cfg.code_count, cfg.code_seed, cfg.code_kmeans_iters)
 
 
+def item_pair_codes(features: torch.Tensor, codebook: torch.Tensor, n_sub: int, metric: str,
+                    chunk: int = 256) -> torch.Tensor:
+    """The teacher code of every item pair ``[N, N]`` (uint8, int16 beyond 256 codes): ``assign_codes`` of the dissected
+    vector of rows u and v of ``features`` ``[N, D]``, computed by ``subspace_pairwise_correlation``
+    as the batch path does. The teacher codes depend on the two items only, so a catalogue small
+    enough (``KDSRConfig.pair_code_table_max_items``) looks them up instead of recomputing them for
+    every pair of every batch."""
+    feats = features.detach().float()
+    n = len(feats)
+    dtype = torch.uint8 if len(codebook) <= 256 else torch.int16
+    out = torch.empty(n, n, dtype=dtype, device=feats.device)
+    subs = torch.tensor_split(feats, n_sub, -1)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        if metric == "cosine":
+            vec = torch.stack([F.normalize(a[lo:hi], dim=-1, eps=1e-8) @ F.normalize(a, dim=-1, eps=1e-8).T
+                               for a in subs], -1)
+        else:
+            vec = torch.stack([pair_correlation(a[lo:hi, None, :], a[None, :, :], metric) for a in subs], -1)
+        out[lo:hi] = assign_codes(vec.reshape(-1, n_sub), codebook).view(hi - lo, n).to(dtype)
+    return out
+
+
 # --- initialisation and the asynchronous rate -----------------------------------------------------
 
 def svd_init(features: torch.Tensor, present: torch.Tensor, d: int, scale: float) -> torch.Tensor:
@@ -476,6 +500,9 @@ class KDSR(SequentialRecommender):
                     self.modality[s].weight.copy_(svd_init(f.table, present, d, cfg.modality_scale))
             if cfg.codes:
                 self.register_buffer(f"codebook_{s}", fit_codebook(f.table, present, cfg))
+                if n_items + 1 <= cfg.pair_code_table_max_items:
+                    self.register_buffer(f"pair_codes_{s}", item_pair_codes(
+                        f.table, getattr(self, f"codebook_{s}"), cfg.code_subspaces, cfg.metric), persistent=False)
         with torch.no_grad():
             self.item.weight[0].zero_()
         self._epoch = 1
@@ -505,39 +532,52 @@ class KDSR(SequentialRecommender):
         x = self.dropout((w.unsqueeze(-1) * cand).sum(-2))
         return x.masked_fill((ids == 0).unsqueeze(-1), 0.0)
 
-    def graph_states(self, items: torch.Tensor, mods: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def graph_states(self, items: torch.Tensor, mods: dict[str, torch.Tensor] | None = None,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
         """``backbone=graph``: the state at position t is the sum, over the last ``last_n`` positions
         s = t, t-1, ... of the prefix, of the gate-fused vector of the item at s, whose graph candidate
         is its RGAT state in the session graph of ``items[:t + 1]`` (every prefix is a training sample
         of the code; here all prefixes of a row at once, so position t sees only positions <= t).
         ``last_n_clamp``: a position s < 0 reads position 0 (the code's clamped gather), in the graph of
-        the same prefix."""
+        the same prefix. ``rows`` ``[B, T]``: compute only these positions of each row (``[B, T, d]``;
+        the same values as those positions of the full ``[B, L, d]``, without the work for the others:
+        a prefix sample reads one position)."""
         mods = self.modality_vectors(items) if mods is None else mods
         b, l = items.shape
+        if rows is None:
+            rows = torch.arange(l, device=items.device).expand(b, l)
         node = session_nodes(items)
         e = self.item(items)  # node j's features: the id embedding at its first-occurrence position j
-        t = torch.arange(l, device=items.device)
-        h = torch.zeros(b, l, self.cfg.hidden, device=e.device, dtype=e.dtype)
+        h = torch.zeros(b, rows.shape[1], self.cfg.hidden, device=e.device, dtype=e.dtype)
         clamp = self.cfg.last_n_clamp
         rels: dict[int, torch.Tensor] = {}
 
-        def relations(lag: int) -> torch.Tensor:
+        def relations(lag: int) -> torch.Tensor:  # prefix_relations' rows at ``rows``
             if lag not in rels:
-                rels[lag] = prefix_relations(items, lag)
+                rels[lag] = prefix_relations(items, lag).gather(1, rows[:, :, None].expand(-1, -1, l))
             return rels[lag]
 
+        def at(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:  # x[b, pos[b, t]]
+            return x.gather(1, pos[:, :, None].expand(-1, -1, x.shape[-1]))
+
         for lag in range(self.cfg.last_n if clamp else min(self.cfg.last_n, l)):
-            src = (t - lag).clamp(min=0)
+            src = (rows - lag).clamp(min=0)
             rel = relations(lag)
             if clamp and lag > 0:  # rows t < lag: the node of position 0 in the graph of prefix t
-                rel = rel.clone()
                 for t0 in range(min(lag, l)):
-                    rel[:, t0] = relations(t0)[:, t0]
-            g = self.graph(e, rel, node[:, src])
-            ids = items[:, src] if clamp else torch.where((t >= lag)[None, :], items[:, src], 0)
-            x = self.fuse(ids, {s: v[:, src] for s, v in mods.items()}, graph=g)
+                    rel = torch.where((rows == t0)[:, :, None], relations(t0), rel)
+            g = self.graph(e, rel, node.gather(1, src))
+            ids = items.gather(1, src)
+            if not clamp:
+                ids = torch.where(rows >= lag, ids, 0)
+            x = self.fuse(ids, {s: at(v, src) for s, v in mods.items()}, graph=g)
             h = h + x  # fuse() zeroes padding and the positions before the start
         return h
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.encoder is not None:
+            return super().query(items, lengths)
+        return self.graph_states(items, rows=(lengths - 1).clamp(min=0)[:, None])[:, 0]
 
     def item_embeddings(self) -> torch.Tensor:
         if self.cfg.score_with == "id":
@@ -582,10 +622,14 @@ class KDSR(SequentialRecommender):
         if cap is not None and len(b) > cap:
             keep = torch.randperm(len(b), device=b.device)[:cap]
             b, i, j = b[keep], i[keep], j[keep]
-        with torch.no_grad(), torch.autocast(items.device.type, enabled=False):
-            feats = getattr(self, f"feat_{modality}")[items]  # [B, L, D]
-            vec = subspace_pairwise_correlation(feats, self.cfg.code_subspaces, self.cfg.metric)[b, i, j]
-            codes = assign_codes(vec, getattr(self, f"codebook_{modality}"))
+        pair_codes = getattr(self, f"pair_codes_{modality}", None)
+        if pair_codes is not None:  # the teacher codes of every item pair, computed once
+            codes = pair_codes[items[b, i], items[b, j]].long()
+        else:
+            with torch.no_grad(), torch.autocast(items.device.type, enabled=False):
+                feats = getattr(self, f"feat_{modality}")[items]  # [B, L, D]
+                vec = subspace_pairwise_correlation(feats, self.cfg.code_subspaces, self.cfg.metric)[b, i, j]
+                codes = assign_codes(vec, getattr(self, f"codebook_{modality}"))
         weight = torch.where(i == j, 1.0, 2.0)
         return torch.stack([b, i, j]), codes, weight
 
@@ -613,13 +657,23 @@ class KDSR(SequentialRecommender):
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
         items, targets = batch["items"], batch["targets"]
         mods = self.modality_vectors(items)
-        h = self.sequence_states(items, batch["lengths"], mods)
         mask = targets > 0
+        neg = batch.get("negatives")
+        if self.encoder is None and targets.shape[1] > 1 and int(mask.sum(1).max()) <= 1:
+            # one target per row (train.windows=prefixes): the graph states at that position only
+            keep = mask.any(1)
+            pos = mask[keep].int().argmax(1, keepdim=True)
+            h = self.graph_states(items[keep], {s: v[keep] for s, v in mods.items()}, rows=pos)
+            targets, mask = targets[keep].gather(1, pos), torch.ones_like(pos, dtype=torch.bool)
+            if neg is not None:
+                neg = neg[keep].gather(1, pos.view(pos.shape + (1,) * (neg.dim() - 2)).expand(-1, -1, *neg.shape[2:]))
+        else:
+            h = self.sequence_states(items, batch["lengths"], mods)
         emb = self.item_embeddings()
         if train_cfg.loss == "ce":
             main = ce_all_items(h[mask], targets[mask], emb, exclude=self.train_exclusion if self.training else None)
         else:
-            main = bce_sampled(h[mask], targets[mask], batch["negatives"][mask], emb)
+            main = bce_sampled(h[mask], targets[mask], neg[mask], emb)
         parts: dict[str, torch.Tensor] = {train_cfg.loss: main}
         first = _first_occurrence(items)
         if self.cfg.holistic:

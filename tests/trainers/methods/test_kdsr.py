@@ -222,6 +222,31 @@ def test_code_term_equals_the_mean_over_all_ordered_pairs():
         assert m.loss_parts[f"code_{s}"] == pytest.approx(sum(ces) / len(ces), rel=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_pair_code_table_gives_the_codes_computed_per_batch(metric):
+    """A small catalogue looks the teacher codes up in a table of every item pair: the same codes,
+    loss and gradients as computing them for each pair of the batch."""
+    from mmrec.trainers.methods.kdsr import _first_occurrence
+
+    table = _model(metric=metric)
+    batchwise = _model(metric=metric, pair_code_table_max_items=0)
+    assert hasattr(table, "pair_codes_text") and table.pair_codes_text.shape == (N_ITEMS + 1, N_ITEMS + 1)
+    assert not hasattr(batchwise, "pair_codes_text")
+    items = _batch()["items"]
+    first = _first_occurrence(items)
+    for s in ("text", "image"):
+        mask = table.pair_mask(items, s, first)
+        (idx_a, codes_a, w_a), (idx_b, codes_b, w_b) = (m.code_targets(items, s, mask) for m in (table, batchwise))
+        assert torch.equal(idx_a, idx_b) and torch.equal(codes_a, codes_b) and torch.equal(w_a, w_b)
+        assert len(codes_a.unique()) > 1
+    for m in (table, batchwise):
+        m.loss(_batch(), _Train()).backward()
+    for (n, p), (_, q) in zip(table.named_parameters(), batchwise.named_parameters()):
+        assert (p.grad is None) == (q.grad is None)
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-7), n
+
+
 def test_max_code_pairs_caps_the_pairs():
     m = _model(max_code_pairs=3)
     items = _batch()["items"]
@@ -385,7 +410,8 @@ def test_no_tensor_is_catalogue_by_catalogue():
              "lengths": torch.full((8,), 20)}
 
     def build_and_step():
-        m = _model(features=feats, n_items=n, code_count=50, code_sample_pairs=20_000)
+        # beyond pair_code_table_max_items (the one n x n table, of uint8 codes, a smaller catalogue keeps)
+        m = _model(features=feats, n_items=n, code_count=50, code_sample_pairs=20_000, pair_code_table_max_items=n)
         m.train()
         m.loss(batch, _Train()).backward()
 
@@ -527,6 +553,54 @@ def test_graph_backbone_is_causal_trains_and_reads_the_last_two_positions():
         assert p.grad is not None and p.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="last_n"):
         _model(backbone="graph", last_n=0)
+
+
+@pytest.mark.parametrize("clamp,loss", [(False, "ce"), (True, "ce"), (False, "bce")])
+def test_prefix_batches_compute_the_graph_only_where_the_target_is(clamp, loss):
+    """train.windows=prefixes (one target per row, at its last position): the loss computes the
+    graph states at that position only; loss and every gradient equal the computation over every
+    position (dropout off, so both see the same numbers)."""
+    from mmrec.trainers.methods.kdsr import _first_occurrence
+    from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
+
+    items = torch.tensor([[1, 2, 3, 2, 5, 0], [6, 7, 6, 8, 9, 4], [3, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    lengths = torch.tensor([5, 6, 1, 0])
+    targets = torch.zeros_like(items)
+    targets[0, 4], targets[1, 5], targets[2, 0] = 7, 11, 12  # row 3: no target (an empty window)
+    negatives = torch.tensor([[13, 14, 15, 16, 17, 18]] * 4)
+    batch = {"items": items, "targets": targets, "lengths": lengths, "negatives": negatives}
+
+    class T:
+        pass
+
+    T.loss = loss
+    grads = []
+    for fast in (True, False):
+        m = _model(backbone="graph", graph_dropout=0.0, last_n_clamp=clamp)
+        m.train_exclusion = None
+        if fast:
+            rows_seen = []
+            full = m.graph_states
+            m.graph_states = lambda *a, rows=None, seen=rows_seen, full=full: seen.append(rows) or full(*a, rows=rows)
+            total = m.loss(batch, T)
+            assert len(rows_seen) == 1 and rows_seen[0].tolist() == [[4], [5], [0]]  # one position per row
+        else:  # the same loss written out over every position
+            mods = m.modality_vectors(items)
+            h = m.sequence_states(items, lengths, mods)
+            mask = targets > 0
+            emb = m.item_embeddings()
+            main = (ce_all_items(h[mask], targets[mask], emb) if loss == "ce"
+                    else bce_sampled(h[mask], targets[mask], negatives[mask], emb))
+            first = _first_occurrence(items)
+            parts = {**m.holistic_terms(items, mods, first), **m.code_terms(items, mods, first)}
+            total = main + sum(w * parts[k] for k, w in m.loss_weights().items())
+        total.backward()
+        grads.append((total.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (fast_loss, fast_g), (ref_loss, ref_g) = grads
+    assert fast_loss == pytest.approx(ref_loss, rel=1e-6)
+    assert fast_g.keys() == ref_g.keys() and "graph.weight" in fast_g
+    for n in ref_g:
+        assert torch.allclose(fast_g[n], ref_g[n], atol=1e-6, rtol=1e-5), n
 
 
 def test_graph_backbone_overfits_the_ring_and_round_trips(tmp_path):
