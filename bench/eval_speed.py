@@ -9,7 +9,8 @@ process on the same model and cases:
   ``_CPU_MAX_CHUNK`` in ``mmrec.trainers.evaluation``), and the
   transformer's last block computed at each row's last position only (``TransformerEncoder.last``).
 
-    python bench/eval_speed.py --data /work/exp/beauty --data /work/exp/ml1m --out eval_speed.json
+    python bench/prepare_bench_data.py beauty ml1m      # prepared from ../shared/data into out/bench-data
+    python bench/eval_speed.py --data out/bench-data/beauty --data out/bench-data/ml1m --out eval_speed.json
     python bench/eval_speed.py --kernel-items 12101 100000 440000      # the tiles alone, large catalogues
 
 SASRec with random weights (the cost does not depend on the weights); the valid part of each

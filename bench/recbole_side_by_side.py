@@ -20,29 +20,29 @@ is its own. Per toolkit and dataset the table gives:
 - ``peak RSS MiB``, and the test NDCG@10 / HR@10 of the best validation epoch.
 - a ``mmrec/RecBole`` row with the ratio of each column.
 
-Commands (the 2-core CPU of docs/benchmarks.md, one thread each side)::
+Commands, from the repository root with mmrec's environment active (the shared data at
+``../shared/data``; the figures of docs/benchmarks.md are from its 2-core CPU, one thread each side)::
 
-    # the RecBole environment (never a dependency of mmrec); torch first, from the CPU wheel on disk
-    python3 -m venv /work/venv-recbole
-    /work/venv-recbole/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
-    /work/venv-recbole/bin/pip install --no-deps recbole==1.2.1
-    /work/venv-recbole/bin/pip install "numpy<2" "scipy<1.14" "pandas<2.3" colorama==0.4.4 colorlog==4.7.2 \\
-        psutil pyyaml scikit-learn tabulate texttable tqdm tensorboard
-    /work/venv-recbole/bin/pip install --no-deps thop
-    # (ray and plotly, which RecBole lists, are only needed by its hyper-parameter search: left out)
-
-    . /work/venv-vision/bin/activate; export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
-    # timing: 2 epochs each side (both datasets in one call, or one call each as in docs/benchmarks.md)
-    python bench/recbole_side_by_side.py --data /work/exp/beauty --timing-only \\
-        --recbole-python /work/venv-recbole/bin/python --out /work/exp/recbole-bench/timing-beauty.json
-    python bench/recbole_side_by_side.py --data /work/exp/ml1m --timing-only \\
-        --recbole-python /work/venv-recbole/bin/python --out /work/exp/recbole-bench/timing-ml1m.json
+    # 1. the RecBole environment (never a dependency of mmrec): a venv with pinned versions, torch
+    #    from the package registry; default folder ../venv-recbole
+    bash bench/envs/recbole.sh ../venv-recbole
+    # 2. the side by side; --data takes a prepared folder or a benchmark dataset name (beauty, ml1m,
+    #    ml100k, ...: prepared from ../shared/data on first use, see bench/prepare_bench_data.py)
+    export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+    python bench/recbole_side_by_side.py --recbole-python ../venv-recbole/bin/python \
+        --data beauty --timing-only --out out/recbole-bench/timing-beauty.json       # 2 epochs a side
+    python bench/recbole_side_by_side.py --data ml1m --timing-only --out out/recbole-bench/timing-ml1m.json
+    # the smallest run: ml-100k, one epoch a side (5 minutes on the busy 2-core CPU, RecBole 96% of it)
+    python bench/recbole_side_by_side.py --data ml100k --timing-only --epochs 1
     # one table from earlier runs' JSON files (trains nothing)
-    python bench/recbole_side_by_side.py --show /work/exp/recbole-bench/timing-beauty.json \\
-        /work/exp/recbole-bench/timing-ml1m.json
+    python bench/recbole_side_by_side.py --show out/recbole-bench/timing-beauty.json \
+        out/recbole-bench/timing-ml1m.json
     # convergence on Beauty: early stopping on valid NDCG@10
-    python bench/recbole_side_by_side.py --data /work/exp/beauty --epochs 100 --patience 5 \\
-        --recbole-python /work/venv-recbole/bin/python --out /work/exp/recbole-bench/beauty-converged.json
+    python bench/recbole_side_by_side.py --data beauty --epochs 100 --patience 5 \
+        --out out/recbole-bench/beauty-converged.json
+
+``--recbole-python`` defaults to ``MMREC_RECBOLE_PYTHON``, else ``../venv-recbole/bin/python`` beside
+the repository (the environment script's default folder).
 
 Same data: the parent exports each user's whole time-ordered sequence of the prepared dataset to
 RecBole atomic files (``<name>.inter``: ``user_id:token item_id:token timestamp:float``, the token
@@ -79,7 +79,7 @@ Differences kept (each toolkit's own SASRec):
 - Batching: mmrec groups windows of similar length into a batch and trims the padding
   (``train.bucket_batches``); RecBole pads every sample to 50.
 
-RecBole 1.2.1 on torch 2.13 / numpy 1.26, patched in the child at import time only (never in
+RecBole 1.2.1 on torch 2.13-2.14 / numpy 1.26, patched in the child at import time only (never in
 site-packages):
 
 - ``torch.load`` defaults to ``weights_only=True`` since torch 2.6, which refuses RecBole's own
@@ -110,6 +110,7 @@ import time
 from pathlib import Path
 
 HIDDEN, LAYERS, HEADS, INNER, DROPOUT, MAX_LEN, BATCH, LR, EVAL_BATCH, SEED = 64, 2, 2, 256, 0.5, 50, 256, 1e-3, 1024, 0
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------ exporter
@@ -428,12 +429,16 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", action="append", help="prepared dataset folder (repeatable)")
+    ap.add_argument("--data", action="append",
+                    help="prepared dataset folder, or a benchmark dataset name (beauty, ml1m, ml100k, ...: prepared "
+                         "from ../shared/data on first use, bench/prepare_bench_data.py); repeatable")
     ap.add_argument("--epochs", type=int, default=None, help="epoch cap (default 100; 2 with --timing-only)")
     ap.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
     ap.add_argument("--timing-only", action="store_true",
                     help="a few epochs (2 unless --epochs), no convergence: the metrics are not comparable")
-    ap.add_argument("--recbole-python", default="/work/venv-recbole/bin/python")
+    ap.add_argument("--recbole-python", default=os.environ.get("MMREC_RECBOLE_PYTHON", str(REPO.parent / "venv-recbole" / "bin" / "python")),
+                    help="the RecBole environment's python (bash bench/envs/recbole.sh DIR makes DIR/bin/python; "
+                         "default MMREC_RECBOLE_PYTHON, else ../venv-recbole/bin/python beside the repository)")
     ap.add_argument("--mmrec-python", default=sys.executable)
     ap.add_argument("--seed", type=int, default=SEED, help="seed of both sides (default 0)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -508,6 +513,13 @@ def main() -> None:
         return
     if not args.data:
         ap.error("--data PREPARED_DIR is required (repeatable)")
+    if args.only != "mmrec" and not Path(args.recbole_python).exists():
+        ap.error(f"no RecBole environment at {args.recbole_python}: make one with `bash bench/envs/recbole.sh DIR` "
+                 "and pass --recbole-python DIR/bin/python (or set MMREC_RECBOLE_PYTHON)")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from prepare_bench_data import resolve  # a benchmark dataset name is prepared from the shared data
+
+    args.data = [str(resolve(d, log=lambda m: print(m, file=sys.stderr, flush=True))) for d in args.data]
     results = []
     for data in args.data:
         tmp = Path(tempfile.mkdtemp(prefix="recbole-sbs-"))

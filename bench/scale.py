@@ -9,6 +9,15 @@ next one still runs.
 
     python bench/scale.py --sizes 10000:1000000 100000:3000000 1000000:10000000 --steps 20
 
+A size ``items:events:zipf`` sets the popularity exponent (default 0.8); a flatter one keeps more
+items through the 5-core filter: ``1100000:12000000:0.3`` keeps about a million. ``--loss sampled_ce``
+trains both models with the sampled softmax (``--sampled-negatives`` K shared by each step, uniform)
+instead of the softmax over every item, and ``--epoch`` then also times one whole training epoch
+of SASRec through the training loop (``Trainer``, one thread, no evaluation; wall seconds and the
+process's CPU seconds, which a shared machine inflates less):
+
+    python bench/scale.py --sizes 1100000:12000000:0.3 --steps 5 --loss sampled_ce --sampled-negatives 1024 --epoch
+
 Prints a Markdown table and the growth ratios between consecutive sizes (a linear cost has a
 ratio equal to the size ratio), and writes JSON (``--out``).
 """
@@ -25,7 +34,10 @@ import time
 from pathlib import Path
 
 
-def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str = "cpu") -> dict:
+def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str = "cpu", zipf: float = 0.8,
+             loss: str = "ce", sampled_negatives: int = 1024, epoch: bool = False) -> dict:
+    from types import SimpleNamespace
+
     import numpy as np
     import pyarrow as pa
     import torch
@@ -35,7 +47,7 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
     from mmrec.data.prepared import PreparedDataset
     from mmrec.data.schema import RawDataset, make_interactions
     from mmrec.features.aligned import FeatureTable
-    from mmrec.trainers.batching import TrainSamples
+    from mmrec.trainers.batching import SharedNegatives, TrainSamples
     from mmrec.trainers.evaluation import EvalConfig, Evaluator
     from mmrec.trainers.methods import METHODS
 
@@ -46,7 +58,7 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
     out: dict = {"items": n_items, "events": n_events, "users": n_users}
     # events: users with geometric-ish lengths, items from a Zipf-like popularity
     users = rng.integers(0, n_users, n_events)
-    pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    pop = 1.0 / np.arange(1, n_items + 1) ** zipf
     items = rng.choice(n_items, size=n_events, p=pop / pop.sum())
     ts = rng.integers(0, 10**9, n_events)
     raw = RawDataset(name="synthetic", interactions=make_interactions({
@@ -61,15 +73,20 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
         samples = TrainSamples(data, max_len=50)
         feats = {"text": FeatureTable("text", torch.randn(data.n_items + 1, 384), torch.ones(data.n_items + 1, dtype=torch.bool), {})}
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        tc = SimpleNamespace(loss=loss)
+        shared = SharedNegatives(data.n_items, sampled_negatives) if loss == "sampled_ce" else None
+        log_q = None if shared is None else torch.as_tensor(shared.log_q, device=dev)
         for name, kw in (("sasrec", {}), ("sasrec_ef", {"features": feats})):
             cls = METHODS[name]
             model = cls(from_dict(cls.Config, {}), data.n_items, 50, **kw).to(dev)
             opt = torch.optim.Adam(model.parameters(), 1e-3)
-            tc = type("T", (), {"loss": "ce"})()
             batches = samples.epoch_batches(256, np.random.default_rng(0), True)[:steps]
             t = time.perf_counter()
             for idx in batches:
                 batch = {k: torch.as_tensor(v, device=dev) for k, v in samples.batch(idx, 0, rng).items()}
+                if shared is not None:  # the loop's per-step draw, as in training
+                    batch["sampled_items"] = torch.as_tensor(shared.draw(rng), device=dev)
+                    batch["sampled_log_q"] = log_q
                 loss = model.loss(batch, tc)
                 opt.zero_grad()
                 loss.backward()
@@ -84,6 +101,19 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
                 ev.evaluate(model, "test", cases=sub)
                 sync()
                 out["eval_s_per_1000_users"] = round((time.perf_counter() - t) / len(sub) * 1000, 3)
+            del model, opt
+        if epoch:  # one whole epoch of SASRec through the training loop
+            from mmrec.runs.config import RunConfig
+            from mmrec.trainers.loop import Trainer
+
+            train = {"epochs": 1, "threads": 1, "device": device, "loss": tc.loss, "sampled_negatives": sampled_negatives}
+            trainer = Trainer(from_dict(RunConfig, {"dataset": str(folder), "method": "sasrec", "train": train}),
+                              Path(tmp) / "run", log=lambda s: None, progress_bar=False)
+            t, c = time.perf_counter(), time.process_time()
+            mean_loss, n_steps, _ = trainer._epoch(1)
+            sync()
+            out["epoch_s"], out["epoch_cpu_s"] = round(time.perf_counter() - t, 1), round(time.process_time() - c, 1)
+            out["epoch_steps"], out["epoch_loss"] = n_steps, round(mean_loss, 4)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if dev.type == "cuda":
         out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -93,21 +123,27 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["10000:1000000", "100000:3000000", "1000000:10000000"],
-                    help="items:interactions pairs")
+                    help="items:interactions pairs, or items:interactions:zipf (popularity exponent, default 0.8)")
+    ap.add_argument("--loss", default="ce", choices=["ce", "sampled_ce"], help="the training loss of the step times")
+    ap.add_argument("--sampled-negatives", type=int, default=1024, help="K of --loss sampled_ce")
+    ap.add_argument("--epoch", action="store_true", help="also time one whole SASRec training epoch")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="scale.json")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training and evaluation run")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        n_items, n_events = map(int, args.one.split(":"))
-        print(json.dumps(one_size(n_items, n_events, args.steps, device=args.device)))
+        n_items, n_events, *z = args.one.split(":")
+        print(json.dumps(one_size(int(n_items), int(n_events), args.steps, device=args.device,
+                                  zipf=float(z[0]) if z else 0.8, loss=args.loss,
+                                  sampled_negatives=args.sampled_negatives, epoch=args.epoch)))
         return
     rows = []
     for size in args.sizes:
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, __file__, "--one", size, "--steps", str(args.steps), "--device", args.device],
-                           capture_output=True, text=True)
+        p = subprocess.run([sys.executable, __file__, "--one", size, "--steps", str(args.steps), "--device", args.device,
+                            "--loss", args.loss, "--sampled-negatives", str(args.sampled_negatives)]
+                           + (["--epoch"] if args.epoch else []), capture_output=True, text=True)
         if p.returncode != 0:
             rows.append({"size": size, "error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]})
         else:
@@ -116,7 +152,10 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     cols = ["items_kept", "events_kept", "prepare_s", "sasrec_step_s", "sasrec_ef_step_s",
-            "eval_s_per_1000_users", "peak_rss_mib"] + (["peak_gpu_mib"] if args.device == "cuda" else [])
+            "eval_s_per_1000_users", "peak_rss_mib"] + (["peak_gpu_mib"] if args.device == "cuda" else []) \
+        + (["epoch_steps", "epoch_s", "epoch_cpu_s"] if args.epoch else [])
+    if args.loss != "ce":
+        print(f"step times with train.loss={args.loss} (K = {args.sampled_negatives} shared negatives per step, uniform)")
     print("| size | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for r in rows:

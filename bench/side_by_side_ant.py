@@ -1,7 +1,8 @@
 """ANT side by side: mmrec's ``ant`` against the authors' released code.
 
     python bench/side_by_side_ant.py --official /path/to/ANT      # a checkout of ninglab/ANT
-    python bench/side_by_side_ant.py --official /path/to/ANT --recbole /path/to/recbole-1.1.1
+    bash bench/envs/recbole-source.sh 1.1.1 ../recbole-1.1.1      # RecBole 1.1.1's files, from its wheel
+    python bench/side_by_side_ant.py --official /path/to/ANT --recbole ../recbole-1.1.1
 
 Written against ninglab/ANT@d125b5af871ffd7434ea9d7755c335ae2a8f5a45 (``models/ANT.py``,
 ``models/modules.py``, ``models/layers.py``; ``finetune.py``'s re-initialisation block). The authors'
@@ -15,8 +16,8 @@ Shims (all here, none in mmrec; the official modules need PyTorch-Lightning 1.7.
   ``device`` and a no-op ``log``, and whose ``seed_everything(s)`` is ``torch.manual_seed(s)``;
 - ``recbole.model.layers.MultiHeadAttention`` (imported by ``models/layers.py``): RecBole 1.1.1's
   own ``recbole/model/layers.py`` loaded as a single file from ``--recbole DIR`` (an unpacked
-  ``recbole-1.1.1`` wheel: ``pip download recbole==1.1.1 --no-deps``, unzip; default
-  ``$MMREC_RECBOLE`` or /work/venvs/ant/src/recbole-1.1.1) with ``recbole.utils`` stubbed by the two
+  ``recbole-1.1.1`` wheel: ``bash bench/envs/recbole-source.sh 1.1.1 DIR``; default ``$MMREC_RECBOLE``)
+  with ``recbole.utils`` stubbed by the two
   enums the file imports; without such a folder, a transcription of RecBole 1.1.1's
   ``MultiHeadAttention`` in this script (the table header names which one ran);
 - the code's ``PretrainEmbeddingTable`` (reads ``.feat`` files) is replaced by an object with

@@ -2,19 +2,17 @@
 
 Written against RUCAIBox/UniSRec@05aa5cba2809112c32808f70d16abc61c05c6538 and RecBole 1.2.1::
 
-    python bench/side_by_side_unisrec.py --official /path/to/UniSRec \\
-        [--recbole /work/venvs/unisrec/lib/python3.11/site-packages/recbole]
+    bash bench/envs/recbole-source.sh 1.2.1 ../recbole-1.2.1       # RecBole 1.2.1's files, from its wheel
+    python bench/side_by_side_unisrec.py --official /path/to/UniSRec --recbole ../recbole-1.2.1/recbole
 
 The official model is ``unisrec.py``'s ``UniSRec`` (a subclass of RecBole's ``SASRec``) and its
 pre-training augmentation is ``data/transform.py``'s ``PLMEmb``, both imported from the checkout;
 RecBole's own ``model/layers.py``, ``model/loss.py``, ``model/abstract_recommender.py`` and
 ``model/sequential_recommender/sasrec.py`` are executed from an installed RecBole package folder
 (``--recbole``; default: the environment variable ``MMREC_RECBOLE``, else ``import recbole`` where it
-imports, else ``/work/venvs/unisrec``). RecBole is never a dependency of mmrec: install it apart::
-
-    python3 -m venv /work/venvs/unisrec
-    /work/venvs/unisrec/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
-    /work/venvs/unisrec/bin/pip install --no-deps recbole==1.2.1
+imports). RecBole is never a dependency of mmrec: its files come apart, from its wheel on the package
+registry (``bash bench/envs/recbole-source.sh 1.2.1 DIR``: DIR/recbole, nothing installed), or from
+the RecBole environment of ``bench/envs/recbole.sh`` (``ENV/lib/python3.*/site-packages/recbole``).
 
 Shims (here, never in mmrec), so the script runs in mmrec's own environment, which lacks RecBole's
 dependencies (pandas, colorlog, tensorboard, texttable):

@@ -270,19 +270,39 @@ def methods() -> None:
 @experiment_app.command("run")
 @_user_errors
 def experiment_run(file: Path = typer.Argument(..., help="The experiment file (YAML or TOML; see mmrec/runs/experiment.py)."),
-                   no_report: bool = typer.Option(False, "--no-report", help="Only the table, no HTML report.")) -> None:
+                   no_report: bool = typer.Option(False, "--no-report", help="Only the table, no HTML report."),
+                   jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes sharing the runs, each with "
+                                            "train.threads = the available cores / N unless the file sets it."),
+                   worker: Optional[str] = typer.Option(None, "--worker", hidden=True, help="i/N: one of --jobs' workers."),
+                   threads: Optional[int] = typer.Option(None, "--threads", hidden=True, help="train.threads where the file sets none.")) -> None:
     """Train every (dataset, row, seed) of the file that has not finished (an interrupted run resumes;
     one another process trains is left to it), then print the table and write the report. Exits 75
-    when stopped by SIGTERM / SIGUSR1 (after a checkpoint: run it again to continue), 3 while runs
-    are left to another process."""
-    from mmrec.runs.experiment import run_experiment
+    when stopped by SIGTERM / SIGUSR1 (after a checkpoint: run it again to continue; with --jobs,
+    SIGTERM / SIGINT are passed to the workers), 3 while runs are left to another process."""
+    from mmrec.runs.experiment import run_experiment, run_jobs
 
-    try:
-        res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m))
-    except Preempted as p:  # a scheduler's stop: the run checkpointed; the same command continues
-        typer.echo(f"{p.signal_name}: {p.run_dir} stopped after its checkpoint; run `mmrec experiment run {file}` "
-                   "again to continue", err=True)
+    def again(what: str) -> None:
+        typer.echo(f"{what}; run `mmrec experiment run {file}` again to continue", err=True)
         raise typer.Exit(Preempted.EXIT_CODE)
+
+    if jobs > 1 and worker is None:
+        res = run_jobs(file, jobs, log=lambda m: typer.echo(m), report=not no_report)
+        if res.get("stopped"):
+            again(f"{res['stopped']}: the workers stopped after their checkpoints")
+    else:
+        w = None
+        if worker is not None:  # a worker: Ctrl-C as a scheduler's stop (a checkpoint first); no table
+            import os
+            import signal
+
+            signal.signal(signal.SIGINT, lambda num, frame: os.kill(os.getpid(), signal.SIGTERM))
+            i, _, n = worker.partition("/")
+            w = (int(i), int(n))
+        try:
+            res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m), threads=threads,
+                                 worker=w, wait=w is not None, summary=w is None)
+        except Preempted as p:  # a scheduler's stop: the run checkpointed; the same command continues
+            again(f"{p.signal_name}: {p.run_dir} stopped after its checkpoint")
     if res["pending"]:
         raise typer.Exit(3)
 
@@ -496,7 +516,8 @@ def extract(
     Run under `accelerate launch --num_processes N` to split the shards over N processes (GPUs).
     Re-running the same command resumes: finished shards are skipped. Settings (--set): out_format
     h5|parquet, dtype float16|float32, shard_size, batch_size, num_workers, device, mixed_precision,
-    threads, limit.
+    threads, limit, clean_text (true: a raw catalogue's item text, -f/-i, is cleaned as `data
+    prepare` cleans it, HTML entities and tags and extra spaces; the manifest records it).
     """
     from mmrec.pipeline.extract import ExtractConfig
     from mmrec.pipeline.extract import extract as run_extract

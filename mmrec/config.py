@@ -206,9 +206,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def yaml_value(v: Any) -> str:
+    """``v`` as text the ``--set`` reader (YAML 1.1) reads back as ``v``: JSON, but a float in
+    scientific notation with a decimal point (``1.0e-07``; YAML 1.1 reads ``1e-07`` as a string)."""
+    if isinstance(v, float):
+        r = repr(v)
+        return r.replace("e", ".0e", 1) if "e" in r and "." not in r else r
+    if isinstance(v, list):
+        return "[" + ", ".join(yaml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {yaml_value(x)}" for k, x in v.items()) + "}"
+    return json.dumps(v)
+
+
 def settings_overrides(settings: dict[str, Any] | None) -> list[str]:
-    """``{"train.epochs": 3}`` as ``--set`` strings (values as JSON, which the YAML reader reads back)."""
-    return [f"{k}={json.dumps(v)}" for k, v in (settings or {}).items()]
+    """``{"train.epochs": 3}`` as ``--set`` strings that the ``--set`` reader reads back as the same values."""
+    return [f"{k}={yaml_value(v)}" for k, v in (settings or {}).items()]
 
 
 def load(cls: type[T], file: str | Path | None = None, overrides: list[str] | None = None,

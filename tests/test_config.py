@@ -51,7 +51,7 @@ def test_file_then_overrides(tmp_path):
 
 
 def test_literal_and_cross_field_validation():
-    with pytest.raises(ConfigError, match=r"train.loss: 'mse' is not one of \['ce', 'bce'\]"):
+    with pytest.raises(ConfigError, match=r"train.loss: 'mse' is not one of \['ce', 'bce', 'sampled_ce', 'gbce'\]"):
         from_dict(RunConfig, {"dataset": "d", "train": {"loss": "mse"}})
     with pytest.raises(ConfigError, match="K=30, which is not in eval.ks"):
         from_dict(RunConfig, {"dataset": "d", "train": {"valid_metric": "ndcg@30"}})
@@ -65,3 +65,19 @@ def test_a_braced_word_is_a_string_not_a_mapping():
     out = apply_overrides({}, ["options.template={title}", "options.t2={title}. {genres}.", "a.b={x: 1}"])
     assert out["options"] == {"template": "{title}", "t2": "{title}. {genres}."}
     assert out["a"]["b"] == {"x": 1}  # a real mapping stays one
+
+
+def test_settings_overrides_read_back_as_the_same_values():
+    """Values written as ``--set`` strings come back with their types: a float in scientific notation
+    stays a float (YAML 1.1 reads a bare ``1e-07`` as a string), lists and dicts keep their members."""
+    from mmrec.config import settings_overrides
+
+    values = {"train.lr": 1e-07, "train.weight_decay": 0.1, "train.epochs": 3, "model.act": "gelu",
+              "model.flag": False, "model.none": None, "eval.ks": [5, 1e-05], "model.map": {"a": 2e-08}}
+    sets = settings_overrides(values)
+    assert "train.lr=1.0e-07" in sets
+    back = apply_overrides({}, sets)
+    assert back == {"train": {"lr": 1e-07, "weight_decay": 0.1, "epochs": 3},
+                    "model": {"act": "gelu", "flag": False, "none": None, "map": {"a": 2e-08}},
+                    "eval": {"ks": [5, 1e-05]}}
+    assert isinstance(back["train"]["lr"], float)

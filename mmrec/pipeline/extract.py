@@ -53,6 +53,9 @@ class ExtractConfig:
     input: str | None = None
     reader: dict[str, Any] = field(default_factory=dict)
     image_root: str | None = None  # folder that relative image paths are under (default: the catalogue's)
+    # a raw catalogue's item text (format + input) cleaned as `mmrec data prepare` cleans it (HTML
+    # entities and tags, whitespace; mmrec.data.prepare.clean_items_text); a prepared dataset's is as prepared
+    clean_text: bool = True
     store: str = "features"
     name: str | None = None
     out_format: Literal["h5", "parquet"] = "h5"
@@ -95,7 +98,15 @@ class ExtractConfig:
 
 
 def load_catalogue(cfg: ExtractConfig) -> pa.Table:
-    """The catalogue as a table sorted by item_id, with image paths made absolute."""
+    """The catalogue as a table sorted by item_id, with image paths made absolute (and a raw
+    catalogue's text cleaned, ``clean_text``)."""
+    return load_catalogue_with_cleaning(cfg)[0]
+
+
+def load_catalogue_with_cleaning(cfg: ExtractConfig) -> tuple[pa.Table, dict[str, Any]]:
+    """``load_catalogue``'s table and the record of its text cleaning, which the entry's manifest
+    keeps as ``text_cleaning``: for a raw catalogue, what ``clean_text`` did here; for a prepared
+    dataset, what ``mmrec data prepare`` did (its ``dataset.json``)."""
     if cfg.dataset is not None:
         root = Path(cfg.dataset)
         meta_path = root / "dataset.json"
@@ -107,6 +118,10 @@ def load_catalogue(cfg: ExtractConfig) -> pa.Table:
         if "iid" in table.column_names:
             table = table.drop(["iid"])
         image_root = (meta.get("catalogue") or {}).get("image_root")
+        cleaning = ({**meta["text_cleaning"], "applied_by": "mmrec data prepare (the dataset's dataset.json)"}
+                    if meta.get("text_cleaning") else
+                    {"enabled": False, "note": "the dataset's dataset.json records no text cleaning (prepared before "
+                                               "mmrec cleaned item text: prepare it again to clean it)"})
     else:
         from mmrec.data.readers import read_dataset
 
@@ -116,6 +131,14 @@ def load_catalogue(cfg: ExtractConfig) -> pa.Table:
                             hint="extraction needs item text, images or prices")
         table = raw.catalogue.table
         image_root = raw.catalogue.image_root
+        if cfg.clean_text:
+            from mmrec.data.prepare import clean_items_text
+
+            table, cleaning = clean_items_text(table, ["title", *raw.catalogue.text_fields])
+            cleaning = {**cleaning, "applied_by": "mmrec extract (clean_text=true)",
+                        "doc": "--set clean_text=false keeps the text as the reader read it"}
+        else:
+            cleaning = {"enabled": False, "applied_by": "mmrec extract (clean_text=false)"}
     table = table.sort_by("item_id")
     if cfg.image_root is not None:
         image_root = cfg.image_root
@@ -136,7 +159,7 @@ def load_catalogue(cfg: ExtractConfig) -> pa.Table:
         table = table.set_column(table.column_names.index("images"), "images", pa.array(fixed, pa.list_(pa.string())))
     if cfg.limit is not None:
         table = table.slice(0, cfg.limit)
-    return table
+    return table, cleaning
 
 
 def catalogue_text_fields(cfg: ExtractConfig) -> list[str]:
@@ -282,7 +305,7 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
             if fields:  # the item's text is its title and the catalogue's text fields, in order
                 encoder = build_encoder(cfg.encoder, model=cfg.model, pooling=cfg.pooling, **opts, fields=fields)
                 log(f"item text from the catalogue's fields: {', '.join(fields)} (set -o template=... to choose)")
-    table = load_catalogue(cfg)
+    table, text_cleaning = load_catalogue_with_cleaning(cfg)
     n = table.num_rows
     if n == 0:
         raise DataError("the catalogue is empty", path=cfg.dataset or cfg.input)
@@ -362,7 +385,7 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
         shape = [encoder.dim] if encoder.pooling != "tokens" else [encoder.tokens, encoder.dim]
         manifest = finish_entry(entry, plan, encoder=encoder.describe(), modality=encoder.modality,
                                 fmt=cfg.out_format, dtype=cfg.dtype, shape_per_item=shape,
-                                source=cfg.dataset or cfg.input, log=log)
+                                source=cfg.dataset or cfg.input, log=log, extra={"text_cleaning": text_cleaning})
     secs = time.perf_counter() - t_start
     return ExtractResult(entry, manifest, len(todo), skipped, encoded, missing_count, secs)
 

@@ -56,8 +56,18 @@ class TrainConfig:
     lr_gamma: float = 1.0
     warmup_steps: int = 0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    loss: Literal["ce", "bce"] = "ce"
+    # the next-item loss (mmrec.trainers.modules.losses.next_item_loss): "ce" softmax over every item;
+    # "bce" SASRec's BCE with ``negatives`` per position; "sampled_ce" softmax over the target and
+    # ``sampled_negatives`` items drawn once per step for the whole batch ("uniform": distinct items;
+    # "popularity": with replacement, proportional to training counts ** ``sampled_power``), each
+    # logit minus log of its sampling rate (log-Q); "gbce" gSASRec's generalised BCE with
+    # ``negatives`` per position and calibration ``gbce_t`` (0: BCE, 1: the fully calibrated form)
+    loss: Literal["ce", "bce", "sampled_ce", "gbce"] = "ce"
     negatives: int = 1
+    sampled_negatives: int = 256
+    sampled_distribution: Literal["uniform", "popularity"] = "uniform"
+    sampled_power: float = 1.0
+    gbce_t: float = 0.75
     # a user's sampled negatives avoid the items of their training part ("train"), or of the whole
     # sequence including the validation and test items ("sequence": S3-Rec's code; a leak)
     negatives_avoid: Literal["train", "sequence"] = "train"
@@ -103,6 +113,17 @@ class TrainConfig:
             raise ConfigError("train.lr_step_epochs must be >= 1, train.lr_gamma > 0 and train.warmup_steps >= 0")
         if self.weight_decay < 0:
             raise ConfigError("train.weight_decay must be >= 0")
+        if self.loss in ("bce", "gbce") and self.negatives < 1:
+            raise ConfigError(f"train.negatives must be >= 1 with train.loss={self.loss} (negatives per position), "
+                              f"got {self.negatives}")
+        if self.loss == "sampled_ce" and self.sampled_negatives < 1:
+            raise ConfigError(f"train.sampled_negatives must be >= 1 (the negatives each step shares), got "
+                              f"{self.sampled_negatives}; use train.loss=ce for a softmax over every item")
+        if not (self.sampled_power >= 0 and math.isfinite(self.sampled_power)):
+            raise ConfigError(f"train.sampled_power must be a finite number >= 0 (counts ** power; 0: uniform over "
+                              f"the items seen in training), got {self.sampled_power}")
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise ConfigError(f"train.gbce_t must be in [0, 1] (0: plain BCE, 1: fully calibrated), got {self.gbce_t}")
         for t in self.trackers:
             if t not in TRACKERS:
                 raise ConfigError(f"train.trackers: unknown tracker {t!r}; use any of {', '.join(TRACKERS)}")
@@ -299,7 +320,7 @@ def preset_prepare_differences(method: str, name: str | None, dataset_config: di
     mmrec cannot make (another encoder, say) and are only printed by ``mmrec presets``."""
     from mmrec.trainers.presets import preset, presets_of
 
-    if not name or name not in presets_of(method):  # none, or another method's (bench/methods_table.py --family)
+    if not name or name not in presets_of(method):  # none, or another method's (an experiment's family)
         return {}
     out = {}
     for key, v in preset(method, name).items():

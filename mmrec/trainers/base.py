@@ -13,7 +13,8 @@ Writing a method whose states are one causal encoder (``self.encoder(x, lengths)
 inputs takes two hooks and a table: ``encoder_input(items) -> [B, L, d]``, optionally
 ``encoder_output(states)`` (e.g. a normalisation), and ``item_embeddings() -> [n_items + 1, d]``;
 ``sequence_states``, ``query`` (the transformer's last block at the last position only), ``score``
-and the default ``loss`` (CE over all items, or BCE with sampled negatives) follow. Anything else
+and the default ``loss`` (``train.loss``: CE over all items, BCE or gBCE with sampled negatives, or a
+sampled softmax; ``next_item_loss``) follow. Anything else
 (two streams, a graph, several sub-networks) overrides ``sequence_states`` and, where it can skip
 work at evaluation, ``query``. Register the class in ``mmrec.trainers.methods``.
 
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from mmrec.errors import ConfigError
-from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
+from mmrec.trainers.modules.losses import NEXT_ITEM_LOSSES, next_item_loss
 from mmrec.trainers.modules.sequence import encode, gather_last
 
 
@@ -50,7 +51,7 @@ class SequentialRecommender(nn.Module):
     # whether an item never seen in training can still be ranked (its score comes from features);
     # None: decided from ``modalities`` (a method with feature modalities builds its items from them)
     ranks_unseen_items: ClassVar[bool | None] = None
-    losses: ClassVar[tuple[str, ...]] = ("ce", "bce")
+    losses: ClassVar[tuple[str, ...]] = NEXT_ITEM_LOSSES  # ce, bce, sampled_ce, gbce
 
     def __init__(self, cfg: Any, n_items: int, max_len: int, features: dict[str, Any] | None = None):
         super().__init__()
@@ -189,9 +190,9 @@ class SequentialRecommender(nn.Module):
         mask = batch["targets"] > 0
         hs = h[mask]
         emb = self.item_embeddings()
-        if train_cfg.loss == "ce":
-            return ce_all_items(hs, batch["targets"][mask], emb, exclude=self.train_exclusion if self.training else None)
-        return bce_sampled(hs, batch["targets"][mask], batch["negatives"][mask], emb)
+        neg = batch.get("negatives")
+        return next_item_loss(hs, batch["targets"][mask], emb, train_cfg, batch, None if neg is None else neg[mask],
+                              exclude=self.train_exclusion if self.training else None)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmrec.data.prepared import PreparedDataset, _ranges
+from mmrec.errors import ConfigError
 
 
 def cut_windows(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,3 +138,56 @@ class TrainSamples:
                 break
             neg[hit] = rng.integers(1, n + 1, size=int(hit.sum()))
         return neg
+
+
+class SharedNegatives:
+    """The negatives of ``train.loss=sampled_ce``: K item ids drawn once per training step and shared
+    by every position of the batch, and ``log_q`` (``[n_items + 1]``, float32): the log of each item's
+    expected number of times among the K draws, which the loss subtracts from its logit (log-Q).
+
+    ``uniform``: K distinct items (without replacement) among the m that may be drawn, each with
+    probability K / m of being one. ``popularity``: K independent draws (with replacement; a popular
+    item may come several times), item i with probability ``p_i = c_i^power / sum_j c_j^power`` from
+    the training-part counts ``counts`` (``PreparedDataset.item_popularity``: never validation or
+    test), expected count ``K p_i``; items never seen in training are never drawn. Excluded
+    (held-out) items are never drawn. Items that cannot be drawn get ``log_q = 0`` (they are never a
+    negative, and never a training target either).
+    """
+
+    def __init__(self, n_items: int, k: int, distribution: str = "uniform", counts: np.ndarray | None = None,
+                 power: float = 1.0, exclude: np.ndarray | None = None):
+        allowed = np.ones(n_items + 1, dtype=bool)
+        allowed[0] = False
+        if exclude is not None:
+            allowed &= ~np.asarray(exclude, dtype=bool)
+        self.k, self.distribution = int(k), distribution
+        if distribution == "uniform":
+            weights = allowed.astype(np.float64)
+        elif distribution == "popularity":
+            if counts is None:
+                raise ConfigError("train.sampled_distribution=popularity needs the items' training counts")
+            c = np.asarray(counts, dtype=np.float64)
+            weights = np.where(allowed & (c > 0), c ** power, 0.0)
+        else:
+            raise ConfigError(f"train.sampled_distribution must be 'uniform' or 'popularity', not {distribution!r}")
+        self.ids = np.flatnonzero(weights > 0)
+        m = len(self.ids)
+        if not 1 <= self.k < m:
+            raise ConfigError(f"train.sampled_negatives={self.k} must be at least 1 and below the {m:,} items a "
+                              f"{distribution} draw can take (of {n_items:,}); use train.loss=ce for a softmax over "
+                              "every item")
+        self.log_q = np.zeros(n_items + 1, dtype=np.float32)
+        if distribution == "uniform":
+            self.log_q[self.ids] = np.log(self.k / m)
+            self._cdf = None
+        else:
+            p = weights[self.ids] / weights[self.ids].sum()
+            self.log_q[self.ids] = np.log(self.k * p)
+            self._cdf = np.cumsum(weights[self.ids])
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """K item ids ``[K]`` (int64) for one step."""
+        if self._cdf is None:
+            return self.ids[rng.choice(len(self.ids), size=self.k, replace=False)]
+        u = rng.random(self.k) * self._cdf[-1]
+        return self.ids[np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self.ids) - 1)]

@@ -37,7 +37,7 @@ from mmrec.runs.config import (
     scalars,
 )
 from mmrec.runs.folder import RunFolder
-from mmrec.trainers.batching import TrainSamples
+from mmrec.trainers.batching import SharedNegatives, TrainSamples
 from mmrec.trainers.evaluation import Evaluator
 from mmrec.trainers.methods import get_method
 
@@ -134,6 +134,16 @@ class Trainer:
             self.model = torch.compile(self.model)  # from the first Trainer of a process
         self.samples = TrainSamples(self.data, tc.max_len, tc.windows, exclude=self.cold,
                                     negatives_avoid=tc.negatives_avoid)
+        # train.loss=sampled_ce: K negatives per step for the whole batch, drawn from each batch's own
+        # generator (so a resumed run draws the same), popularity from the training part only
+        self.shared_negatives = self._log_q = None
+        if tc.loss == "sampled_ce":
+            self.shared_negatives = SharedNegatives(self.data.n_items, tc.sampled_negatives, tc.sampled_distribution,
+                                                    self.data.item_popularity, tc.sampled_power, exclude=self.cold)
+            self._log_q = torch.as_tensor(self.shared_negatives.log_q, device=self.accel.device)
+        if tc.loss == "gbce" and not tc.negatives < self.data.n_items:
+            raise ConfigError(f"train.negatives={tc.negatives} must be below the {self.data.n_items:,} items with "
+                              "train.loss=gbce (its sampling rate k / (n_items - 1) is at most 1)")
         self.evaluator = Evaluator(self.data, run.eval, tc.max_len, self.accel.device, self.run_dir)
         self.prepare_differences = preset_prepare_differences(run.method, run.preset, self.data.meta.get("config", {}))
         if self.prepare_differences:
@@ -188,10 +198,13 @@ class Trainer:
             first, total, count, parts = rank, 0.0, 0, {}
         else:
             torch.set_rng_state(self.folder.rng_state(rank))
-            first, total, count = partial["next_batch"], partial["total"], partial["count"]
-            parts = dict(partial["parts"])
+            # next_batch is the first batch of the next step (the main process's); the sums saved at the
+            # stop are over every process, so the main process alone carries them on
+            first = partial["next_batch"] + rank
+            total, count, parts = ((partial["total"], partial["count"], dict(partial["parts"])) if rank == 0
+                                   else (0.0, 0, {}))
         dev = self.accel.device
-        n_neg = tc.negatives if tc.loss == "bce" else 0
+        n_neg = tc.negatives if tc.loss in ("bce", "gbce") else 0
         last = n_batches - (n_batches % world if world > 1 else 0)
         progress = Progress(len(range(first, last, world)), unit="steps", desc=f"epoch {epoch}", log=self.log,
                             every_s=tc.log_every_s, bar=self.progress_bar and self.accel.is_main_process,
@@ -200,7 +213,11 @@ class Trainer:
             idx = batches[b]
             rng = np.random.default_rng([tc.seed, epoch, b])
             batch = self.samples.batch(idx, n_neg, rng)
+            if self.shared_negatives is not None:  # after the batch's own draws, from the same generator
+                batch["sampled_items"] = self.shared_negatives.draw(rng)
             batch = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
+            if self._log_q is not None:
+                batch["sampled_log_q"] = self._log_q
             with self.accel.autocast():
                 loss = self.model(batch, tc)  # forward() is the loss; through DDP when distributed
             if tc.loss_weighting == "target":
@@ -220,14 +237,30 @@ class Trainer:
                 parts[k] = parts.get(k, 0.0) + float(v)
             if self._stop_agreed():
                 nxt = b + world
-                if nxt < last:  # else: the epoch is done anyway
+                if nxt < last:  # else: the epoch is done anyway (the same on every process: last % world == 0)
                     progress.close()
-                    self._partial = {"epoch": epoch, "next_batch": nxt, "total": total, "count": count,
+                    total, count, parts = self._sum_over_processes(total, count, parts)
+                    self._partial = {"epoch": epoch, "next_batch": nxt - rank, "total": total, "count": count,
                                      "parts": parts}
-                    return total / max(count, 1), count, {}
+                    return total / max(count, 1), count // world, {}
             progress.update(1, loss=total / count)
         progress.close()
-        return total / max(count, 1), count, {k: v / max(count, 1) for k, v in parts.items()}
+        total, count, parts = self._sum_over_processes(total, count, parts)  # the loss over every batch
+        return total / max(count, 1), count // world, {k: v / max(count, 1) for k, v in parts.items()}
+
+    def _sum_over_processes(self, total: float, count: int, parts: dict[str, float]) -> tuple[float, int, dict[str, float]]:
+        """An epoch's loss sums over every process (each trained on its own batches): the sum of the
+        batch losses, the number of batches and each loss part's sum; as they are with one process."""
+        if self.accel.num_processes == 1:
+            return total, count, parts
+        from accelerate.utils import gather_object
+
+        every = gather_object([(total, count, parts)])
+        summed: dict[str, float] = {}
+        for _, _, p in every:
+            for k, v in p.items():
+                summed[k] = summed.get(k, 0.0) + v
+        return sum(t for t, _, _ in every), sum(c for _, c, _ in every), summed
 
     # -- stop requests (SIGTERM / SIGUSR1 from a batch scheduler) ---------------------------------
     def request_stop(self, reason: str = "a stop request") -> None:
@@ -259,11 +292,15 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Train (or continue, ``resume``) to the end and evaluate; returns the results. SIGTERM or
         SIGUSR1 (or ``request_stop``) makes it write a checkpoint after the current step and raise
-        ``Preempted``; ``fit(resume=True)`` then continues to the same results as an uninterrupted run."""
+        ``Preempted``; ``fit(resume=True)`` then continues to the same results as an uninterrupted run.
+        ``on_epoch(epoch, row)``: called after each epoch's checkpoint with its ``metrics.jsonl`` row
+        (``row["valid"]`` on evaluated epochs), e.g. a hyper-parameter search's pruner; an exception
+        it raises ends training there (the run resumes from that checkpoint)."""
         self._stop_reason = None
+        self._on_epoch = on_epoch
         with self._run_folder_lock(), self._stop_on_signals():
             return self._fit(resume)
 
@@ -347,6 +384,8 @@ class Trainer:
             if tc.trackers:
                 self.accel.log(scalars({k: v for k, v in row.items() if k != "epoch"}), step=epoch)
             self._save_last(state)
+            if getattr(self, "_on_epoch", None) is not None:
+                self._on_epoch(epoch, row)
             if self._stop_agreed() and not state["done"] and state["epoch"] < tc.epochs:
                 raise Preempted(self._stop_reason, str(self.run_dir), epoch, None)
         return self.finish(state)
@@ -382,6 +421,7 @@ class Trainer:
         return {f"{part}_domains": metrics_by_group(ranks, np.asarray(codes)[target], names, self.run.eval.ks)}
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        self.accel.wait_for_everyone()  # the main process has written the best weights the others read
         if self.folder.best_path.exists():
             self.raw_model.load_state_dict(self.folder.weights("best"))
         t0 = time.perf_counter()
@@ -426,8 +466,14 @@ class Trainer:
                 "split": self.data.meta["split"],
                 "filters": self.data.meta["filters"],
                 "loss": self.run.train.loss,
-                "train_negatives": self.run.train.negatives if self.run.train.loss == "bce" else None,
-                "train_negatives_avoid": self.run.train.negatives_avoid if self.run.train.loss == "bce" else None,
+                "train_negatives": self.run.train.negatives if self.run.train.loss in ("bce", "gbce") else None,
+                "train_negatives_avoid": (self.run.train.negatives_avoid if self.run.train.loss in ("bce", "gbce")
+                                          else None),
+                **({"gbce_t": self.run.train.gbce_t} if self.run.train.loss == "gbce" else {}),
+                **({"sampled_softmax": {"negatives_per_step": self.run.train.sampled_negatives,
+                                        "distribution": self.run.train.sampled_distribution,
+                                        "power": self.run.train.sampled_power, "correction": "log-Q"}}
+                   if self.run.train.loss == "sampled_ce" else {}),
                 "train_windows": self.run.train.windows,
                 "evaluation": self.evaluator.protocol(),
                 "valid_metric": self.run.train.valid_metric,

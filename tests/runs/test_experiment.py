@@ -3,6 +3,7 @@ folder left to its holder, the preset family for baselines, the table and the re
 
 import fcntl
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -95,3 +96,266 @@ rows: {odmt: {method: odmt}, sasrec: {method: sasrec}}
         row_config(exp, root, "d", "sasrec", 0)
     with pytest.raises(ConfigError, match="no such experiment file"):
         load_experiment(tmp_path / "missing.yaml")
+
+
+def test_two_workers_share_one_experiment_and_the_parent_prints_the_whole_table(exp_file, tmp_path):
+    """``--jobs 2``: two processes run the file (the second starts half-way down its row list), each
+    takes runs the other does not hold, and the parent prints the table of every run."""
+    exp_file.write_text(exp_file.read_text().replace("train.epochs: 2", "train.epochs: 4"))
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    trained = [line for line in r.output.splitlines() if "s, best epoch" in line]
+    assert len(trained) == 4 and {line[:3] for line in trained} == {"[0]", "[1]"}, r.output  # both ran runs
+    assert "| ring | pop | 2 |" in r.output and "| ring | sasrec | 2 |" in r.output
+    assert (tmp_path / "runs" / "ring" / "report.html").exists() and "not finished" not in r.output
+    cfg = json.loads((tmp_path / "runs" / "ring" / "sasrec-s0" / "config.json").read_text())
+    assert cfg["train"]["threads"] == 1  # the file's own train.threads wins over cores / N
+
+
+def test_workers_get_the_cores_divided_unless_the_file_sets_threads(exp_file, monkeypatch):
+    import subprocess
+
+    from mmrec.runs import experiment
+
+    exp_file.write_text(exp_file.read_text().replace(", train.threads: 1", ""))
+    started = []
+
+    class Done:
+        stdout = iter(())
+
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Done)
+    monkeypatch.setattr("mmrec.resources.available_cores", lambda: (6, "CPU affinity"))
+    said = []
+    experiment.run_jobs(exp_file, 3, log=said.append, report=False)
+    assert [c[-4:] for c in started] == [["--worker", f"{i}/3", "--threads", "2"] for i in range(3)]
+    assert said[0] == "3 workers, 2 thread(s) each (6 cores: CPU affinity)"
+
+
+def _settings_of(cfg: dict, root) -> dict:
+    """A run's settings that differ from its method's defaults (flattened; paths under ``root`` as <root>)."""
+    from mmrec.config import from_dict
+    from mmrec.runs.config import RunConfig, flatten, resolved_config, setting_in
+
+    default = flatten(resolved_config(from_dict(RunConfig, {"dataset": cfg["dataset"], "method": cfg["method"]})), ".")
+    return {k: (v.replace(str(root), "<root>") if isinstance(v, str) else v)
+            for k, v in sorted(flatten(cfg, ".").items())
+            if default.get(k, "<absent>") != v and not setting_in(k, {"preset", "preset_overrides", "out", "name"})}
+
+
+# The settings (beyond each method's defaults) of config.json files that the bench drivers this
+# replaced wrote for the commands of docs/results.md (bench/methods_table.py, negative_transfer.py,
+# syncrec_domains.py at commit a323f86, run on a tiny dataset at <root>/ds with --store <root>/features and
+# the pre-training run <root>/ant-pre-img, training stubbed out; the syncrec commands with the
+# settings the page says its runs had: train.loss_weighting=batch, and ntg_gap=mean,
+# mim_estimator=code, mim_negatives=batch for SyNCRec).
+OLD_DRIVER_SETTINGS = {
+    ("methods-scientific", "scientific", "kdsr_noholistic", 1): {"cold.fraction": 0.1, "eval.history_mask": "whole", "features.text": "minilm", "model.holistic": False, "store": "<root>/features", "train.epochs": 60, "train.loss_weighting": "batch", "train.patience": 5, "train.seed": 1, "train.threads": 1},
+    ("methods-scientific", "scientific", "unisrec_trans", 0): {"cold.fraction": 0.1, "eval.history_mask": "whole", "features.text": "minilm", "model.hidden": 64, "model.mode": "transductive", "store": "<root>/features", "train.epochs": 60, "train.loss_weighting": "batch", "train.patience": 5, "train.seed": 0, "train.threads": 1},
+    ("methods-ml1m", "ml1m", "odmt_nodistill", 2): {"cold.fraction": 0.1, "eval.history_mask": "whole", "features.image": "effnet", "features.text": "minilm", "model.distill": False, "store": "<root>/features", "train.epochs": 15, "train.loss_weighting": "batch", "train.patience": 3, "train.seed": 2, "train.threads": 1},
+    ("methods-ml1m", "ml1m", "mmsr_merged_g1_p15", 0): {"cold.fraction": 0.1, "eval.history_mask": "whole", "features.image": "effnet", "features.text": "minilm", "model.fusion_gain": 1.0, "store": "<root>/features", "train.epochs": 15, "train.loss_weighting": "batch", "train.patience": 15, "train.seed": 0, "train.threads": 1},
+    ("odmt-office-paper", "office", "sasrec", 2): {"eval.history_mask": "whole", "eval.ks": [10], "model.hidden": 128, "model.inner": 512, "store": "<root>/features", "train.bucket_batches": False, "train.grad_clip": 5.0, "train.loss_weighting": "batch", "train.lr": 0.0001, "train.max_len": 12, "train.mixed_precision": "fp16", "train.optimizer": "adamw", "train.seed": 2, "train.threads": 1, "train.valid_metric": "hr@10", "train.weight_decay": 0.1},
+    ("odmt-office-paper", "office", "odmt", 0): {"eval.history_mask": "whole", "eval.ks": [10], "features.text": "minilm", "model.attn_bias": False, "model.detach_teacher": False, "model.first_item_candidates": True, "model.hidden": 128, "model.in_batch_mask": "window", "model.inner": 512, "store": "<root>/features", "train.bucket_batches": False, "train.grad_clip": 5.0, "train.loss_weighting": "batch", "train.lr": 0.0001, "train.max_len": 12, "train.mixed_precision": "fp16", "train.optimizer": "adamw", "train.seed": 0, "train.threads": 1, "train.valid_metric": "hr@10", "train.weight_decay": 0.1},
+    ("odmt-office-paper", "office", "odmt_harmonised", 0): {"eval.history_mask": "whole", "features.text": "minilm", "store": "<root>/features", "train.seed": 0, "train.threads": 1, "train.valid_metric": "hr@10"},
+    ("ant-transfer-hm", "hm", "relearn", 1): {"eval.history_mask": "whole", "features.image": "effnet", "features.price": "price", "features.text": "minilm", "model.hidden": 64, "model.init_from": "<root>/ant-pre-img", "model.pretrain_negatives": "batch", "store": "<root>/features", "train.batch_size": 32, "train.epochs": 40, "train.patience": 40, "train.seed": 1, "train.threads": 1},
+    ("ant-transfer-scientific", "scientific", "finetune", 0): {"eval.history_mask": "whole", "features.text": "minilm", "model.adapt": "finetune", "model.hidden": 64, "model.init_from": "<root>/ant-pre-img", "model.pretrain_negatives": "batch", "store": "<root>/features", "train.epochs": 60, "train.patience": 5, "train.seed": 0, "train.threads": 1},
+    ("syncrec-hm", "hm", "syncrec-no-scmim", 0): {"eval.history_mask": "whole", "model.mim_estimator": "code", "model.mim_negatives": "batch", "model.ntg_gap": "mean", "model.sc_mim": False, "model.top_domains": 4, "train.epochs": 100, "train.loss_weighting": "batch", "train.seed": 0, "train.threads": 1},
+    ("syncrec-hm", "hm-other", "sasrec-single", 2): {"eval.history_mask": "whole", "train.epochs": 100, "train.loss_weighting": "batch", "train.seed": 2, "train.threads": 1},
+    ("syncrec-ml1m", "ml1m", "syncrec", 1): {"eval.history_mask": "whole", "model.mim_estimator": "code", "model.mim_negatives": "batch", "model.ntg_gap": "mean", "train.batch_size": 64, "train.epochs": 100, "train.loss": "bce", "train.loss_weighting": "batch", "train.seed": 1, "train.threads": 1},
+    ("syncrec-ml1m", "ml1m", "sasrec-cross", 0): {"eval.history_mask": "whole", "train.batch_size": 64, "train.epochs": 100, "train.loss": "bce", "train.loss_weighting": "batch", "train.seed": 0, "train.threads": 1},
+}
+
+
+@pytest.mark.parametrize("key", list(OLD_DRIVER_SETTINGS), ids=lambda k: f"{k[0]}:{k[1]}/{k[2]}-s{k[3]}")
+def test_example_files_give_the_settings_the_bench_drivers_gave_the_tables_runs(key, tmp_path):
+    from mmrec.runs.config import resolved_config
+
+    name, ds, row, seed = key
+    exp, root = load_experiment(Path(__file__).resolve().parents[2] / "examples" / "experiments" / f"{name}.yaml")
+    for spec in exp.datasets.values():  # the tiny dataset the old commands were given
+        if spec.path is not None:
+            spec.path, spec.store = str(tmp_path / "ds"), str(tmp_path / "features")
+    if exp.rows[row].init_from:
+        exp.rows[row].init_from = str(tmp_path / "ant-pre-img")
+    exp.out = str(tmp_path / "out")
+    run = row_config(exp, root, ds, row, seed)
+    got = _settings_of(resolved_config(run), tmp_path)
+    if name.startswith("syncrec"):  # the syncrec driver left the (unused) store relative: "features"
+        got.pop("store")
+    assert got == OLD_DRIVER_SETTINGS[key]
+    spec = exp.datasets[ds]
+    expected = tmp_path / "ds" if spec.of is None else tmp_path / "out" / "data" / spec.of / "other-top4"
+    assert run.dataset == str(expected)  # ((other) of hm's 4 largest domains and the rest)
+
+
+def test_the_table_has_warm_and_cold_variant_rows_and_the_gap_to_the_baseline():
+    """By hand: a [0.10, 0.11] against scratch [0.20, 0.21]: gap -0.1000, -48.8% of 0.205, below the
+    two spreads together (0.0071 + 0.0071); b [0.195, 0.205]: -0.0050, within; c: +0.1000, above."""
+    from mmrec.runs.experiment import Experiment, ReportSpec, format_table
+
+    def runs(vals, **extra):
+        return [{"test": {"ndcg@10": v, "hr@10": v}, "best_epoch": 1, "epochs_run": 2,
+                 "timing": {"seconds_per_epoch_mean": 1.0}, **extra} for v in vals]
+
+    exp = Experiment(name="t", datasets={}, rows={}, report=ReportSpec(baseline="scratch"))
+    table = format_table(exp, {("d", "a"): runs([0.10, 0.11]), ("d", "b"): runs([0.195, 0.205]),
+                               ("d", "c"): runs([0.30, 0.31]), ("d", "scratch"): runs([0.20, 0.21])})
+    lines = table.splitlines()
+    assert lines[0] == ("| dataset | row | seeds | ndcg@10 | hr@10 | best epoch / epochs run | s/epoch | "
+                        "gap vs scratch | beyond spread |")
+    assert lines[2].endswith("| -0.1000 (-48.8%) | below |") and lines[3].endswith("| -0.0050 (-2.4%) | no |")
+    assert lines[4].endswith("| +0.1000 (+48.8%) | above |") and lines[5].endswith("| — | — |")
+    cold = {"test_warm": {"ndcg@10": 0.5}, "test_cold": {"n_cases": 3, "note": "method scores items by id only"},
+            "test_variants": {"id": {"ndcg@10": 0.25, "hr@10": 0.5, "warm": {"ndcg@10": 0.3}, "cold": {"ndcg@10": 0.1}}}}
+    table = format_table(Experiment(name="t", datasets={}, rows={}), {("d", "odmt"): runs([0.4], **cold)})
+    lines = table.splitlines()
+    assert lines[0].startswith("| dataset | row | seeds | ndcg@10 | hr@10 | ndcg@10 warm | ndcg@10 cold |")
+    assert lines[2].startswith("| d | odmt | 1 | 0.4000 | 0.4000 | 0.5000 | n/a (ids only) |")
+    assert lines[3].startswith("| d | odmt [id] | 1 | 0.2500 | 0.5000 | 0.3000 | 0.1000 |")
+
+
+@pytest.fixture
+def two_domains(tmp_path, monkeypatch):
+    """100 users walking a ring of 20 items whose odd items are domain "a", even ones "b"."""
+    import sys
+
+    from mmrec.data.prepare import PrepareConfig, prepare
+    from mmrec.data.schema import Catalogue
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import raw_from_sequences
+
+    monkeypatch.chdir(tmp_path)
+    ring = {f"u{u:03d}": [str((u + k) % 20 + 1) for k in range(10)] for u in range(100)}
+    raw = raw_from_sequences(ring)
+    ids = sorted({i for s in ring.values() for i in s}, key=int)
+    raw.catalogue = Catalogue.build(ids, title=[f"t{i}" for i in ids], domain=["a" if int(i) % 2 else "b" for i in ids])
+    prepare(raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    return tmp_path
+
+
+def test_single_domain_datasets_and_the_tables_per_domain(two_domains):
+    import numpy as np
+
+    from mmrec.data.prepared import PreparedDataset
+
+    tmp_path = two_domains
+    f = tmp_path / "exp.yaml"
+    f.write_text("""
+name: dom
+out: runs
+seeds: [0]
+datasets:
+  d: {path: ds}
+  d-a: {of: d, domain: a}
+  d-b: {of: d, domain: b}
+settings: {train.epochs: 2, train.threads: 1, model.hidden: 16, model.inner: 32}
+rows:
+  single: {method: sasrec, datasets: [d-a, d-b]}
+  cross: {method: sasrec, datasets: [d]}
+  syncrec: {method: syncrec}
+report: {baseline: cross, domains: d}
+""")
+    f.write_text(f.read_text().replace("  syncrec: {method: syncrec}", "  syncrec: {method: syncrec, datasets: [d]}"))
+    said = []
+    out = run_experiment(f, log=said.append, report=False)
+    assert out["pending"] == 0
+    assert sorted(out["runs"]) == ["d-a/single", "d-b/single", "d/cross", "d/syncrec"]
+    # the derived datasets: domain a's events only, each keeping its part; written once under <out>/data/<of>
+    data, sub = PreparedDataset(tmp_path / "ds"), PreparedDataset(tmp_path / "runs" / "data" / "d" / "a")
+    src = np.load(sub.root / "source_positions.npy")
+    assert np.array_equal(np.asarray(sub.items), np.asarray(data.items)[src]) and (np.asarray(sub.items) % 2 == 1).all()
+    assert sub.meta["derived"]["domain"] == "a" and "d-a: the 'a' events of d written to" in " ".join(said)
+    # per domain: the single-domain model's cell is its own test figure (the cases are the same), and
+    # "all" pools both domains' cases (by hand from the ranks)
+    table = out["domains"]
+    res = {k: json.loads((tmp_path / "runs" / k / "single-s0" / "results.json").read_text()) for k in ("d-a", "d-b")}
+    ranks = np.concatenate([np.load(tmp_path / "runs" / k / "single-s0" / "test_ranks.npy") for k in ("d-a", "d-b")])
+    pooled = float(np.mean(np.where(ranks < 10, 1.0 / np.log2(ranks + 2), 0.0)))
+    assert (f"| single | {res['d-a']['test']['ndcg@10']:.4f} | {res['d-b']['test']['ndcg@10']:.4f} | {pooled:.4f} |"
+            in table), table
+    assert "| cross |" in table and "| syncrec |" in table
+    assert "| syncrec | ntg_gap |" in table and "| syncrec | ntg_weight |" in table  # logged at the best epoch
+    assert f"cases: a {res['d-a']['test']['n_cases']}, b {res['d-b']['test']['n_cases']})" in table
+    f.write_text(f.read_text().replace("d-b: {of: d, domain: b}", "d-c: {of: d, domain: c}").replace("d-b]", "d-c]"))
+    with pytest.raises(ConfigError, match="no item domain 'c'; its domains .*: a, b"):
+        run_experiment(f, log=said.append, report=False)
+
+
+def test_a_row_starts_from_a_run_folder_given_relative_to_where_the_command_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "e.yaml"
+    f.write_text("""
+name: t
+datasets: {d: {path: ds}}
+rows: {relearn: {method: ant, init_from: runs/pre, settings: {model.adapt: relearn, model.objective: target}}}
+""")
+    exp, root = load_experiment(f)
+    run = row_config(exp, root, "d", "relearn", 0)
+    assert run.model["init_from"] == str(tmp_path / "runs" / "pre") and run.model["adapt"] == "relearn"
+    f.write_text(f.read_text().replace("{d: {path: ds}}", "{d: {path: ds}, e: {of: x, domain: a}}"))
+    with pytest.raises(ConfigError, match="datasets.e.of: 'x' is not a prepared dataset of the file"):
+        load_experiment(f)
+
+
+def test_transfer_policies_from_one_pretraining_run(tmp_path, successor_raw, monkeypatch):
+    """ANT pre-trained once; rows relearn and scratch start from it (``init_from``), every seed,
+    resumable; the table gives each policy's gap to scratch (what bench/negative_transfer.py did)."""
+    import numpy as np
+
+    from mmrec.config import from_dict
+    from mmrec.data.prepare import PrepareConfig, prepare
+    from mmrec.data.schema import Catalogue
+    from mmrec.features.store import write_manifest, write_shard
+    from mmrec.runs.config import RunConfig
+    from mmrec.trainers.loop import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    ids = sorted({str(i) for i in range(1, 41)}, key=int)
+    successor_raw.catalogue = Catalogue.build(ids, title=[f"t{i}" for i in ids])
+    prepare(successor_raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    entry = tmp_path / "store" / "text"
+    (entry / "shards").mkdir(parents=True)
+    info = write_shard(entry / "shards" / "part-00000.h5", ids,
+                       np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32), fmt="h5", dtype="float32")
+    write_manifest(entry, {"version": 1, "name": "text", "encoder": {"encoder": "synthetic"}, "modality": "text",
+                           "format": "h5", "dtype": "float32", "shape_per_item": [8], "n_items": 40, "n_rows": 40,
+                           "shards": [info], "missing": {}, "catalogue_hash": "x", "config_hash": "y",
+                           "library_versions": {}, "created": "now"})
+    model = {"hidden": 16, "inner": 16}
+    pre = from_dict(RunConfig, {"dataset": "ds", "method": "ant", "features": {"text": "text"}, "store": "store",
+                                "model": {**model, "objective": "pretrain"}, "train": {"epochs": 1, "threads": 1}})
+    Trainer(pre, tmp_path / "pre", log=lambda s: None).fit()
+    f = tmp_path / "nt.yaml"
+    f.write_text("""
+name: nt
+out: runs
+seeds: [0, 1]
+datasets: {ring: {path: ds, store: store}}
+settings: {train.epochs: 2, train.threads: 1, model.hidden: 16, model.inner: 16, model.objective: target}
+rows:
+  relearn: {method: ant, init_from: pre, features: {text: text}, settings: {model.adapt: relearn}}
+  scratch: {method: ant, init_from: pre, features: {text: text}, settings: {model.adapt: scratch}}
+report: {baseline: scratch}
+""")
+    out = run_experiment(f, log=lambda s: None, report=False)
+    assert out["pending"] == 0
+    run = tmp_path / "runs" / "ring" / "relearn-s1"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["init_from"] == str(tmp_path / "pre") and cfg["train"]["seed"] == 1
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["transfer"]["policy"] == "relearn" and first["transfer"]["frozen"] > 0  # loaded from pre
+    rows = {line.split(" | ")[1]: line for line in out["table"].splitlines()[2:]}
+    assert rows["relearn"].split(" | ")[-1].rstrip(" |") in ("below", "above", "no")
+    assert rows["scratch"].endswith("| — | — |")
+    again = []
+    run_experiment(f, log=again.append, report=False)
+    assert not any(s.startswith("ring/") for s in again)

@@ -49,7 +49,7 @@ Adaptation (``model.init_from=RUN_DIR``, ``model.adapt=POLICY``; ``mmrec.trainer
 default ``relearn`` keeps the pre-trained Transformer blocks frozen and the input LayerNorm (trained),
 and re-learns positions, experts, gates and missing vectors from a fresh initialisation.
 ``finetune`` (UniSRec-style), ``freeze`` (only gates train), ``scratch`` and ``relearn_code`` are the
-alternatives the negative-transfer bench (``bench/negative_transfer.py``) compares.
+alternatives the negative-transfer experiments (``examples/experiments/ant-transfer-*.yaml``) compare.
 
 Feature modalities: text, image and price are all optional (``required_modalities = ()``); at least one is
 needed. With text alone ANT is a UniSRec-like model with Gaussian routing. Image features must be one
@@ -127,8 +127,8 @@ from torch import nn
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.adaptors import MoEAdaptor
-from mmrec.trainers.modules.items import FeatureItemEncoder, present_modalities
-from mmrec.trainers.modules.losses import ce_all_items, same_target_mask
+from mmrec.trainers.modules.items import FeatureItemEncoder, present_modalities, state_versions
+from mmrec.trainers.modules.losses import loss_kind, next_item_loss, same_target_mask
 from mmrec.trainers.modules.sequence import (
     TransformerConfig,
     TransformerEncoder,
@@ -228,7 +228,7 @@ class ANT(SequentialRecommender):
     Config = ANTConfig
     modalities = ("text", "image", "price")
     required_modalities = ()
-    losses = ("ce",)
+    losses = ("ce", "sampled_ce")  # objective=target; pre-training is an in-batch InfoNCE (ce only)
 
     def __init__(self, cfg: ANTConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
@@ -249,6 +249,8 @@ class ANT(SequentialRecommender):
             with torch.no_grad():
                 self.item.weight[0].zero_()
         self.transfer_report: dict[str, Any] | None = None
+        self._table: torch.Tensor | None = None  # the step's (or evaluation's) item table: item_table()
+        self._table_versions: tuple[int, ...] | None = None  # an evaluation's table: state_versions then
         self._report_pending = False
         if cfg.init_from:
             from mmrec.trainers.transfer import adapt_from_run
@@ -300,26 +302,68 @@ class ANT(SequentialRecommender):
         v = v.masked_fill(pad.unsqueeze(-1), 0.0)
         return (v, vecs) if parts else v
 
+    def train(self, mode: bool = True) -> ANT:
+        self._table = None
+        return super().train(mode)
+
+    def item_table(self) -> torch.Tensor:
+        """``item_vectors(None)`` ``[n_items + 1, d]``, computed once per training step and once per
+        evaluation: ``loss`` builds it at the start of a step (``objective=target``) and the step's
+        input items and its candidates read it (``encoder_input``, ``item_embeddings``), so the
+        experts run over the catalogue once per step, not over the catalogue and again over every
+        position of the batch (12,800 positions for ml-1m's 3,416 items). Without dropout and gate
+        noise the values and gradients are those of one computation per use. With them, each
+        item's vector holds one draw of its dropout masks and gate noise per step, shared by its
+        occurrences in the step (inputs and candidate); each occurrence's draw has the distribution
+        it had when drawn per use (the code draws per use). At evaluation (no autograd) it is
+        computed at the first use and kept until the mode changes or a parameter or feature table
+        of the items is written (``state_versions``)."""
+        if self._table is not None and (self._table_versions is None
+                                        or self._table_versions == state_versions(self.items, self.item)):
+            return self._table
+        table = self.item_vectors(None)
+        if not self.training and not torch.is_grad_enabled():
+            self._table, self._table_versions = table, state_versions(self.items, self.item)
+        return table
+
     def encoder_input(self, items: torch.Tensor) -> torch.Tensor:
-        return self.item_vectors(items)
+        if self._table is None and (self.training or torch.is_grad_enabled()):  # outside a step: per position
+            return self.item_vectors(items)
+        return self.item_table()[items]
 
     def encoder_output(self, states: torch.Tensor) -> torch.Tensor:
         return F.normalize(states, dim=-1)
 
     def item_embeddings(self) -> torch.Tensor:
-        return F.normalize(self.item_vectors(None), dim=-1)
+        return F.normalize(self.item_table(), dim=-1)
 
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
+        """The objective of a step; with ``objective=target`` one item table for the whole step
+        (``item_table``), read by the input items and the candidates."""
+        self._table = self.item_vectors(None) if self.training and self.cfg.objective == "target" else None
+        self._table_versions = None  # the step's table: no check inside the step
+        try:
+            return self._loss(batch, train_cfg)
+        finally:
+            self._table = None
+
+    def _loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
         h = self.sequence_states(batch["items"], batch["lengths"])
         if self.cfg.objective == "target":
             mask = batch["targets"] > 0
+            if (self.cfg.padding_class or self.cfg.loss_eps) and loss_kind(train_cfg) != "ce":
+                raise ConfigError(f"ant: model.padding_class / model.loss_eps reproduce the code's softmax over every "
+                                  f"item; they take train.loss=ce only, not {loss_kind(train_cfg)}")
             if self.cfg.padding_class or self.cfg.loss_eps:
                 loss = self.target_loss_code(h[mask], batch["targets"][mask])
             else:
-                loss = ce_all_items(h[mask], batch["targets"][mask], self.item_embeddings(),
-                                    temperature=self.cfg.temperature, exclude=self.train_exclusion)
+                loss = next_item_loss(h[mask], batch["targets"][mask], self.item_embeddings(), train_cfg, batch,
+                                      temperature=self.cfg.temperature, exclude=self.train_exclusion)
             self._loss_parts = {"target": float(loss.detach())}
             return loss
+        if loss_kind(train_cfg) != "ce":
+            raise ConfigError(f"ant pre-training (model.objective=pretrain) is an in-batch InfoNCE: it takes "
+                              f"train.loss=ce only, not {loss_kind(train_cfg)}")
         targets = batch["targets"]
         user = batch.get("user")
         owner = (torch.as_tensor(user, device=targets.device) if user is not None
@@ -354,7 +398,7 @@ class ANT(SequentialRecommender):
         1..n, or over rows ``0..n`` with ``model.padding_class`` (row 0 = ``padding_vector``, the code's
         ``full_seq_item_contrastive_task`` over ``self.indices``), with ``model.loss_eps`` (``nll``).
         ``h`` [N, d] unit states, ``targets`` [N] ids in 1..n."""
-        table = self.item_vectors(None)[1:]
+        table = self.item_table()[1:]
         if self.cfg.padding_class:
             table = torch.cat([self.padding_vector(), table])
         e = F.normalize(table, dim=-1)

@@ -144,7 +144,7 @@ from torch import nn
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import present_modalities
-from mmrec.trainers.modules.losses import bce_sampled, ce_all_items
+from mmrec.trainers.modules.losses import next_item_loss
 from mmrec.trainers.modules.sequence import (
     RelationalGAT,
     TransformerConfig,
@@ -670,10 +670,8 @@ class KDSR(SequentialRecommender):
         else:
             h = self.sequence_states(items, batch["lengths"], mods)
         emb = self.item_embeddings()
-        if train_cfg.loss == "ce":
-            main = ce_all_items(h[mask], targets[mask], emb, exclude=self.train_exclusion if self.training else None)
-        else:
-            main = bce_sampled(h[mask], targets[mask], neg[mask], emb)
+        main = next_item_loss(h[mask], targets[mask], emb, train_cfg, batch, None if neg is None else neg[mask],
+                              exclude=self.train_exclusion if self.training else None)
         parts: dict[str, torch.Tensor] = {train_cfg.loss: main}
         first = _first_occurrence(items)
         if self.cfg.holistic:

@@ -46,7 +46,7 @@ fused items start near unit norm like the other fusions' (docs/results.md has bo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -119,3 +119,9 @@ class MMSR(SequentialRecommender):
 
     def item_embeddings(self) -> torch.Tensor:
         return self.items.table()
+
+    def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
+        """The shared next-item loss with one item table per step (``FeatureItemEncoder.one_table``):
+        the input items read the rows of the candidates' table, computed once."""
+        with self.items.one_table():
+            return super().loss(batch, train_cfg)

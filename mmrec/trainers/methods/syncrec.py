@@ -150,6 +150,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -159,7 +160,7 @@ from torch import nn
 
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
-from mmrec.trainers.modules.losses import same_target_mask
+from mmrec.trainers.modules.losses import next_item_loss, same_target_mask
 from mmrec.trainers.modules.sequence import FeedForward, TransformerBlock, TransformerConfig, TransformerEncoder
 
 NO_DOMAIN = "(none)"
@@ -414,7 +415,7 @@ class PartitionedGate(nn.Module):
 class SyNCRec(SequentialRecommender):
     name = "syncrec"
     Config = SyNCRecConfig
-    losses = ("ce", "bce")
+    losses = ("ce", "bce", "sampled_ce", "gbce")
 
     @classmethod
     def dataset_kwargs(cls, cfg: SyNCRecConfig, data: Any) -> dict[str, Any]:
@@ -637,19 +638,17 @@ class SyNCRec(SequentialRecommender):
 
     # -- losses --------------------------------------------------------------------------------------
     def target_losses(self, h: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor | None,
-                      kind: str) -> torch.Tensor:
-        """The ranking loss of each row (``[N]``): ``ce`` over every item, or ``bce`` with the sampled
-        ``negatives`` (``[N]`` or ``[N, K]``)."""
-        emb = self.item_embeddings()
-        if kind == "ce":
-            logits = self.train_logits(h @ emb[1:].T)
-            return F.cross_entropy(logits.float(), target - 1, reduction="none")
-        if negatives is None:
-            raise ConfigError("syncrec with train.loss=bce needs sampled negatives in the batch")
-        neg = negatives if negatives.dim() == 2 else negatives[:, None]
-        pos_logit = (h * emb[target]).sum(-1)
-        neg_logit = torch.einsum("nd,nkd->nk", h, emb[neg])
-        return (F.softplus(-pos_logit) + F.softplus(neg_logit).mean(-1)).float()
+                      kind: str, batch: dict[str, torch.Tensor] | None = None,
+                      gbce_t: float = 0.75) -> torch.Tensor:
+        """The ranking loss of each row (``[N]``) by ``train.loss`` (``next_item_loss``): ``ce`` over every
+        item, ``bce`` / ``gbce`` with the sampled ``negatives`` (``[N]`` or ``[N, K]``), ``sampled_ce``
+        over the step's shared negatives of ``batch``."""
+        if kind not in ("ce", "bce") and self.cfg.ntg_scope == "domain":
+            raise ConfigError(f"syncrec: model.ntg_scope=domain scores both heads on one domain's items with ce or "
+                              f"bce only, not train.loss={kind}; use model.ntg_scope=all")
+        return next_item_loss(h, target, self.item_embeddings(), SimpleNamespace(loss=kind, gbce_t=gbce_t),
+                              batch or {}, negatives, exclude=self.train_exclusion if self.training else None,
+                              reduction="none")
 
     def domain_items(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The item ids sorted by domain, where each domain's run starts, and its length (``[D]``)."""
@@ -716,11 +715,13 @@ class SyNCRec(SequentialRecommender):
             zero = self.item.weight.sum() * 0.0
             return {"single": zero, "cross": zero, **({"mim": zero} if cfg.sc_mim else {})}
         neg = None
-        if train_cfg.loss == "bce":
+        if train_cfg.loss in ("bce", "gbce"):
             r, c = st["position"].unbind(-1)
             neg = batch["negatives"][r, c]
-        l_cross = self.target_losses(st["cross"], tgt, neg, train_cfg.loss)
-        l_single = self.target_losses(st["single"], tgt[paired], None if neg is None else neg[paired], train_cfg.loss)
+        t = getattr(train_cfg, "gbce_t", 0.75)
+        l_cross = self.target_losses(st["cross"], tgt, neg, train_cfg.loss, batch, t)
+        l_single = self.target_losses(st["single"], tgt[paired], None if neg is None else neg[paired], train_cfg.loss,
+                                      batch, t)
         gap, present, count = self.ntg_gaps(st, l_single, l_cross, train_cfg.loss)
         if update and self.training:
             with torch.no_grad():

@@ -58,6 +58,7 @@ masks item 0).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,7 +69,7 @@ from torch import nn
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import FeatureItemEncoder
-from mmrec.trainers.modules.losses import ce_all_items, infonce_in_batch
+from mmrec.trainers.modules.losses import infonce_in_batch, loss_kind, next_item_loss
 from mmrec.trainers.modules.sequence import TransformerConfig, encode, gather_last
 
 
@@ -128,7 +129,7 @@ class UniSRec(SequentialRecommender):
     Config = UniSRecConfig
     modalities = ("text",)
     required_modalities = ("text",)
-    losses = ("ce",)
+    losses = ("ce", "sampled_ce")  # fine-tuning; pre-training is an in-batch InfoNCE (ce only)
 
     @classmethod
     def dataset_kwargs(cls, cfg: UniSRecConfig, data: Any) -> dict[str, Any]:
@@ -241,16 +242,28 @@ class UniSRec(SequentialRecommender):
         return self.encoder_output(encode(self.encoder, inp, aug_lengths, last=True))
 
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
+        """The objective of a step; fine-tuning computes the text items once for the whole step
+        (``FeatureItemEncoder.one_table``): the input items read the rows of the candidates' table."""
+        with self.text.one_table() if self.cfg.objective == "finetune" else contextlib.nullcontext():
+            return self._loss(batch, train_cfg)
+
+    def _loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
         if self.cfg.objective == "finetune":
             h = self.sequence_states(batch["items"], batch["lengths"])
             mask = batch["targets"] > 0
             if self.cfg.pad_candidate:
+                if loss_kind(train_cfg) != "ce":
+                    raise ConfigError(f"unisrec: model.pad_candidate=true is the code's softmax over every item and the "
+                                      f"padding row; it takes train.loss=ce only, not {loss_kind(train_cfg)}")
                 logits = h[mask] @ self._candidates_with_padding().T / self.cfg.temperature
                 if self.train_exclusion is not None:
                     logits = logits.masked_fill(self.train_exclusion, float("-inf"))
                 return F.cross_entropy(logits.float(), batch["targets"][mask])
-            return ce_all_items(h[mask], batch["targets"][mask], self.item_embeddings(),
-                                temperature=self.cfg.temperature, exclude=self.train_exclusion)
+            return next_item_loss(h[mask], batch["targets"][mask], self.item_embeddings(), train_cfg, batch,
+                                  temperature=self.cfg.temperature, exclude=self.train_exclusion)
+        if loss_kind(train_cfg) != "ce":
+            raise ConfigError(f"unisrec pre-training (model.objective=pretrain) is an in-batch InfoNCE: it takes "
+                              f"train.loss=ce only, not {loss_kind(train_cfg)}")
         # pre-training: the last position of each window against the in-batch targets
         items, lengths = batch["items"], batch["lengths"]
         last = gather_last(self.sequence_states(items, lengths), lengths)

@@ -88,10 +88,37 @@ class MoEAdaptor(nn.Module):
             logits = logits + torch.randn_like(logits) * std
         return torch.softmax(logits, dim=-1)
 
+    def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert on ``x`` ``[N, in_dim]``: ``[K, N, out_dim]``, as one batched product over the
+        experts' stacked weights (the values of ``stack([e(x) for e in self.experts])``; the
+        parameters stay the experts' own, so checkpoints and transfer are unchanged).
+
+        Dropout: each expert drops its own mask, as K ``nn.Dropout`` calls do. Here the K masks are
+        drawn by one dropout call over K copies of ``x``: every element of every copy is kept
+        independently with probability 1 - p and scaled by 1 / (1 - p), so the masks have the same
+        joint distribution (independent across experts, items and features); only the random stream
+        differs (the loop drew expert 1's mask first, then expert 2's, ...). Without dropout (p = 0
+        or evaluation) no copy is made: one product ``x [W_1 .. W_K]``. Whitening experts subtract
+        their centre after the product, ``(x - b_k) W_k = x W_k - b_k W_k`` (one ``[K, out]`` term,
+        not a centred copy of the inputs)."""
+        k = self.n_experts
+        weight = torch.stack([e.lin.weight for e in self.experts])  # [K, out, in]
+        p = self.experts[0].dropout.p if self.training else 0.0
+        if p > 0:
+            xs = F.dropout(x.unsqueeze(0).expand(k, *x.shape), p, True)  # [K, N, in]: K independent masks
+            y = torch.bmm(xs, weight.transpose(1, 2))
+        else:
+            y = (x @ weight.reshape(k * self.out_dim, self.in_dim).T).view(x.shape[0], k, self.out_dim).transpose(0, 1)
+        if isinstance(self.experts[0], WhiteningExpert):  # (x - b_k) W_k = x W_k - b_k W_k
+            return y - torch.einsum("ki,koi->ko", torch.stack([e.bias for e in self.experts]), weight)[:, None, :]
+        return y + torch.stack([e.lin.bias for e in self.experts])[:, None, :]
+
     def forward(self, x: torch.Tensor, return_gates: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"expected inputs [..., {self.in_dim}], got {tuple(x.shape)}")
         g = self.gates(x)
-        expert_out = torch.stack([e(x) for e in self.experts], dim=-2)  # [..., K, out_dim]
-        v = (g.unsqueeze(-1) * expert_out).sum(-2)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_dim)
+        y = self.expert_outputs(flat)  # [K, N, out]
+        v = torch.einsum("nk,kno->no", g.reshape(-1, self.n_experts), y).reshape(*lead, self.out_dim)
         return (v, g) if return_gates else v

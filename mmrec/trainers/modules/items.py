@@ -30,6 +30,9 @@ Two options, off by default (MMSR's presets turn them on):
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,6 +69,14 @@ def present_modalities(method: str, features: dict[str, Any], accepted: tuple[st
         raise ConfigError(f"{method} builds items from features: give --features {example} (at least one of "
                           f"{', '.join(accepted)})")
     return modalities
+
+
+def state_versions(*modules: nn.Module | None) -> tuple[int, ...]:
+    """The in-place version counters of every parameter and buffer of ``modules``: they change when
+    an optimiser step, ``load_state_dict`` or any in-place write touches one, so a table computed
+    from them can be kept while they are unchanged."""
+    tensors = itertools.chain.from_iterable(itertools.chain(m.parameters(), m.buffers()) for m in modules if m is not None)
+    return tuple(t._version for t in tensors)
 
 
 def make_adaptor(kind: str, in_dim: int, out_dim: int, *, dropout: float = 0.0, n_experts: int = 8) -> nn.Module:
@@ -133,6 +144,34 @@ class FeatureItemEncoder(nn.Module):
         else:
             self.fusion = None
         self.d = d
+        self._kept: torch.Tensor | None = None  # the table of one step (one_table) or one evaluation
+        self._kept_versions: tuple[int, ...] = ()  # state_versions when it was computed
+        self._one_table = False
+
+    def train(self, mode: bool = True) -> FeatureItemEncoder:
+        self._kept = None  # a table kept for an evaluation is not reused after the mode changes
+        return super().train(mode)
+
+    def _keeps_table(self) -> bool:
+        """Inside ``one_table``, or evaluating without autograd: ``table()`` is computed once and
+        ``lookup`` reads its rows."""
+        return self._one_table or (not self.training and not torch.is_grad_enabled())
+
+    @contextlib.contextmanager
+    def one_table(self) -> Iterator[None]:
+        """Inside the block (a method's training step), ``table()`` is computed at its first call and
+        kept, and ``lookup(ids)`` reads its rows: the catalogue is adapted and fused once per step,
+        not once for the candidates and again for every position of the batch. Without dropout the
+        values and gradients are those of one computation per use. With ``dropout``, each item's
+        vector holds one draw of its dropout mask per step, shared by its occurrences in the step
+        (inputs and candidate); each occurrence's draw has the distribution it had when drawn per use.
+        Outside training, without autograd (evaluation), the table is kept the same way until the
+        mode changes or a parameter or feature table is written (``state_versions``)."""
+        self._one_table, self._kept = True, None
+        try:
+            yield
+        finally:
+            self._one_table, self._kept = False, None
 
     def _adapt(self, s: str, x: torch.Tensor) -> torch.Tensor:
         if s in self.modality_norms:
@@ -186,12 +225,21 @@ class FeatureItemEncoder(nn.Module):
         return out.masked_fill(pad.unsqueeze(-1), 0.0)
 
     def table(self) -> torch.Tensor:
-        """``[n_items + 1, d]``; row 0 (padding) is zero."""
-        return self._combine(None)
+        """``[n_items + 1, d]``; row 0 (padding) is zero. Computed once per ``one_table`` block or
+        per evaluation (``_keeps_table``)."""
+        if self._kept is not None and self._kept_versions == state_versions(self):
+            return self._kept
+        out = self._combine(None)
+        if self._keeps_table():
+            self._kept, self._kept_versions = out, state_versions(self)
+        return out
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids`` of any shape -> ``[*ids.shape, d]``; padding (0) is zero."""
-        return self._combine(ids)
+        """``ids`` of any shape -> ``[*ids.shape, d]``; padding (0) is zero. Rows of the kept table
+        where there is one (``one_table``, evaluation), else computed for ``ids`` only."""
+        if self._kept is None and not self._keeps_table():
+            return self._combine(ids)
+        return self.table()[ids]
 
     def modality_vectors(self, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Each modality's adapted vectors before fusion (for methods that keep modalities apart; with

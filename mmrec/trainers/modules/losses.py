@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from mmrec.errors import ConfigError
 
 
 class _ChunkedCE(torch.autograd.Function):
@@ -71,16 +75,19 @@ def ce_all_items(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
     return F.cross_entropy(logits.float(), targets - 1)
 
 
-def bce_sampled(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+def bce_sampled(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, item_emb: torch.Tensor,
+                reduction: str = "mean") -> torch.Tensor:
     """SASRec's loss: -log sigma(h.e_pos) - mean_k log(1 - sigma(h.e_neg_k)).
 
-    ``h``: [N, d]; ``pos``: [N]; ``neg``: [N] or [N, K] sampled negative ids.
+    ``h``: [N, d]; ``pos``: [N]; ``neg``: [N] or [N, K] sampled negative ids. ``reduction="none"``:
+    the loss of each row ``[N]`` (float32).
     """
     pos_logit = (h * item_emb[pos]).sum(-1)
     if neg.dim() == 1:
         neg = neg[:, None]
     neg_logit = torch.einsum("nd,nkd->nk", h, item_emb[neg])
-    return (F.softplus(-pos_logit) + F.softplus(neg_logit).mean(-1)).mean()
+    rows = F.softplus(-pos_logit) + F.softplus(neg_logit).mean(-1)
+    return rows.mean() if reduction == "mean" else rows.float()
 
 
 def ce_cosine(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, temperature: float = 0.07,
@@ -209,3 +216,169 @@ def soft_ce(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
     if log_multiplicity is not None:
         loss = loss + (q * log_multiplicity).sum(-1)
     return loss.mean() * temperature ** 2
+
+
+# --- large catalogues: a sampled softmax and gSASRec's generalised BCE, and the one dispatcher -----
+
+NEXT_ITEM_LOSSES = ("ce", "bce", "sampled_ce", "gbce")
+
+
+def loss_kind(train_cfg: Any) -> str:
+    """``train_cfg.loss``; ``ce`` for no training settings (None, as some tests and benches call ``loss``)."""
+    return "ce" if train_cfg is None else train_cfg.loss
+
+
+class _SampledCE(torch.autograd.Function):
+    """Each row's ``logsumexp([pos_i, z_i1 .. z_iK]) - pos_i`` with ``z_ik = h_i . w_k - neg_shift_k``
+    (-inf at the hits ``(hit_rows, hit_cols)``) and ``pos_i = h_i . e_i - pos_shift_i``, in float32,
+    with a hand-written backward: one ``[N, K]`` matrix of exponentials is kept from the forward and
+    scaled once in the backward (autograd's own graph of the same expression makes about three times
+    the passes over ``[N, K]``; ``tests/trainers/modules/test_sampled_losses.py`` compares both)."""
+
+    @staticmethod
+    def forward(ctx, h, w, e_t, pos_shift, neg_shift, hit_rows, hit_cols):  # type: ignore[override]
+        hf = h.float()
+        z = hf @ w.float().T
+        z -= neg_shift[None, :]
+        if hit_rows.numel():
+            z[hit_rows, hit_cols] = float("-inf")
+        pos = (hf * e_t.float()).sum(-1) - pos_shift
+        m = torch.maximum(z.amax(1), pos) if z.shape[1] else pos
+        z.sub_(m[:, None]).exp_()
+        e_pos = torch.exp(pos - m)
+        total = z.sum(1) + e_pos
+        ctx.save_for_backward(h, w, e_t, z, total, e_pos)
+        return m + total.log() - pos
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        h, w, e_t, z, total, e_pos = ctx.saved_tensors
+        g = grad.float()
+        p = z * (g / total)[:, None]  # d loss_i / d z_ik = g_i softmax_ik
+        c = g * (e_pos / total - 1.0)  # d loss_i / d pos_i
+        hf, ef = h.float(), e_t.float()
+        gh = p @ w.float() + c[:, None] * ef
+        gw = p.T @ hf
+        ge = c[:, None] * hf
+        return gh.to(h.dtype), gw.to(w.dtype), ge.to(e_t.dtype), None, None, None, None
+
+
+def _hits(targets: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) where ``candidates[column] == targets[row]``, by a sort and binary search
+    (``O(N log K)``, not a comparison of every row with every candidate); a candidate drawn several
+    times is every one of its columns."""
+    sc, order = torch.sort(candidates)
+    lo = torch.searchsorted(sc, targets)
+    cnt = torch.searchsorted(sc, targets, right=True) - lo
+    rows = torch.repeat_interleave(torch.arange(len(targets), device=targets.device), cnt)
+    first = torch.repeat_interleave(lo, cnt)
+    offset = torch.arange(len(rows), device=targets.device) - torch.repeat_interleave(cnt.cumsum(0) - cnt, cnt)
+    return rows, order[first + offset]
+
+
+def sampled_ce(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, candidates: torch.Tensor,
+               log_q: torch.Tensor | None = None, temperature: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+    """Sampled softmax over each row's target and K negatives shared by every row, with the log-Q
+    correction (Yi et al., RecSys 2019; TensorFlow's ``sampled_softmax_loss``, which also corrects the
+    true class and removes accidental hits):
+
+        z_i(c) = h_i . e_c / temperature - log Q(c)        for c = t_i and c = n_1 .. n_K
+        loss_i = -log( exp(z_i(t_i)) / (exp(z_i(t_i)) + sum_{k: n_k != t_i} exp(z_i(n_k))) )
+
+    A negative equal to the row's target is masked out (-inf). ``Q(c)``: the expected number of times
+    item c is among the K draws (``SharedNegatives``: K/m for K distinct uniform draws among m items,
+    K p_c for K popularity draws with replacement), so ``sum_k exp(h . e_{n_k}) / Q(n_k)`` is an
+    unbiased estimate of the softmax's sum over every item. ``log_q``: ``[n_items + 1]`` table of
+    ``log Q`` by item id (None: no correction; a uniform draw's correction is one constant, which
+    changes nothing). ``h``: [N, d]; ``targets``: [N] ids; ``item_emb``: [n_items + 1, d];
+    ``candidates``: [K] ids. ``reduction="none"``: the loss of each row ``[N]`` (float32).
+    """
+    if temperature != 1.0:
+        h = h / temperature
+    if log_q is None:
+        pos_shift = torch.zeros(len(targets), device=h.device)
+        neg_shift = torch.zeros(len(candidates), device=h.device)
+    else:
+        pos_shift, neg_shift = log_q[targets].float(), log_q[candidates].float()
+    hit_rows, hit_cols = _hits(targets, candidates)
+    rows = _SampledCE.apply(h, item_emb[candidates], item_emb[targets], pos_shift, neg_shift, hit_rows, hit_cols)
+    return rows.mean() if reduction == "mean" else rows
+
+
+def gbce_beta(k: int, n_items: int, t: float) -> float:
+    """gSASRec's exponent on the positive's probability (Petrov & Macdonald, RecSys 2023):
+    ``beta = alpha (t (1 - 1/alpha) + 1/alpha)`` with the sampling rate ``alpha = k / (n_items - 1)``
+    and calibration ``t`` in [0, 1], written as the equal ``1 - t (1 - alpha)``: 1 at t = 0 (BCE),
+    alpha at t = 1."""
+    alpha = k / (n_items - 1)
+    return 1.0 - t * (1.0 - alpha)
+
+
+def gbce(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, item_emb: torch.Tensor, t: float,
+         n_items: int | None = None, reduction: str = "mean") -> torch.Tensor:
+    """gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023) with k sampled negatives per
+    row (its code, asash/gSASRec-pytorch ``gbce.py``, averages the same k + 1 terms):
+
+        loss_i = -1/(k+1) ( log sigma(s_i+)^beta + sum_k log(1 - sigma(s_ik)) )
+               =  1/(k+1) ( beta softplus(-s_i+) + sum_k softplus(s_ik) )
+
+    ``s = h . e``, ``beta = gbce_beta(k, n_items, t)``. At t = 0 (beta = 1) it is the paper's BCE, the
+    mean over the k + 1 terms (mmrec's ``bce`` weighs the positive 1 and the mean over the negatives
+    1: at k = 1 that is twice this). ``h``: [N, d]; ``pos``: [N]; ``neg``: [N] or [N, k] ids;
+    ``n_items``: the catalogue size (default ``item_emb``'s rows - 1). ``reduction="none"``: each row's loss.
+    """
+    if neg.dim() == 1:
+        neg = neg[:, None]
+    k = neg.shape[1]
+    beta = gbce_beta(k, item_emb.shape[0] - 1 if n_items is None else n_items, t)
+    pos_logit = (h * item_emb[pos]).sum(-1).float()
+    neg_logit = torch.einsum("nd,nkd->nk", h, item_emb[neg]).float()
+    rows = (beta * F.softplus(-pos_logit) + F.softplus(neg_logit).sum(-1)) / (k + 1)
+    return rows.mean() if reduction == "mean" else rows
+
+
+def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, train_cfg: Any,
+                   batch: dict[str, torch.Tensor], negatives: torch.Tensor | None = None, *,
+                   exclude: torch.Tensor | None = None, temperature: float = 1.0,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Every method's main next-item loss, chosen by ``train_cfg.loss``:
+
+    - ``ce``: softmax over every item (``ce_all_items``; ``exclude`` [n_items + 1] bool: not classes);
+    - ``bce``: SASRec's BCE with the rows' ``negatives`` ([N] or [N, k], ``train.negatives`` per
+      position, drawn by the loop; ``bce_sampled``);
+    - ``sampled_ce``: softmax over the target and the K negatives the loop drew for the whole step
+      (``batch["sampled_items"]`` [K], ``batch["sampled_log_q"]`` [n_items + 1]; ``sampled_ce``);
+      the loop never draws excluded items;
+    - ``gbce``: gSASRec's generalised BCE with the rows' ``negatives`` and ``train_cfg.gbce_t``.
+
+    ``h``: [N, d] states at target positions; ``targets``: [N] ids; ``item_emb``: [n_items + 1, d];
+    logits are divided by ``temperature``. ``reduction="none"``: the loss of each row ``[N]`` (float32).
+    ``train_cfg`` None: ``ce``.
+    """
+    kind = loss_kind(train_cfg)
+    if kind == "ce":
+        if reduction == "mean":
+            return ce_all_items(h, targets, item_emb, temperature, exclude)
+        logits = h @ item_emb[1:].T
+        if temperature != 1.0:
+            logits = logits / temperature
+        if exclude is not None:
+            logits = logits.masked_fill(exclude[1:], float("-inf"))
+        return F.cross_entropy(logits.float(), targets - 1, reduction="none")
+    if kind == "sampled_ce":
+        if "sampled_items" not in batch:
+            raise ConfigError("train.loss=sampled_ce needs the step's shared negatives (batch['sampled_items'] and "
+                              "batch['sampled_log_q']), which the training loop draws; outside it, draw them with "
+                              "mmrec.trainers.batching.SharedNegatives")
+        return sampled_ce(h, targets, item_emb, batch["sampled_items"], batch.get("sampled_log_q"), temperature,
+                          reduction)
+    if kind in ("bce", "gbce"):
+        if negatives is None:
+            raise ConfigError(f"train.loss={kind} needs sampled negatives per position in the batch "
+                              "(batch['negatives'], which the training loop draws: train.negatives per position)")
+        if temperature != 1.0:
+            h = h / temperature
+        if kind == "bce":
+            return bce_sampled(h, targets, negatives, item_emb, reduction)
+        return gbce(h, targets, negatives, item_emb, train_cfg.gbce_t, reduction=reduction)
+    raise ConfigError(f"train.loss={kind!r} is not a next-item loss; use one of {', '.join(NEXT_ITEM_LOSSES)}")

@@ -4,8 +4,6 @@ re-initialised, frozen, trained), pre-train -> relearn through the Trainer, and 
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -558,60 +556,90 @@ def test_pretrain_then_relearn_through_the_trainer(tmp_path):
     res_ft = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert json.loads(r.output)["ndcg@10"] == pytest.approx(res_ft["test"]["ndcg@10"], abs=1e-12)
 
-    # the bench: every policy x seed from the same pre-training run, resumable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
-    import negative_transfer as nt
-
-    out = tmp_path / "nt"
-    kw = dict(pretrained=tmp_path / "pre", dataset=str(ds), store=str(store),
-              features={"text": "text", "image": "image"}, out=out, seeds=[0, 1], policies=("relearn", "scratch"),
-              sets=["train.epochs=1", "train.threads=1"], log=lambda s: None)
-    results = nt.run_policies(**kw)
-    stamp = (out / "relearn-s0" / "results.json").stat().st_mtime_ns
-    assert nt.run_policies(**kw).keys() == results.keys()
-    assert (out / "relearn-s0" / "results.json").stat().st_mtime_ns == stamp  # not run again
-    cfg = json.loads((out / "scratch-s1" / "config.json").read_text())
-    assert cfg["model"]["hidden"] == 16 and cfg["model"]["adapt"] == "scratch" and cfg["train"]["seed"] == 1
-    table = nt.summarise(results)
-    assert table["scratch"]["gap"] is None
-    assert table["relearn"]["negative_transfer"] in ("yes", "no", "no (within spread)")
-    text = nt.markdown(table)
-    assert text.count("\n") == 3 and "| relearn | 2 |" in text
-    # --only-finished: seed 2 never ran, so only seeds 0 and 1 come back, and nothing is trained
-    done = nt.run_policies(**{**kw, "seeds": [0, 1, 2]}, only_finished=True)
-    assert [r["seed"] for r in done["relearn"]] == [0, 1] and not (out / "relearn-s2").exists()
-    # a rerun with other settings into the same folder is refused, not reported as the old run
-    with pytest.raises(ConfigError, match=r"relearn-s0/config.json differs .*train.epochs: 1 there, 2 now"):
-        nt.run_policies(**{**kw, "sets": ["train.epochs=2", "train.threads=1"]})
-    # a run another process is training (it holds the folder's lock) is left to it, the others go on
-    import fcntl
-
-    (out / "relearn-s2").mkdir()
-    said = []
-    with open(out / "relearn-s2" / "train.lock", "a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        shared = nt.run_policies(**{**kw, "seeds": [2], "log": said.append})
-    assert list(shared) == ["scratch"] and any("relearn seed 2: left to the other process" in m for m in said)
-
-
-def test_negative_transfer_verdict():
-    import importlib
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
-    nt = importlib.import_module("negative_transfer")
-
-    def runs(vals):
-        return [{"test": {"ndcg@10": v, "hr@10": v}, "best_epoch": 1} for v in vals]
-
-    t = nt.summarise({"a": runs([0.10, 0.11]), "b": runs([0.195, 0.205]), "c": runs([0.30, 0.31]),
-                      "scratch": runs([0.20, 0.21])})
-    assert t["a"]["negative_transfer"] == "yes" and t["a"]["gap"] == pytest.approx(-0.10)
-    assert t["b"]["negative_transfer"] == "no (within spread)" and t["c"]["negative_transfer"] == "no"
-    assert t["a"]["gap_pct"] == pytest.approx(-100 * 0.10 / 0.205)
-
 
 def test_a_pretraining_folder_saved_before_pretrain_negatives_resumes_with_batch_negatives():
     from mmrec.runs.config import upgrade_saved_config
 
     up = upgrade_saved_config({"dataset": "d", "method": "ant", "model": {"objective": "pretrain"}}, ANTConfig)
     assert up["model"]["pretrain_negatives"] == "batch" and ANTConfig().pretrain_negatives == "other_users"
+
+
+# --- one item table per step (bench/method_cost.py) ------------------------------------------------
+
+def _per_use_target_loss(m: ANT, b: dict) -> torch.Tensor:
+    """The target loss as computed before the shared table: the input items' vectors position by
+    position (``item_vectors(items)``) and a second computation of the whole table for the softmax."""
+    from mmrec.trainers.modules.sequence import encode
+
+    x = m.item_vectors(b["items"])
+    h = F.normalize(encode(m.encoder, x, b["lengths"]), dim=-1)
+    mask = b["targets"] > 0
+    e = F.normalize(m.item_vectors(None), dim=-1)
+    logits = h[mask] @ e[1:].T / m.cfg.temperature
+    return F.cross_entropy(logits, b["targets"][mask] - 1)
+
+
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+def test_one_item_table_per_step_keeps_the_loss_and_every_gradient(mode):
+    """Without dropout and gate noise, the step's shared table (inputs read its rows) gives the loss
+    and every gradient of the per-use computation (text and image whitening experts, price affine
+    experts, the interaction, the missing vectors; with ``transductive`` the id table)."""
+    m = _model(gate_noise=False, mode=mode)
+    _randomise(m, 5)
+    m.train()
+    b = _batch()
+
+    def loss_and_grads(fn):
+        m.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    new_loss, new = loss_and_grads(lambda: m.loss(b, _Train()))
+    old_loss, old = loss_and_grads(lambda: _per_use_target_loss(m, b))
+    assert m._table is None  # nothing kept after the step
+    assert new_loss.item() == pytest.approx(old_loss.item(), abs=1e-6)
+    assert new.keys() == old.keys() and any(".experts." in n for n in new) and any("missing" in n for n in new)
+    for name in old:
+        assert torch.allclose(new[name], old[name], atol=1e-6), name
+
+
+def test_one_item_table_per_step_is_one_draw_shared_by_inputs_and_candidates():
+    """With dropout and gate noise on, an item's input vector in a step is its candidate row of that
+    step (one draw per step), and two steps draw anew; evaluation (no autograd) reads one table,
+    equal to the per-position vectors."""
+    m = _model(adaptor_dropout=0.3)
+    _randomise(m, 6)
+    m.train()
+    b = _batch()
+    seen = {}
+    m.encoder.register_forward_pre_hook(lambda mod, args: seen.__setitem__("x", args[0].detach()))
+    table_of = m.item_embeddings
+
+    def spy():
+        seen["table"] = table_of().detach()
+        return seen["table"]
+
+    m.item_embeddings = spy
+    m.loss(b, _Train())
+    first = seen["table"]
+    real = b["items"] > 0
+    assert torch.allclose(F.normalize(seen["x"][real], dim=-1), first[b["items"][real]], atol=1e-6)
+    m.loss(b, _Train())
+    assert not torch.allclose(seen["table"], first)  # a new draw in the next step
+    del m.item_embeddings
+    m.eval()
+    with torch.no_grad():
+        q = m.query(b["items"], b["lengths"])
+        assert m._table is not None  # kept for the evaluation
+        from mmrec.trainers.modules.sequence import encode
+
+        expect = F.normalize(encode(m.encoder, m.item_vectors(b["items"]), b["lengths"], last=True), dim=-1)
+    assert torch.allclose(q, expect, atol=1e-6)
+    with torch.no_grad():
+        m.items.feat_image.mul_(-1.0)  # features written in place: the kept table is not reused
+        q2 = m.query(b["items"], b["lengths"])
+        expect2 = F.normalize(encode(m.encoder, m.item_vectors(b["items"]), b["lengths"], last=True), dim=-1)
+    assert not torch.allclose(q2, q, atol=1e-3) and torch.allclose(q2, expect2, atol=1e-6)
+    m.train()
+    assert m._table is None

@@ -223,3 +223,37 @@ def test_presets_name_existing_model_keys():
     model.update(hidden=24, inner=48, fusion_heads=12)  # scaled down, as on a CPU
     m = _mmsr(_token_feats(dim=6), **model)
     assert m.items.tokens and m.items.fusion.type_emb is None
+
+
+def test_one_item_table_per_step_keeps_the_loss_and_every_gradient():
+    """MMSR's step computes the fused items once (the inputs read the candidates' rows): without
+    dropout, the loss and every gradient of the per-use computation (merged-attention fusion)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mmrec.trainers.modules.sequence import encode
+
+    m = _mmsr(_feats(10, {"text": 6, "image": 4}, missing=[2])).train()
+    b = {"items": torch.tensor([[1, 2, 3, 2, 0], [4, 5, 6, 7, 8]]), "targets": torch.tensor([[2, 3, 2, 9, 0], [5, 6, 7, 8, 1]]),
+         "lengths": torch.tensor([4, 5])}
+
+    class Train:
+        loss = "ce"
+
+    def per_use():
+        h = encode(m.encoder, m.items.lookup(b["items"]), b["lengths"])
+        mask = b["targets"] > 0
+        return F.cross_entropy(h[mask] @ m.items.table()[1:].T, b["targets"][mask] - 1)
+
+    def loss_and_grads(fn):
+        m.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    new_loss, new = loss_and_grads(lambda: m.loss(b, Train()))
+    old_loss, old = loss_and_grads(per_use)
+    assert abs(new_loss.item() - old_loss.item()) < 1e-6
+    assert new.keys() == old.keys() and any(n.startswith("items.fusion") for n in new)
+    for name in old:
+        assert torch.allclose(new[name], old[name], atol=1e-6), name

@@ -224,3 +224,40 @@ def test_a_pretraining_folder_saved_before_the_seq_seq_term_resumes_without_it()
     assert upgrade_saved_config(old, UniSRecConfig)["model"]["seq_seq_weight"] == 0.0
     finetune = {"dataset": "d", "method": "unisrec", "model": {}}
     assert upgrade_saved_config(finetune, UniSRecConfig)["model"]["seq_seq_weight"] == 1e-3  # unused there
+
+
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+def test_finetune_one_item_table_per_step_keeps_the_loss_and_every_gradient(mode):
+    """Fine-tuning computes the text items once per step (the inputs read the candidates' rows):
+    without dropout and gate noise, the loss and every gradient of the per-use computation."""
+    import torch.nn.functional as F
+
+    from mmrec.trainers.modules.sequence import encode
+
+    m = _model(objective="finetune", mode=mode).train()
+    for a in m.text.adaptors.values():
+        a.noise = False
+    b = _batch()
+    b["targets"] = torch.where(b["items"] > 0, torch.roll(b["items"], -1, 1).clamp(min=1), 0)
+
+    class Train:
+        loss = "ce"
+
+    def per_use():
+        h = F.normalize(encode(m.encoder, m._items(b["items"]), b["lengths"]), dim=-1)
+        mask = b["targets"] > 0
+        e = F.normalize(m._items(None), dim=-1)
+        return F.cross_entropy(h[mask] @ e[1:].T / m.cfg.temperature, b["targets"][mask] - 1)
+
+    def loss_and_grads(fn):
+        m.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    new_loss, new = loss_and_grads(lambda: m.loss(b, Train()))
+    old_loss, old = loss_and_grads(per_use)
+    assert new_loss.item() == pytest.approx(old_loss.item(), abs=1e-6)
+    assert new.keys() == old.keys() and any(".experts." in n for n in new)
+    for name in old:
+        assert torch.allclose(new[name], old[name], atol=1e-6), name

@@ -130,3 +130,97 @@ def test_moe_linear_experts_and_bad_kind():
     assert moe.experts[0].lin.bias is not None and moe(torch.randn(4, 3)).shape == (4, 2)
     with pytest.raises(ValueError, match="whitening"):
         MoEAdaptor(3, 2, expert="mlp")
+
+
+# --- the experts as one batched product (bench/method_cost.py) -------------------------------------
+
+def _loop_moe(moe: MoEAdaptor, x: torch.Tensor) -> torch.Tensor:
+    """The formulation before the batched product: each expert module on ``x`` in a Python loop (its
+    own dropout), stacked and mixed by the gates."""
+    g = moe.gates(x)
+    expert_out = torch.stack([e(x) for e in moe.experts], dim=-2)  # [..., K, out]
+    return (g.unsqueeze(-1) * expert_out).sum(-2)
+
+
+def _randomised_moe(expert: str, dropout: float, seed: int = 0) -> MoEAdaptor:
+    torch.manual_seed(seed)
+    moe = MoEAdaptor(7, 5, n_experts=4, dropout=dropout, noise=False, expert=expert)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.add_(torch.randn(p.shape) * 0.3)  # centres, biases and gates away from zero
+    return moe
+
+
+def _loss_and_grads(moe: MoEAdaptor, x: torch.Tensor, fn) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    moe.zero_grad(set_to_none=True)
+    xx = x.clone().requires_grad_(True)
+    w = torch.linspace(-1.0, 1.0, moe.out_dim)
+    loss = (fn(xx) * w).pow(2).sum() + fn(xx).sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in moe.named_parameters() if p.grad is not None}
+    grads["x"] = xx.grad.clone()
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("expert", ["whitening", "linear"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_batched_experts_equal_the_loop_without_dropout(expert, mode):
+    """Dropout off (p = 0 in training; evaluation): the batched product gives the loop's output, loss
+    and every gradient (experts' W, centres b or biases c, gates, the input), any leading shape."""
+    moe = _randomised_moe(expert, dropout=0.0)
+    moe.train(mode == "train")
+    x = torch.randn(3, 6, 7)
+    new_loss, new = _loss_and_grads(moe, x, moe)
+    old_loss, old = _loss_and_grads(moe, x, lambda v: _loop_moe(moe, v))
+    assert torch.allclose(new_loss, old_loss, atol=1e-6, rtol=1e-6)
+    assert new.keys() == old.keys() and len(new) == 2 * moe.n_experts + 2  # + w_gate, x (no noise: no w_noise)
+    for name in old:
+        assert torch.allclose(new[name], old[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("expert", ["whitening", "linear"])
+def test_batched_experts_equal_the_loop_with_the_same_dropout_masks(expert, monkeypatch):
+    """Dropout on, with the masks fixed: the batched call's K masks (one dropout call over K copies)
+    given to the loop's K dropout calls in expert order give the same output and gradients."""
+    moe = _randomised_moe(expert, dropout=0.25).train()
+    x = torch.randn(9, 7)
+    masks = torch.rand(moe.n_experts, 9, 7, generator=torch.Generator().manual_seed(3)) >= 0.25
+    calls = []
+
+    def fixed_dropout(inp, p=0.5, training=True, inplace=False):
+        if inp.dim() == 3:  # the batched call: [K, N, in]
+            return inp * masks / (1 - p)
+        k = len(calls) % moe.n_experts  # the loop: expert k's call
+        calls.append(k)
+        return inp * masks[k] / (1 - p)
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", fixed_dropout)
+    new_loss, new = _loss_and_grads(moe, x, moe)
+    old_loss, old = _loss_and_grads(moe, x, lambda v: _loop_moe(moe, v))
+    assert calls  # the loop went through the patched dropout
+    assert torch.allclose(new_loss, old_loss, atol=1e-6, rtol=1e-6)
+    for name in old:
+        assert torch.allclose(new[name], old[name], atol=1e-6), name
+
+
+def test_batched_expert_masks_keep_rate_and_independence():
+    """Dropout on: each expert keeps an input element with probability 1 - p (scaled by 1 / (1 - p)),
+    independently of the other experts, as K separate dropout calls: identity experts on all-one
+    inputs show the masks."""
+    p, k, n, d = 0.2, 4, 4000, 8
+    moe = MoEAdaptor(d, d, n_experts=k, dropout=p).train()
+    with torch.no_grad():
+        for e in moe.experts:
+            e.lin.weight.copy_(torch.eye(d))
+            e.bias.zero_()
+    torch.manual_seed(0)
+    y = moe.expert_outputs(torch.ones(n, d))  # [K, N, d]: each expert's dropped input
+    values = torch.unique(y).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p))
+    kept = (y > 0).float().reshape(k, -1)
+    # keep rate of each expert: 1 - p (sd sqrt(p (1 - p) / 32000) = 0.0022)
+    assert torch.allclose(kept.mean(1), torch.full((k,), 1 - p), atol=0.01)
+    # two experts keep the same element with probability (1 - p)^2: independent masks, not one shared
+    for a in range(k):
+        for b in range(a + 1, k):
+            assert (kept[a] * kept[b]).mean().item() == pytest.approx((1 - p) ** 2, abs=0.01)

@@ -35,3 +35,62 @@ def test_feature_items_refuse_token_features():
     f = {"text": FeatureTable("text", torch.zeros(4, 3, 5), torch.ones(4, dtype=torch.bool), {})}
     with pytest.raises(ConfigError, match="token sequences"):
         FeatureItemEncoder(f, ["text"], 8)
+
+
+# --- one table per step / per evaluation (bench/method_cost.py) ------------------------------------
+
+def test_one_table_computes_the_catalogue_once_and_lookups_read_its_rows():
+    """Inside ``one_table`` the table is computed once and ``lookup`` reads its rows (same values
+    and gradients as per-use computation without dropout); with dropout, one draw per item per block,
+    shared by its lookups and its table row; evaluation without autograd keeps the table until the
+    mode changes."""
+    f = _feats(6, {"text": 5, "image": 4}, missing=[2])
+    items = FeatureItemEncoder(f, ["text", "image"], 3, adaptor="linear", fusion="gated", dropout=0.0).train()
+    calls = []
+    combine = items._combine
+    items._combine = lambda ids: (calls.append(ids), combine(ids))[1]
+    ids = torch.tensor([[3, 1, 3, 0], [2, 6, 5, 1]])
+
+    def loss_and_grads(block):
+        items.zero_grad(set_to_none=True)
+        with block():
+            x = items.lookup(ids)
+            loss = (x * torch.arange(1.0, 4.0)).pow(2).sum() + items.table().sum() * 0.5
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in items.named_parameters() if p.grad is not None}
+
+    import contextlib
+
+    new_loss, new = loss_and_grads(items.one_table)
+    assert calls == [None]  # one computation: the whole table
+    calls.clear()
+    old_loss, old = loss_and_grads(contextlib.nullcontext)
+    assert len(calls) == 2 and calls[1] is None  # outside the block: the ids, then the table
+    assert torch.allclose(new_loss, old_loss, atol=1e-6)
+    assert new.keys() == old.keys() and len(new) > 4
+    for name in old:
+        assert torch.allclose(new[name], old[name], atol=1e-6), name
+    assert items._kept is None  # nothing kept after the block
+
+    drop = FeatureItemEncoder(f, ["text"], 3, adaptor="linear", dropout=0.5).train()
+    with drop.one_table():
+        a, t = drop.lookup(ids), drop.table()
+        assert torch.equal(a, t[ids])  # one draw shared by the lookups and the table
+    b = drop.lookup(ids)
+    assert not torch.allclose(b[0, 0], b[0, 2])  # per use: item 3's two positions draw apart
+
+    items.eval()
+    calls.clear()
+    with torch.no_grad():
+        t1 = items.lookup(ids)
+        t2 = items.table()
+    assert calls == [None] and torch.equal(t2[ids], t1)  # evaluation: one table for the lookups and scores
+    with torch.no_grad():
+        items.feat_text.mul_(2.0)  # a feature table written in place: the kept table is stale
+        t3 = items.lookup(ids)
+        items.adaptors["image"][1].weight.add_(1.0)  # so is a parameter (an optimiser step, load_state_dict)
+        t4 = items.lookup(ids)
+    assert len(calls) == 3 and not torch.allclose(t3, t1) and not torch.allclose(t4, t3)
+    assert torch.allclose(t4, items._combine(ids), atol=1e-6)
+    items.train()
+    assert items._kept is None
