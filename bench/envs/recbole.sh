@@ -15,6 +15,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${1:-$here/../../../venv-recbole}"   # default: venv-recbole beside the repository
+venv="$(realpath -m "$venv" 2>/dev/null || echo "$venv")"
 python="${PYTHON:-python3}"
 torch_pin="${RECBOLE_TORCH:-torch==2.14.1}"   # another build for another machine: RECBOLE_TORCH=...
 
