@@ -88,7 +88,8 @@ STAT_TOL = 0.03
 KEY_BIAS_NOTE = ("the key bias has a zero true gradient (b_k adds q.b_k to every score of a query: the softmax "
                  "cancels it); its float-noise gradient (~1e-9, both sides) is below Adam's eps 1e-8, so Adam "
                  "moves it by noise / (noise + 1e-8) * lr: rounding noise, not a difference")
-DEFAULT_RECBOLE = "/work/venvs/ant/src/recbole-1.1.1"
+# RecBole 1.1.1's source files beside the repository: bash bench/envs/recbole-source.sh 1.1.1 ../recbole-1.1.1
+DEFAULT_RECBOLE = str(Path(__file__).resolve().parents[2] / "recbole-1.1.1")
 MODALITIES = {"text": ("text2rec", "text_pooling"), "image": ("img2rec", "img_pooling"),
               "price": ("meta2rec", "meta_pooling")}
 CODE_TARGET = {"padding_class": True, "loss_eps": 1e-8}

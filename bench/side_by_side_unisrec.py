@@ -98,8 +98,9 @@ def _default_recbole() -> Path:
     spec = importlib.util.find_spec("recbole")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
-    found = sorted(Path("/work/venvs/unisrec/lib").glob("python3*/site-packages/recbole"))
-    return found[-1] if found else Path("recbole")
+    # bash bench/envs/recbole-source.sh 1.2.1 ../recbole-1.2.1 puts them beside the repository
+    beside = Path(__file__).resolve().parents[2] / "recbole-1.2.1" / "recbole"
+    return beside if beside.is_dir() else Path("recbole")
 
 
 class Interaction(dict):
