@@ -299,24 +299,23 @@ def mmrec_forward(m: ODMT, seqs):
     for sub in m.subnets:
         hooks.append(m.encoders[sub].register_forward_hook(
             lambda _m, _i, out, sub=sub: rec.__setitem__(f"seq_{sub}", out)))
-    plain_vec, plain_logits = m.item_vectors, m.batch_logits
+    plain_vec = m.item_vectors
 
     def vec(ids):
         out = plain_vec(ids)
         rec["ids"], rec["vec"] = ids, out
         return out
 
-    def logits(b):
-        out = plain_logits(b)
-        rec["inbatch"] = out
-        return out
-
-    m.item_vectors, m.batch_logits = vec, logits
+    m.item_vectors = vec
     try:
         m.on_epoch_start(EPOCH, None)
+        # the logits as ``batch_logits`` gives them (masked -inf); ``loss`` computes from the same
+        # columns in fewer passes and is compared through its terms (no dropout here: both calls agree)
+        with torch.no_grad():
+            rec["inbatch"] = m.batch_logits(batch)
         total = m.loss(batch, None)
     finally:
-        del m.item_vectors, m.batch_logits
+        del m.item_vectors
         for h in hooks:
             h.remove()
     rec.update(batch=batch, total=total, parts=m.loss_parts)

@@ -114,10 +114,9 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import present_modalities
 from mmrec.trainers.modules.losses import (
-    candidate_logpop_logits,
-    in_batch_logpop_logits,
     in_batch_multiplicity,
     log_sampling_prob,
+    same_target_mask,
     soft_ce,
 )
 from mmrec.trainers.modules.sequence import (
@@ -139,6 +138,27 @@ class InBatch(NamedTuple):
     targets: torch.Tensor
     label: torch.Tensor
     log_multiplicity: torch.Tensor | None
+
+
+# a masked in-batch column inside ``ODMT.loss``: finite, so that 0 x it is 0, and so far below any
+# logit that its softmax weight is exactly 0 in float32 (also after the division by the temperature)
+_MASKED = -1.0e9
+
+
+class _Columns(NamedTuple):
+    """The in-batch logits' shared parts (``ODMT._in_batch``): ``h`` ``{m: [N, d]}`` the sub-networks'
+    states at the N target positions; ``emb`` ``{m: [K, d]}`` the K candidate columns' item vectors;
+    ``bias`` ``[K]`` ``-log p`` of each column's item (0 without ``debias``); ``targets`` ``[N]`` item
+    ids; ``label`` ``[N]`` each row's column; ``log_mult`` ``[N, K]`` or None (see ``InBatch``);
+    ``mask`` ``[N, K]`` bool, True where a column is not a negative of the row (never the label)."""
+
+    h: dict[str, torch.Tensor]
+    emb: dict[str, torch.Tensor]
+    bias: torch.Tensor
+    targets: torch.Tensor
+    label: torch.Tensor
+    log_mult: torch.Tensor | None
+    mask: torch.Tensor
 
 
 @dataclass
@@ -446,12 +466,9 @@ class ODMT(SequentialRecommender):
             self._log_pop, self._log_pop_src = log_sampling_prob(counts), pop
         return self._log_pop
 
-    def batch_logits(self, batch: dict[str, torch.Tensor]) -> InBatch:
-        """Each sub-network's debiased in-batch logits over the N target positions of the batch:
-        ``{m: [N, K]}`` with K = N (``candidates=positions``: column j is position j's target, row n's
-        label is column n; ``first_item_candidates`` appends one column per row's first input item)
-        or the K distinct candidate items (``candidates=items``, with their multiplicities; see
-        ``InBatch``)."""
+    def _in_batch(self, batch: dict[str, torch.Tensor]) -> _Columns:
+        """What every sub-network's in-batch logits share (see ``_Columns``): the target positions'
+        states, the candidate columns, their -log p bias, the labels, the multiplicities and the mask."""
         items, targets, lengths = batch["items"], batch["targets"], batch["lengths"]
         b, l = items.shape
         uniq, tables = self._batch_tables(torch.cat([items, targets], dim=1))
@@ -464,18 +481,20 @@ class ODMT(SequentialRecommender):
         # the candidate slots: the N targets, then (first_item_candidates) each row's first input item
         extra = items[:, 0][items[:, 0] > 0] if self.cfg.first_item_candidates else tgt[:0]
         slots = torch.cat([tgt, extra])
+        n = len(tgt)
+        arange_n = torch.arange(n, device=items.device)
         if by_item:
             cand, inverse = torch.unique(slots, return_inverse=True)
-            label = inverse[: len(tgt)]
+            label = inverse[:n]
             cloc = torch.searchsorted(uniq, cand)
             if len(extra):  # a column stands for its slots among targets and first items
-                log_mult = torch.bincount(inverse, minlength=len(cand)).float().log()[None, :].repeat(len(tgt), 1)
-                log_mult[torch.arange(len(tgt), device=items.device), label] = 0.0
+                log_mult = torch.bincount(inverse, minlength=len(cand)).float().log()[None, :].repeat(n, 1)
+                log_mult[arange_n, label] = 0.0
             else:
                 log_mult = in_batch_multiplicity(label, len(cand))
         else:
-            cand, cloc, label, log_mult = slots, torch.searchsorted(uniq, slots), torch.arange(len(tgt), device=items.device), None
-        exclude = torch.zeros(len(tgt), len(cand), dtype=torch.bool, device=items.device)
+            cand, cloc, label, log_mult = slots, torch.searchsorted(uniq, slots), arange_n, None
+        exclude = torch.zeros(n, len(cand), dtype=torch.bool, device=items.device)
         if len(extra) and not by_item:  # a first item that is row n's label item is not a negative of row n
             exclude = cand[None, :] == tgt[:, None]
         if self.cfg.in_batch_mask == "window":
@@ -497,14 +516,25 @@ class ODMT(SequentialRecommender):
             else:  # in-batch target counts
                 counts = torch.bincount(tloc, minlength=len(uniq)).float()
                 log_pop = torch.where(counts > 0, (counts / max(len(tloc), 1)).log(), torch.zeros_like(counts))
-        logits = {}
-        for m in self.subnets:
-            h = self.encoders[m](tables[m][loc_items], lengths)[pos]
-            if by_item or len(extra):
-                logits[m] = candidate_logpop_logits(h, cloc, label, tables[m], log_pop, exclude)
-            else:
-                logits[m] = in_batch_logpop_logits(h, tloc, tables[m], log_pop, exclude)
-        return InBatch(logits, tgt, label, log_mult)
+        if by_item or len(extra):  # candidate_logpop_logits: the excluded columns, never the label's
+            mask = exclude.clone()
+            mask[arange_n, label] = False
+        else:  # in_batch_logpop_logits: other positions with the label's item, and the excluded pairs
+            mask = same_target_mask(tloc) | (exclude & ~torch.eye(n, dtype=torch.bool, device=items.device))
+        h = {m: self.encoders[m](tables[m][loc_items], lengths)[pos] for m in self.subnets}
+        return _Columns(h, {m: t[cloc] for m, t in tables.items()}, -log_pop[cloc].float(), tgt, label, log_mult, mask)
+
+    def batch_logits(self, batch: dict[str, torch.Tensor]) -> InBatch:
+        """Each sub-network's debiased in-batch logits over the N target positions of the batch:
+        ``{m: [N, K]}`` with K = N (``candidates=positions``: column j is position j's target, row n's
+        label is column n; ``first_item_candidates`` appends one column per row's first input item)
+        or the K distinct candidate items (``candidates=items``, with their multiplicities; see
+        ``InBatch``). Masked columns are -inf. (Training computes its loss from the same columns in
+        fewer passes: ``loss``.)"""
+        c = self._in_batch(batch)
+        logits = {m: ((c.h[m] @ c.emb[m].T).float() + c.bias[None, :]).masked_fill(c.mask, float("-inf"))
+                  for m in self.subnets}
+        return InBatch(logits, c.targets, c.label, c.log_mult)
 
     def distillation_terms(self, logits: dict[str, torch.Tensor],
                            log_multiplicity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -518,19 +548,57 @@ class ODMT(SequentialRecommender):
         return out
 
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
-        logits, tgt, label, log_mult = self.batch_logits(batch)
-        n = len(tgt)
+        """``sum_m CE_m + w(epoch) * (kd_id_text + kd_id_image + kd_ens_id)``: the values of
+        ``batch_logits`` with ``F.cross_entropy`` and ``distillation_terms`` (tests compare losses and
+        gradients), computed in fewer passes over the [N, K] logits, which are most of a step: the
+        bias (-log p, log m and the mask) is built once for all sub-networks and enters each through
+        ``addmm``; masked columns hold a finite ``_MASKED`` instead of -inf (their softmax weight is
+        exactly 0 all the same, and 0 x ``_MASKED`` needs no isfinite pass); the distillation reads
+        the sub-networks' tempered log-softmaxes once each, its teachers' distributions as their exp."""
+        c = self._in_batch(batch)
+        n = len(c.targets)
         if n == 0:
             self._loss_parts = {}
             return self.id_emb.weight.sum() * 0.0
-        # the per-position layout's cross-entropy: column k counts log m times in the denominator
-        parts = {f"ce_{m}": F.cross_entropy(z if log_mult is None else z + log_mult, label) for m, z in logits.items()}
+        cfg = self.cfg
+        bias = c.bias[None, :].expand(n, -1)
+        if c.log_mult is not None:
+            bias = bias + c.log_mult  # the per-position layout's cross-entropy: column k counts m times
+        bias = bias.masked_fill(c.mask, _MASKED)
+        a = {m: torch.addmm(bias, c.h[m].float(), c.emb[m].float().T) for m in self.subnets}  # z + log m
+        rows = torch.arange(n, device=c.label.device)
+        parts = {f"ce_{m}": -torch.log_softmax(z, dim=-1)[rows, c.label].mean() for m, z in a.items()}
         total = sum(parts.values())
-        if self.cfg.distill:
+        if cfg.distill:
             w = self.current_distill_weight()
-            kd = self.distillation_terms(logits, log_mult)
+            kd = self._distillation_from_shifted(a, c.log_mult)
             total = total + w * sum(kd.values())
             parts.update(kd)
             parts["distill_weight"] = torch.tensor(w)
         self._loss_parts = {k: float(v.detach()) for k, v in parts.items()}
         return total
+
+    def _distillation_from_shifted(self, a: dict[str, torch.Tensor],
+                                   log_mult: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``distillation_terms`` from ``a_m = z_m + log m`` (masked columns ``_MASKED``): ``soft_ce``
+        reads ``z / T + log m = a / T + (1 - 1/T) log m`` for student and teacher; the ensemble
+        teacher ``mean_m(z_m) / T + log m`` is the mean of those; each term is
+        ``T^2 mean_i sum_j q_ij (log m_ij - log p_ij)`` with q the teacher's softmax."""
+        cfg = self.cfg
+        t = cfg.temperature
+        if log_mult is None:
+            s = {m: z / t for m, z in a.items()}
+        else:
+            shift = log_mult * (1.0 - 1.0 / t)
+            s = {m: torch.add(shift, z, alpha=1.0 / t) for m, z in a.items()}
+        logp = {m: torch.log_softmax(v, dim=-1) for m, v in s.items()}
+
+        def term(student: str, teacher_logp: torch.Tensor) -> torch.Tensor:
+            q = (teacher_logp.detach() if cfg.detach_teacher else teacher_logp).exp()
+            gap = -logp[student] if log_mult is None else log_mult - logp[student]
+            return (q * gap).sum(-1).mean() * t ** 2
+
+        out = {f"kd_id_{m}": term(m, logp["id"]) for m in self.used_modalities}
+        ens = torch.stack([s[m] for m in self.subnets]).mean(0)
+        out["kd_ens_id"] = term("id", torch.log_softmax(ens, dim=-1))
+        return out

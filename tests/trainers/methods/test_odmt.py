@@ -219,6 +219,56 @@ def test_distinct_item_candidates_give_the_per_position_loss_and_gradients(cfg):
     assert log_mult[1, label[1]].item() == 0.0 and log_mult[0, label[1]].item() == pytest.approx(math.log(4))
 
 
+def _reference_loss(m, batch):
+    """ODMT's objective composed from its documented parts: ``batch_logits`` (masked columns -inf),
+    ``F.cross_entropy`` with the multiplicities and ``distillation_terms`` (``soft_ce``)."""
+    import torch.nn.functional as F
+
+    z, t, label, log_mult = m.batch_logits(batch)
+    parts = {f"ce_{k}": F.cross_entropy(v if log_mult is None else v + log_mult, label) for k, v in z.items()}
+    total = sum(parts.values())
+    if m.cfg.distill:
+        kd = m.distillation_terms(z, log_mult)
+        total = total + m.current_distill_weight() * sum(kd.values())
+        parts.update(kd)
+    return total, parts
+
+
+@pytest.mark.parametrize("cfg", [
+    {"candidates": "items"},
+    {"candidates": "positions"},
+    {"candidates": "items", "first_item_candidates": True, "in_batch_mask": "window", "detach_teacher": False},
+    {"candidates": "positions", "first_item_candidates": True, "detach_teacher": False, "temperature": 2.0},
+    {"candidates": "positions", "in_batch_mask": "window", "debias": False},
+    {"candidates": "items", "distill": False},
+])
+def test_training_loss_equals_the_composed_objective_with_its_gradients(cfg):
+    """``loss`` (one bias for all sub-networks, finite masked columns, each log-softmax once) gives
+    the objective composed from ``batch_logits``, cross-entropy and ``distillation_terms``: the total,
+    every part and every parameter's gradient."""
+    got = {}
+    for way in ("loss", "reference"):
+        m = _model(seed=5, rampup=0.5, **{"temperature": 0.3, **cfg}).train()
+        m.item_popularity = torch.tensor([0, 1, 4, 2, 1, 1, 1, 3, 5, 1, 1, 1, 1])
+        torch.manual_seed(1)
+        if way == "loss":
+            total = m.loss(_dup_batch(), _Train())
+            parts = dict(m.loss_parts)
+        else:
+            total, parts = _reference_loss(m, _dup_batch())
+            parts = {k: float(v) for k, v in parts.items()}
+        total.backward()
+        got[way] = (float(total.detach()), parts, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    (l_fast, p_fast, g_fast), (l_ref, p_ref, g_ref) = got["loss"], got["reference"]
+    assert l_fast == pytest.approx(l_ref, rel=1e-6)
+    assert {k for k in p_fast if k != "distill_weight"} == set(p_ref)
+    for k in p_ref:
+        assert p_fast[k] == pytest.approx(p_ref[k], rel=1e-6, abs=1e-7), k
+    assert g_fast.keys() == g_ref.keys() and len(g_ref) > 10
+    for k in g_ref:
+        assert torch.allclose(g_fast[k], g_ref[k], atol=1e-6, rtol=1e-5), k
+
+
 # --- distillation ---------------------------------------------------------------------------------
 
 def _soft_ce_by_hand(student, teacher, T):
