@@ -51,6 +51,7 @@ Prints a Markdown table per shape and writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -208,6 +209,22 @@ def train_step(case: Case, batch: dict[str, Any], mean_targets: float) -> None:
     float(loss.detach())
 
 
+@contextlib.contextmanager
+def native_stderr_hidden():
+    """The profiler's C++ side (kineto) writes ``USDT ... profiler_start`` / ``STAGE`` lines straight
+    to file descriptor 2 at every start and stop, which no log level turns off: point descriptor 2
+    at /dev/null meanwhile (a Python exception is still raised, and printed, after it is restored)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_step_mib(fn, device: str = "cpu") -> float:
     """The peak of torch's allocations while ``fn()`` runs, above those live when it starts (MiB):
     on the CPU from the profiler's memory events (allocations and frees in time order), on a GPU
@@ -223,7 +240,7 @@ def peak_step_mib(fn, device: str = "cpu") -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_stderr_hidden(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type().name == "CPU")

@@ -230,8 +230,9 @@ def train(
             raise ConfigError("--resume needs --run-dir: the folder of the run to continue")
         name = run.name or f"{Path(run.dataset).name}-{run.method}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(run.out) / name
-    typer.echo(f"run folder: {run_dir}")
     trainer = Trainer(run, run_dir, log=(lambda m: None) if quiet else print, progress_bar=False if quiet else None)
+    if trainer.accel.is_main_process:  # under `accelerate launch`, one line, not one per process
+        typer.echo(f"run folder: {run_dir}")
     try:
         results = trainer.fit(resume=resume)
     except Preempted as p:

@@ -767,6 +767,7 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
         for line in p.stdout:
             with lock:
                 log(f"[{i}] {line.rstrip()}")
+                sys.stdout.flush()  # a parent writing to a file shows its workers' lines as they come
 
     readers = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
     for t in readers:

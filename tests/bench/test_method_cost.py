@@ -2,6 +2,7 @@
 the peak-memory reading against allocations of known size; a second code tree side by side."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -35,9 +36,10 @@ def test_quick_table_has_every_method_with_positive_ratios(capsys):
         assert res["methods"]["sasrec"]["ratio"]["step_s[1t]"] == 1.0
 
 
-def test_peak_step_memory_counts_the_live_peak_of_a_step():
+def test_peak_step_memory_counts_the_live_peak_of_a_step(capfd):
     """4 MiB, then 2 MiB more (6 live), the 4 freed, 1 more (3 live): the peak is 6 MiB; a block
-    allocated before the reading does not count."""
+    allocated before the reading does not count; the profiler's native start / stop lines are not
+    printed, and descriptor 2 works again after the reading."""
     mod = _module()
     before = torch.empty(1 << 22)  # 16 MiB, live before
 
@@ -50,6 +52,9 @@ def test_peak_step_memory_counts_the_live_peak_of_a_step():
 
     assert mod.peak_step_mib(step) == pytest.approx(6.0, abs=0.01)
     assert before.numel()
+    os.write(2, b"after the reading\n")
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "USDT" not in err and "after the reading" in err
 
 
 def test_method_settings_in_a_row_name():

@@ -129,6 +129,9 @@ def test_processes_quick_mode_extracts_byte_identical_shards_and_trains_on_both_
     # two processes: half the optimizer steps an epoch (each takes every other batch)
     one, two = tr["runs"]["1"], tr["runs"]["2"]
     assert two["steps_per_epoch"] == one["steps_per_epoch"] // 2
+    for procs in (1, 2):  # `mmrec train` names its run folder once, not once per process
+        log = (tmp_path / "work" / f"train-{procs}-s0.log").read_text()
+        assert log.count("run folder:") == 1, log[-2000:]
     assert tr["ndcg10_within_noise"]["judged"] is None  # one seed: not judged
     out = capsys.readouterr().out
     assert "shard files byte-identical (sha256 of each of the 8 shards, 1 process vs 2): yes" in out
