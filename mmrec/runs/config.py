@@ -83,8 +83,9 @@ class TrainConfig:
     patience: int = 10
     valid_metric: str = "ndcg@10"
     # "metric": keep the epoch with the best valid_metric; "any" (S3-Rec's EarlyStopping): a new
-    # checkpoint whenever any validation metric beats the last kept epoch's value of it
-    early_stop: Literal["metric", "any"] = "metric"
+    # checkpoint whenever any validation metric beats the last kept epoch's value of it; "any_best"
+    # (KDSR's main.py): whenever any validation metric beats its own best over all earlier epochs
+    early_stop: Literal["metric", "any", "any_best"] = "metric"
     # "valid": the checkpoint kept is the best on the validation part; "test_leak": on the *test*
     # part (as some released code does: a leak, reported as such in results.json; only in ``code``
     # presets). The test part is then evaluated every epoch. "last": the last evaluated epoch is kept

@@ -38,7 +38,9 @@ from mmrec.runs.config import (
     EXTENDABLE_ON_RESUME,
     RESOURCE_SETTINGS,
     flatten,
+    get_method,
     setting_in,
+    upgrade_saved_config,
 )
 from mmrec.runs.folder import RunFolder
 
@@ -54,7 +56,12 @@ class Run:
         """What makes two runs seeds of one row: the saved settings but the seed and resource ones."""
         if not self.config:
             return f"folder:{self.path.name}"
-        flat = flatten(self.config, ".")
+        cfg = self.config
+        try:  # a run saved before a setting existed has the behaviour it had (its default, mostly)
+            cfg = upgrade_saved_config(cfg, get_method(cfg.get("method", "sasrec")).Config)
+        except ConfigError:  # a method this version does not know: its settings as saved
+            pass
+        flat = flatten(cfg, ".")
         return json.dumps({k: v for k, v in sorted(flat.items()) if not setting_in(k, _NOT_SETTINGS)}, default=str)
 
 

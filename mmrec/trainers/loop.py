@@ -65,10 +65,17 @@ def improved(valid: dict[str, Any], state: dict[str, Any], metric: str, rule: st
     """Whether this validation beats the kept checkpoint. ``metric``: ``valid[metric]`` above the
     best so far. ``any`` (S3-Rec): any metric of ``valid`` above its value at the last kept epoch
     (``state["kept_scores"]``, updated here when it returns True), so a later epoch can be kept with
-    a lower ``metric`` than an earlier one."""
+    a lower ``metric`` than an earlier one. ``any_best`` (KDSR's code): any metric above its own best
+    over every epoch so far (``state["metric_bests"]``, each updated here on its own)."""
     if rule == "metric":
         return valid[metric] > state["best_value"]
     scores = {k: float(v) for k, v in valid.items() if "@" in k}
+    if rule == "any_best":
+        bests = state.setdefault("metric_bests", {})
+        better = [k for k in scores if scores[k] > bests.get(k, float("-inf"))]
+        for k in better:
+            bests[k] = scores[k]
+        return bool(better)
     kept = state.get("kept_scores")
     if kept is None or any(scores[k] > kept.get(k, float("-inf")) for k in scores):
         state["kept_scores"] = scores

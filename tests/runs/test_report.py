@@ -96,3 +96,22 @@ def test_seeds_and_epoch_caps_do_not_split_a_row_but_settings_do(tmp_path):
 
     groups = group_runs([run("sasrec-s0"), run("sasrec-s1", seed=1, epochs=400, patience=20), run("lr-s0", lr=0.1)])
     assert [(g.label, len(g.runs)) for g in groups] == [("sasrec", 2), ("lr", 1)]
+
+
+def test_a_run_saved_before_a_setting_existed_is_a_seed_of_the_same_row(tmp_path):
+    """A config.json written before ``train.sampled_negatives`` (and its siblings) existed is read
+    with their defaults, as a resume reads it: the two seeds are one row; a real difference still
+    splits (the same setting at another value)."""
+    from mmrec.runs.report import Run, group_runs
+
+    def run(name, seed, drop=(), **train):
+        cfg = {"dataset": "data/x", "method": "sasrec",
+               "train": {"seed": seed, "sampled_negatives": 256, "gbce_t": 0.75, **train}}
+        for k in drop:
+            del cfg["train"][k]
+        return Run(tmp_path / name, {}, cfg, [])
+
+    old = run("kdsr-s0", 0, drop=("sampled_negatives", "gbce_t"))
+    groups = group_runs([old, run("kdsr-s1", 1), run("kdsr-s2", 2, sampled_negatives=64)])
+    assert [(g.label, len(g.runs)) for g in groups] == [("kdsr", 2), ("kdsr (2)", 1)]
+    assert [r.path.name for r in groups[0].runs] == ["kdsr-s0", "kdsr-s1"]

@@ -231,14 +231,29 @@ def test_early_stop_any_keeps_an_epoch_when_any_metric_beats_the_kept_one():
         {"n_cases": 9, "hr@10": 0.31, "ndcg@10": 0.19},  # ndcg 0.19 beats epoch 2 kept 0.18: kept
         {"n_cases": 9, "hr@10": 0.31, "ndcg@10": 0.185},  # below epoch 3 on both: not kept
     ]
-    kept = {"any": [], "metric": []}
+    kept = {"any": [], "metric": [], "any_best": []}
     for rule in kept:
         state = {"best_value": -1.0}
         for e, v in enumerate(epochs, start=1):
             if improved(v, state, "ndcg@10", rule):
                 kept[rule].append(e)
                 state["best_value"] = v["ndcg@10"]
-    assert kept == {"any": [1, 2, 3], "metric": [1]}
+    # KDSR's rule: epoch 3's ndcg 0.19 is below the best ndcg (0.20, epoch 1) and its hr below epoch 2's
+    assert kept == {"any": [1, 2, 3], "metric": [1], "any_best": [1, 2]}
+    assert state["metric_bests"] == {"hr@10": 0.32, "ndcg@10": 0.20}
+
+
+def test_early_stop_any_best_counts_each_metric_against_its_own_best():
+    """KDSR's main.py: each metric keeps its own best; an epoch counts when one of them is beaten,
+    even if the others fell; the bests move independently (a metric beaten later by itself counts)."""
+    from mmrec.trainers.loop import improved
+
+    state = {"best_value": -1.0}
+    seq = [({"hr@5": 0.10, "ndcg@5": 0.05}, True), ({"hr@5": 0.09, "ndcg@5": 0.06}, True),
+           ({"hr@5": 0.095, "ndcg@5": 0.055}, False),  # both below their bests (0.10, 0.06)
+           ({"hr@5": 0.11, "ndcg@5": 0.01}, True)]
+    assert [improved(v, state, "ndcg@5", "any_best") for v, _ in seq] == [want for _, want in seq]
+    assert state["metric_bests"] == {"hr@5": 0.11, "ndcg@5": 0.06}
 
 
 def test_trackers_are_checked_and_off_by_default(ds, tmp_path, monkeypatch):

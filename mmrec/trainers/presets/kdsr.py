@@ -79,7 +79,8 @@ _CODE: dict[str, S] = {
     "train.bucket_batches": S(False, f"{_C} main.py:65 (DataLoader(shuffle=True))"),
     "train.loss_weighting": S("batch", f"{_M}:421 (the mean CE of each batch)"),
     "train.valid_metric": S("ndcg@20", None),  # the code keeps each metric's own best epoch; one is needed here
-    "train.early_stop": S("any", f"{_C} main.py:84-97 (an epoch counts as better when any metric beats its best)"),
+    "train.early_stop": S("any_best", f"{_C} main.py:84-97 (an epoch counts as better when any metric beats its own "
+                                      "best so far; each best is updated on its own)"),
     "train.patience": S(7, f"{_Y}:55 (patience: 6) with main.py:103 (bad_counter counts from the second epoch "
                            "without improvement: stops after 7)"),
     "train.select_on": S("test_leak", f"{_C} main.py:75-98 (no validation; each metric's best over epochs on the test set)"),
