@@ -565,7 +565,10 @@ class ODMT(SequentialRecommender):
         if c.log_mult is not None:
             bias = bias + c.log_mult  # the per-position layout's cross-entropy: column k counts m times
         bias = bias.masked_fill(c.mask, _MASKED)
-        a = {m: torch.addmm(bias, c.h[m].float(), c.emb[m].float().T) for m in self.subnets}  # z + log m
+        if torch.is_autocast_enabled(bias.device.type):  # the product in low precision, the bias added in fp32
+            a = {m: (c.h[m] @ c.emb[m].T).float() + bias for m in self.subnets}  # z + log m
+        else:
+            a = {m: torch.addmm(bias, c.h[m].float(), c.emb[m].float().T) for m in self.subnets}
         rows = torch.arange(n, device=c.label.device)
         parts = {f"ce_{m}": -torch.log_softmax(z, dim=-1)[rows, c.label].mean() for m, z in a.items()}
         total = sum(parts.values())

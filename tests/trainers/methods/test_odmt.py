@@ -269,6 +269,17 @@ def test_training_loss_equals_the_composed_objective_with_its_gradients(cfg):
         assert torch.allclose(g_fast[k], g_ref[k], atol=1e-6, rtol=1e-5), k
 
 
+def test_training_loss_under_bf16_autocast_stays_near_the_float32_one():
+    """Under autocast the in-batch product runs in bf16 and the bias (-log p, log m, the mask) is added
+    in float32 after it: the loss stays finite and near the float32 loss, masked columns still masked."""
+    m = _model(seed=5, rampup=0.5, temperature=0.3).train()
+    m.item_popularity = torch.tensor([0, 1, 4, 2, 1, 1, 1, 3, 5, 1, 1, 1, 1])
+    full = float(m.loss(_dup_batch(), _Train()).detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = float(m.loss(_dup_batch(), _Train()).detach())
+    assert math.isfinite(low) and low == pytest.approx(full, rel=0.05)
+
+
 # --- distillation ---------------------------------------------------------------------------------
 
 def _soft_ce_by_hand(student, teacher, T):
