@@ -538,17 +538,16 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     """Train what has not finished (unless ``only_finished``), then the table and the report.
 
     ``threads``: ``train.threads`` for runs whose file does not set it. ``worker`` (i, n): worker i
-    of n processes sharing the file (``--jobs``): it starts at the i-th n-th of the (dataset, row)
-    list, so the workers begin apart. ``wait``: while runs are left to other processes, look again
+    of n processes sharing the file (``--jobs``); every worker goes down the (dataset, row, seed) list
+    in the file's order and takes the first run no other process holds (its lock), so the first rows'
+    seeds finish first (a worker that started half-way down the list once trained an ablation while
+    the main row's last seed waited). ``wait``: while runs are left to other processes, look again
     every ``poll_s`` seconds (a search's seeds start once its trials end) until all have finished.
     ``summary``: print the table and write the report (a worker leaves them to its parent)."""
     exp, root = load_experiment(path)
     if threads:
         exp.settings = {"train.threads": threads, **exp.settings}
     units = [(ds, row) for ds in exp.datasets for row in exp.rows if ds in row_datasets(exp, row)]
-    if worker is not None:
-        cut = worker[0] * len(units) // worker[1]
-        units = units[cut:] + units[:cut]
     runner = _Runner(exp, root, only_finished=only_finished, log=log)
     while True:
         runner.pending = runner.trained = 0

@@ -99,8 +99,8 @@ rows: {odmt: {method: odmt}, sasrec: {method: sasrec}}
 
 
 def test_two_workers_share_one_experiment_and_the_parent_prints_the_whole_table(exp_file, tmp_path):
-    """``--jobs 2``: two processes run the file (the second starts half-way down its row list), each
-    takes runs the other does not hold, and the parent prints the table of every run."""
+    """``--jobs 2``: two processes run the file, each takes runs the other does not hold, and the
+    parent prints the table of every run."""
     exp_file.write_text(exp_file.read_text().replace("train.epochs: 2", "train.epochs: 4"))
     r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--jobs", "2"])
     assert r.exit_code == 0, r.output
@@ -110,6 +110,15 @@ def test_two_workers_share_one_experiment_and_the_parent_prints_the_whole_table(
     assert (tmp_path / "runs" / "ring" / "report.html").exists() and "not finished" not in r.output
     cfg = json.loads((tmp_path / "runs" / "ring" / "sasrec-s0" / "config.json").read_text())
     assert cfg["train"]["threads"] == 1  # the file's own train.threads wins over cores / N
+
+
+def test_every_worker_takes_the_runs_in_the_files_order(exp_file):
+    """A worker (here the second of two, alone) goes down the rows in the file's order, so the first
+    row's seeds finish before the next row's runs (workers once started half-way down the list)."""
+    said = []
+    run_experiment(exp_file, worker=(1, 2), log=said.append, summary=False, report=False)
+    trained = [line.split(":")[0] for line in said if "s, best epoch" in line]
+    assert trained == ["ring/pop seed 0", "ring/pop seed 1", "ring/sasrec seed 0", "ring/sasrec seed 1"], said
 
 
 def test_workers_get_the_cores_divided_unless_the_file_sets_threads(exp_file, monkeypatch):
