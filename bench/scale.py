@@ -53,6 +53,11 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
 
     torch.set_num_threads(1)
     dev = torch.device(device)
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:  # progress on stderr, which the parent passes through
+        print(f"[{n_items}:{n_events}, {time.perf_counter() - t0:.0f}s] {msg}", file=sys.stderr, flush=True)
+
     rng = np.random.default_rng(seed)
     n_users = max(1000, n_events // 50)
     out: dict = {"items": n_items, "events": n_events, "users": n_users}
@@ -66,8 +71,10 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
         "timestamp": pa.array(ts.astype(np.float64))}))
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
+        say(f"{n_events:,} synthetic events of {n_users:,} users; preparing (5-core)")
         folder = prepare(raw, Path(tmp) / "ds", PrepareConfig(min_user_interactions=5, min_item_interactions=5))
         out["prepare_s"] = round(time.perf_counter() - t, 2)
+        say(f"prepared in {out['prepare_s']} s")
         data = PreparedDataset(folder)
         out["items_kept"], out["events_kept"] = data.n_items, int(data.offsets[-1])
         samples = TrainSamples(data, max_len=50)
@@ -93,6 +100,7 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
                 opt.step()
             sync()
             out[f"{name}_step_s"] = round((time.perf_counter() - t) / max(len(batches), 1), 4)
+            say(f"{name}: {out[f'{name}_step_s']} s a step ({len(batches)} steps)")
             if name == "sasrec":
                 ev = Evaluator(data, from_dict(EvalConfig, {"item_chunk": 65536}), 50, dev)
                 cases = data.eval_cases("test")
@@ -108,7 +116,8 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
 
             train = {"epochs": 1, "threads": 1, "device": device, "loss": tc.loss, "sampled_negatives": sampled_negatives}
             trainer = Trainer(from_dict(RunConfig, {"dataset": str(folder), "method": "sasrec", "train": train}),
-                              Path(tmp) / "run", log=lambda s: None, progress_bar=False)
+                              Path(tmp) / "run", log=say, progress_bar=False)
+            say("one training epoch of SASRec")
             t, c = time.perf_counter(), time.process_time()
             mean_loss, n_steps, _ = trainer._epoch(1)
             sync()
@@ -143,9 +152,9 @@ def main() -> None:
         t = time.perf_counter()
         p = subprocess.run([sys.executable, __file__, "--one", size, "--steps", str(args.steps), "--device", args.device,
                             "--loss", args.loss, "--sampled-negatives", str(args.sampled_negatives)]
-                           + (["--epoch"] if args.epoch else []), capture_output=True, text=True)
-        if p.returncode != 0:
-            rows.append({"size": size, "error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]})
+                           + (["--epoch"] if args.epoch else []), stdout=subprocess.PIPE, text=True)
+        if p.returncode != 0:  # its traceback went to stderr, above
+            rows.append({"size": size, "error": f"exit {p.returncode} (its messages are above)"})
         else:
             rows.append({"size": size, **json.loads(p.stdout.strip().splitlines()[-1])})
         rows[-1]["wall_s"] = round(time.perf_counter() - t, 1)
