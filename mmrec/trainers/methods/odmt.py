@@ -114,9 +114,10 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.items import present_modalities
 from mmrec.trainers.modules.losses import (
+    candidate_mask,
     in_batch_multiplicity,
+    in_batch_pair_mask,
     log_sampling_prob,
-    same_target_mask,
     soft_ce,
 )
 from mmrec.trainers.modules.sequence import (
@@ -516,11 +517,8 @@ class ODMT(SequentialRecommender):
             else:  # in-batch target counts
                 counts = torch.bincount(tloc, minlength=len(uniq)).float()
                 log_pop = torch.where(counts > 0, (counts / max(len(tloc), 1)).log(), torch.zeros_like(counts))
-        if by_item or len(extra):  # candidate_logpop_logits: the excluded columns, never the label's
-            mask = exclude.clone()
-            mask[arange_n, label] = False
-        else:  # in_batch_logpop_logits: other positions with the label's item, and the excluded pairs
-            mask = same_target_mask(tloc) | (exclude & ~torch.eye(n, dtype=torch.bool, device=items.device))
+        # the masks of candidate_logpop_logits / in_batch_logpop_logits
+        mask = candidate_mask(exclude, label) if by_item or len(extra) else in_batch_pair_mask(tloc, exclude)
         h = {m: self.encoders[m](tables[m][loc_items], lengths)[pos] for m in self.subnets}
         return _Columns(h, {m: t[cloc] for m, t in tables.items()}, -log_pop[cloc].float(), tgt, label, log_mult, mask)
 

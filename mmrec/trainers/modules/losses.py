@@ -148,10 +148,24 @@ def in_batch_logpop_logits(h: torch.Tensor, targets: torch.Tensor, item_emb: tor
     ``log_pop``: [n_items + 1] log sampling probabilities (``log_sampling_prob``).
     """
     logits = (h @ item_emb[targets].T).float() - log_pop[targets].float()[None, :]
+    return logits.masked_fill(in_batch_pair_mask(targets, exclude_pairs), float("-inf"))
+
+
+def in_batch_pair_mask(targets: torch.Tensor, exclude_pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, N]`` bool, the columns of ``in_batch_logpop_logits`` that are not negatives of a row:
+    other positions with the row's target item, and ``exclude_pairs`` off the diagonal."""
     mask = same_target_mask(targets)
     if exclude_pairs is not None:
         mask = mask | (exclude_pairs & ~torch.eye(len(targets), dtype=torch.bool, device=targets.device))
-    return logits.masked_fill(mask, float("-inf"))
+    return mask
+
+
+def candidate_mask(exclude: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """``[N, K]`` bool, the columns of ``candidate_logpop_logits`` that are not negatives of a row:
+    ``exclude``, except each row's ``label`` column."""
+    mask = exclude.clone()
+    mask[torch.arange(len(label), device=label.device), label] = False
+    return mask
 
 
 def ce_in_batch_logpop(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, log_pop: torch.Tensor,
@@ -177,9 +191,7 @@ def candidate_logpop_logits(h: torch.Tensor, candidates: torch.Tensor, label: to
     there, ``c exp(z) = exp(z + log c)``) at K <= N columns instead of N."""
     logits = (h @ item_emb[candidates].T).float() - log_pop[candidates].float()[None, :]
     if exclude is not None:
-        keep_label = torch.zeros_like(exclude)
-        keep_label[torch.arange(len(h), device=h.device), label] = True
-        logits = logits.masked_fill(exclude & ~keep_label, float("-inf"))
+        logits = logits.masked_fill(candidate_mask(exclude, label), float("-inf"))
     return logits
 
 
