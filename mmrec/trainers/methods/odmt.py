@@ -107,7 +107,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmrec.errors import ConfigError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_features, raw_from_sequences
+from conftest import loss_and_grads, random_features, raw_from_sequences
 from safetensors.torch import save_file
 
 from mmrec.config import from_dict
@@ -589,14 +589,8 @@ def test_one_item_table_per_step_keeps_the_loss_and_every_gradient(mode):
     m.train()
     b = _batch()
 
-    def loss_and_grads(fn):
-        m.zero_grad(set_to_none=True)
-        loss = fn()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-
-    new_loss, new = loss_and_grads(lambda: m.loss(b, _Train()))
-    old_loss, old = loss_and_grads(lambda: _per_use_target_loss(m, b))
+    new_loss, new = loss_and_grads(m, lambda: m.loss(b, _Train()))
+    old_loss, old = loss_and_grads(m, lambda: _per_use_target_loss(m, b))
     assert m._table is None  # nothing kept after the step
     assert new_loss.item() == pytest.approx(old_loss.item(), abs=1e-6)
     assert new.keys() == old.keys() and any(".experts." in n for n in new) and any("missing" in n for n in new)

@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from conftest import prepared_with_text, random_features
+from conftest import loss_and_grads, prepared_with_text, random_features
 
 from mmrec.config import from_dict
 from mmrec.errors import ConfigError
@@ -245,14 +245,8 @@ def test_one_item_table_per_step_keeps_the_loss_and_every_gradient():
         mask = b["targets"] > 0
         return F.cross_entropy(h[mask] @ m.items.table()[1:].T, b["targets"][mask] - 1)
 
-    def loss_and_grads(fn):
-        m.zero_grad(set_to_none=True)
-        loss = fn()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-
-    new_loss, new = loss_and_grads(lambda: m.loss(b, Train()))
-    old_loss, old = loss_and_grads(per_use)
+    new_loss, new = loss_and_grads(m, lambda: m.loss(b, Train()))
+    old_loss, old = loss_and_grads(m, per_use)
     assert abs(new_loss.item() - old_loss.item()) < 1e-6
     assert new.keys() == old.keys() and any(n.startswith("items.fusion") for n in new)
     for name in old:

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import prepared_with_text
+from conftest import loss_and_grads, prepared_with_text
 
 from mmrec.config import from_dict
 from mmrec.errors import ConfigError
@@ -249,14 +249,8 @@ def test_finetune_one_item_table_per_step_keeps_the_loss_and_every_gradient(mode
         e = F.normalize(m._items(None), dim=-1)
         return F.cross_entropy(h[mask] @ e[1:].T / m.cfg.temperature, b["targets"][mask] - 1)
 
-    def loss_and_grads(fn):
-        m.zero_grad(set_to_none=True)
-        loss = fn()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-
-    new_loss, new = loss_and_grads(lambda: m.loss(b, Train()))
-    old_loss, old = loss_and_grads(per_use)
+    new_loss, new = loss_and_grads(m, lambda: m.loss(b, Train()))
+    old_loss, old = loss_and_grads(m, per_use)
     assert new_loss.item() == pytest.approx(old_loss.item(), abs=1e-6)
     assert new.keys() == old.keys() and any(".experts." in n for n in new)
     for name in old:
