@@ -397,10 +397,13 @@ class _Runner:
         self.ensure_dataset(ds)
         t = time.perf_counter()
         try:
-            res = Trainer(run, folder, log=lambda m: None, progress_bar=False).fit(resume=True, on_epoch=on_epoch)
+            trainer = Trainer(run, folder, log=lambda m: None, progress_bar=False)
+            res = trainer.fit(resume=True, on_epoch=on_epoch, reuse_finished=True)
         except RunFolderBusy as busy:
             self.say_once(f"{label}: left to the other process ({busy.holder})")
             return None
+        if trainer.reused:  # the other process finished it between the look above and the lock
+            return res
         self.trained += 1
         self.log(f"{label}: {time.perf_counter() - t:.0f}s, best epoch {res['best_epoch']} of {res['epochs_run']}")
         return res

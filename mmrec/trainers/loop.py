@@ -299,16 +299,24 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def fit(self, resume: bool = False, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def fit(self, resume: bool = False, on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+            reuse_finished: bool = False) -> dict[str, Any]:
         """Train (or continue, ``resume``) to the end and evaluate; returns the results. SIGTERM or
         SIGUSR1 (or ``request_stop``) makes it write a checkpoint after the current step and raise
         ``Preempted``; ``fit(resume=True)`` then continues to the same results as an uninterrupted run.
         ``on_epoch(epoch, row)``: called after each epoch's checkpoint with its ``metrics.jsonl`` row
         (``row["valid"]`` on evaluated epochs), e.g. a hyper-parameter search's pruner; an exception
-        it raises ends training there (the run resumes from that checkpoint)."""
+        it raises ends training there (the run resumes from that checkpoint). ``reuse_finished``: if
+        the run finished in the folder before this process got its lock (another process trained it
+        meanwhile), return its saved results (``self.reused`` is then True) instead of evaluating again."""
         self._stop_reason = None
         self._on_epoch = on_epoch
+        self.reused = False
         with self._run_folder_lock(), self._stop_on_signals():
+            if reuse_finished and self.folder.is_finished():
+                check_saved_config(self.folder, resolved_config(self.run, self.model_cfg), type(self.model_cfg), "reuse")
+                self.reused = True
+                return self.folder.results()
             return self._fit(resume)
 
     @contextlib.contextmanager

@@ -134,6 +134,23 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(ds, tmp_path):
         fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def test_a_run_another_process_finished_meanwhile_is_reused_not_evaluated_again(ds, tmp_path):
+    """The race of two ``--jobs`` workers: one looks (not finished, no holder), the other finishes the
+    run before the first gets the lock. With ``reuse_finished`` the first returns the saved results
+    and writes nothing; without it, a resume evaluates the finished run again."""
+    late = Trainer(_run(ds, epochs=2), tmp_path / "a", log=lambda s: None)  # built before the other finished
+    first = Trainer(_run(ds, epochs=2), tmp_path / "a", log=lambda s: None).fit()
+    stamp = (tmp_path / "a" / "results.json").stat().st_mtime_ns
+    res = late.fit(resume=True, reuse_finished=True)
+    assert late.reused and res == first
+    assert (tmp_path / "a" / "results.json").stat().st_mtime_ns == stamp  # not written again
+    with pytest.raises(ConfigError, match="lr"):  # a finished run with other settings is not passed off as this one
+        Trainer(_run(ds, epochs=2, lr=0.5), tmp_path / "a", log=lambda s: None).fit(resume=True, reuse_finished=True)
+    again = Trainer(_run(ds, epochs=2), tmp_path / "a", log=lambda s: None)
+    again.fit(resume=True)
+    assert not again.reused
+
+
 def test_a_busy_folder_is_skipped_before_anything_is_loaded(ds, tmp_path, monkeypatch):
     """``train_or_reuse`` probes the folder's lock first: a folder another process trains is left
     to it without building a Trainer (data and model loading), and the log names the holder."""
