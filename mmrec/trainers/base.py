@@ -23,6 +23,10 @@ it can use, e.g. ``("text", "image")``) and ``required_modalities`` (those it ca
 ``losses`` (the values of ``train.loss`` it supports). A method with modalities receives
 ``features={modality: FeatureTable}`` (``mmrec.features.aligned``) in its constructor.
 
+A method whose items come from features can spare a sampled loss the whole table (a catalogue of a
+million items): ``loss_items`` returns ``ItemRows`` over its ``item_rows(ids)``, and the step's
+feature rows are computed only for ``step_item_ids(batch)`` (``FeatureItemEncoder.one_table(ids)``).
+
 Cold-start runs exclude held-out items from training: ``train_exclusion`` (a bool buffer over item
 ids, or None) marks them; ``train_logits`` applies it to full-softmax logits, and the sampled
 negatives never include them.
@@ -38,8 +42,32 @@ import torch
 from torch import nn
 
 from mmrec.errors import ConfigError
-from mmrec.trainers.modules.losses import NEXT_ITEM_LOSSES, next_item_loss
+from mmrec.trainers.modules.losses import NEXT_ITEM_LOSSES, loss_kind, next_item_loss
 from mmrec.trainers.modules.sequence import encode, gather_last
+
+
+class ItemRows:
+    """An item table read by rows: ``rows[ids]`` (ids of any shape) computes ``fn`` for the distinct ids
+    only, ``len(rows)`` is the table's row count (``n_items + 1``). What the sampled losses
+    (``bce``, ``gbce``, ``sampled_ce``) read where a full ``[n_items + 1, d]`` table would cost a pass
+    over the catalogue."""
+
+    def __init__(self, fn: Any, n_rows: int):
+        self.fn, self.n_rows = fn, n_rows
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:
+        u, inv = torch.unique(ids, return_inverse=True)
+        return self.fn(u)[inv]
+
+
+def step_item_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Every item id a training step of the shared loss reads (inputs, targets, per-position
+    negatives, the step's shared negatives), distinct, padding (0) included."""
+    parts = [batch[k].reshape(-1) for k in ("items", "targets", "negatives", "sampled_items") if k in batch]
+    return torch.unique(torch.cat([parts[0].new_zeros(1), *parts]))
 
 
 class SequentialRecommender(nn.Module):
@@ -52,6 +80,8 @@ class SequentialRecommender(nn.Module):
     # None: decided from ``modalities`` (a method with feature modalities builds its items from them)
     ranks_unseen_items: ClassVar[bool | None] = None
     losses: ClassVar[tuple[str, ...]] = NEXT_ITEM_LOSSES  # ce, bce, sampled_ce, gbce
+    # the attribute holding the ``FeatureItemEncoder`` that ``item_rows`` reads (None: no such rows)
+    row_encoder: ClassVar[str | None] = None
 
     def __init__(self, cfg: Any, n_items: int, max_len: int, features: dict[str, Any] | None = None):
         super().__init__()
@@ -185,14 +215,35 @@ class SequentialRecommender(nn.Module):
             return query @ emb[item_ids].T
         return torch.einsum("bd,bcd->bc", query, emb[item_ids])
 
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of ``item_embeddings()`` (``[*ids.shape, d]``); a method that can compute some
+        rows without the whole table overrides it (and ``loss_items``)."""
+        return self.item_embeddings()[ids]
+
+    def loss_items(self, train_cfg: Any) -> Any:
+        """The item table the shared loss reads: ``item_embeddings()``, or for the sampled losses of a
+        method with a ``row_encoder``, ``ItemRows`` over ``item_rows``."""
+        if self.row_encoder is not None and self.sampled_rows(train_cfg):
+            return ItemRows(self.item_rows, self.n_items + 1)
+        return self.item_embeddings()
+
+    def sampled_rows(self, train_cfg: Any) -> bool:
+        """Whether ``train.loss`` reads only some rows of the item table (bce, gbce, sampled_ce)."""
+        return loss_kind(train_cfg) != "ce"
+
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
-        h = self.sequence_states(batch["items"], batch["lengths"])
-        mask = batch["targets"] > 0
-        hs = h[mask]
-        emb = self.item_embeddings()
-        neg = batch.get("negatives")
-        return next_item_loss(hs, batch["targets"][mask], emb, train_cfg, batch, None if neg is None else neg[mask],
-                              exclude=self.train_exclusion if self.training else None)
+        """``next_item_loss`` at every target position. With a ``row_encoder`` and a sampled loss, the
+        step computes the feature rows of ``step_item_ids(batch)`` only, once, for inputs and candidates."""
+        rows = self.row_encoder is not None and self.sampled_rows(train_cfg)
+        with getattr(self, self.row_encoder).one_table(step_item_ids(batch)) if rows else contextlib.nullcontext():
+            h = self.sequence_states(batch["items"], batch["lengths"])
+            mask = batch["targets"] > 0
+            hs = h[mask]
+            emb = self.loss_items(train_cfg)
+            neg = batch.get("negatives")
+            return next_item_loss(hs, batch["targets"][mask], emb, train_cfg, batch,
+                                  None if neg is None else neg[mask],
+                                  exclude=self.train_exclusion if self.training else None)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

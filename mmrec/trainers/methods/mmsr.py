@@ -89,6 +89,7 @@ class MMSR(SequentialRecommender):
     uses_item_ids = False
     modalities = ("text", "image", "price")
     required_modalities = ()  # any of the modalities; with one, there is nothing to fuse
+    row_encoder = "items"
 
     def __init__(self, cfg: MMSRConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
@@ -120,8 +121,14 @@ class MMSR(SequentialRecommender):
     def item_embeddings(self) -> torch.Tensor:
         return self.items.table()
 
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.items.lookup(ids)
+
     def loss(self, batch: dict[str, torch.Tensor], train_cfg: Any) -> torch.Tensor:
         """The shared next-item loss with one item table per step (``FeatureItemEncoder.one_table``):
-        the input items read the rows of the candidates' table, computed once."""
+        the input items read the rows of the candidates' table, computed once (a sampled loss: the
+        rows of the step's items only, ``row_encoder``)."""
+        if self.sampled_rows(train_cfg):
+            return super().loss(batch, train_cfg)
         with self.items.one_table():
             return super().loss(batch, train_cfg)

@@ -31,6 +31,7 @@ class SASRecEF(SequentialRecommender):
     Config = SASRecEFConfig
     modalities = ("text", "image", "price")
     required_modalities = ()
+    row_encoder = "feat"
 
     def __init__(self, cfg: SASRecEFConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
@@ -47,3 +48,6 @@ class SASRecEF(SequentialRecommender):
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item.weight + self.feat.table()
+
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.item(ids) + self.feat.lookup(ids)

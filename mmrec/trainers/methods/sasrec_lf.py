@@ -31,6 +31,7 @@ class SASRecLF(SequentialRecommender):
     name = "sasrec_lf"
     Config = SASRecLFConfig
     modalities = ("text", "image", "price")
+    row_encoder = "feat"
 
     def __init__(self, cfg: SASRecLFConfig, n_items: int, max_len: int, features=None):
         super().__init__(cfg, n_items, max_len, features)
@@ -55,3 +56,6 @@ class SASRecLF(SequentialRecommender):
 
     def item_embeddings(self) -> torch.Tensor:
         return torch.cat([self.item.weight, self.feat.table()], dim=-1)
+
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.item(ids), self.feat.lookup(ids)], dim=-1)

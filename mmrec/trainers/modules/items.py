@@ -147,6 +147,7 @@ class FeatureItemEncoder(nn.Module):
         self._kept: torch.Tensor | None = None  # the table of one step (one_table) or one evaluation
         self._kept_versions: tuple[int, ...] = ()  # state_versions when it was computed
         self._one_table = False
+        self._step_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # one_table(ids): (rows, position of each id)
 
     def train(self, mode: bool = True) -> FeatureItemEncoder:
         self._kept = None  # a table kept for an evaluation is not reused after the mode changes
@@ -158,7 +159,7 @@ class FeatureItemEncoder(nn.Module):
         return self._one_table or (not self.training and not torch.is_grad_enabled())
 
     @contextlib.contextmanager
-    def one_table(self) -> Iterator[None]:
+    def one_table(self, ids: torch.Tensor | None = None) -> Iterator[None]:
         """Inside the block (a method's training step), ``table()`` is computed at its first call and
         kept, and ``lookup(ids)`` reads its rows: the catalogue is adapted and fused once per step,
         not once for the candidates and again for every position of the batch. Without dropout the
@@ -166,12 +167,28 @@ class FeatureItemEncoder(nn.Module):
         vector holds one draw of its dropout mask per step, shared by its occurrences in the step
         (inputs and candidate); each occurrence's draw has the distribution it had when drawn per use.
         Outside training, without autograd (evaluation), the table is kept the same way until the
-        mode changes or a parameter or feature table is written (``state_versions``)."""
-        self._one_table, self._kept = True, None
+        mode changes or a parameter or feature table is written (``state_versions``).
+
+        ``ids`` (any shape; every item id the step reads, e.g. ``step_item_ids``): only the rows of
+        those items are computed, once, and ``lookup`` reads them (a sampled loss reads a few thousand
+        rows of a catalogue of a million); ``table()`` is then refused, and so is a ``lookup`` of an id
+        outside ``ids``. Values, gradients and the one-draw-per-item dropout are those of the whole
+        table's rows. With as many distinct ids as items, the whole table is computed instead."""
+        self._one_table, self._kept, self._step_rows = True, None, None
         try:
+            if ids is not None:
+                n = self._n_rows()
+                u = torch.unique(ids.reshape(-1))
+                if u.numel() < n:
+                    pos = torch.full((n,), -1, dtype=torch.long, device=u.device)
+                    pos[u] = torch.arange(u.numel(), device=u.device)
+                    self._step_rows = (self._combine(u), pos)
             yield
         finally:
-            self._one_table, self._kept = False, None
+            self._one_table, self._kept, self._step_rows = False, None, None
+
+    def _n_rows(self) -> int:
+        return getattr(self, f"feat_{self.modalities[0]}").shape[0]
 
     def _adapt(self, s: str, x: torch.Tensor) -> torch.Tensor:
         if s in self.modality_norms:
@@ -215,10 +232,12 @@ class FeatureItemEncoder(nn.Module):
         return self.fusion.fuse_tokens(flat, keep).reshape(*lead, self.d)
 
     def _combine(self, ids: torch.Tensor | None) -> torch.Tensor:
-        if ids is None and self.tokens:  # the whole table, in chunks of items (token sequences are large)
-            n = getattr(self, f"feat_{self.modalities[0]}").shape[0]
-            out = torch.cat([self._fused(torch.arange(a, min(a + self.item_chunk, n), device=self.missing[
-                self.modalities[0]].device)) for a in range(0, n, self.item_chunk)])
+        if self.tokens and (ids is None or ids.numel() > self.item_chunk):  # in chunks (token sequences are large)
+            flat = (torch.arange(self._n_rows(), device=self.missing[self.modalities[0]].device) if ids is None
+                    else ids.reshape(-1))
+            out = torch.cat([self._fused(flat[a:a + self.item_chunk]) for a in range(0, flat.numel(), self.item_chunk)])
+            if ids is not None:
+                out = out.reshape(*ids.shape, self.d)
         else:
             out = self._fused(ids)
         pad = (ids == 0) if ids is not None else torch.arange(out.shape[0], device=out.device) == 0
@@ -227,6 +246,9 @@ class FeatureItemEncoder(nn.Module):
     def table(self) -> torch.Tensor:
         """``[n_items + 1, d]``; row 0 (padding) is zero. Computed once per ``one_table`` block or
         per evaluation (``_keeps_table``)."""
+        if self._step_rows is not None:
+            raise RuntimeError("FeatureItemEncoder.table() inside one_table(ids): the step computed the rows of "
+                               "its ids only; read them with lookup(ids), or enter one_table() without ids")
         if self._kept is not None and self._kept_versions == state_versions(self):
             return self._kept
         out = self._combine(None)
@@ -237,6 +259,13 @@ class FeatureItemEncoder(nn.Module):
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids`` of any shape -> ``[*ids.shape, d]``; padding (0) is zero. Rows of the kept table
         where there is one (``one_table``, evaluation), else computed for ``ids`` only."""
+        if self._step_rows is not None:
+            rows, pos = self._step_rows
+            at = pos[ids]
+            if bool((at < 0).any()):
+                raise RuntimeError(f"FeatureItemEncoder.lookup: item ids {ids[at < 0].unique()[:5].tolist()} are not "
+                                   "among the ids given to one_table(ids); pass every id the step reads")
+            return rows[at]
         if self._kept is None and not self._keeps_table():
             return self._combine(ids)
         return self.table()[ids]

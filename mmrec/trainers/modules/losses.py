@@ -392,5 +392,5 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tenso
             h = h / temperature
         if kind == "bce":
             return bce_sampled(h, targets, negatives, item_emb, reduction)
-        return gbce(h, targets, negatives, item_emb, train_cfg.gbce_t, reduction=reduction)
+        return gbce(h, targets, negatives, item_emb, train_cfg.gbce_t, n_items=len(item_emb) - 1, reduction=reduction)
     raise ConfigError(f"train.loss={kind!r} is not a next-item loss; use one of {', '.join(NEXT_ITEM_LOSSES)}")

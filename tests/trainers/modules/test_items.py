@@ -94,3 +94,52 @@ def test_one_table_computes_the_catalogue_once_and_lookups_read_its_rows():
     assert torch.allclose(t4, items._combine(ids), atol=1e-6)
     items.train()
     assert items._kept is None
+
+
+def test_one_table_of_ids_computes_only_those_rows():
+    """``one_table(ids)``: the rows of the step's ids only, once; lookups read them with the values
+    and gradients of the whole table's rows; the whole table and ids outside the set are refused;
+    with every id given it is the whole table again."""
+    f = _feats(9, {"text": 5, "image": 4}, missing=[2])
+    items = FeatureItemEncoder(f, ["text", "image"], 3, adaptor="linear", fusion="gated").train()
+    calls = []
+    combine = items._combine
+    items._combine = lambda ids: (calls.append(None if ids is None else ids.clone()), combine(ids))[1]
+    ids = torch.tensor([[3, 1, 3, 0], [2, 7, 5, 1]])
+    weights = torch.arange(1.0, 4.0)
+
+    def rows_loss(block, step_ids):
+        items.zero_grad(set_to_none=True)
+        with block(step_ids):
+            loss = (items.lookup(ids) * weights).pow(2).sum() + items.lookup(torch.tensor([5, 7])).sum()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in items.named_parameters() if p.grad is not None}
+
+    new_loss, new = rows_loss(items.one_table, torch.tensor([0, 1, 2, 3, 5, 7, 7]))
+    assert len(calls) == 1 and calls[0].tolist() == [0, 1, 2, 3, 5, 7]  # once, the distinct ids only
+    old_loss, old = rows_loss(lambda _: items.one_table(), None)
+    assert calls[1] is None  # the whole table
+    assert torch.allclose(new_loss, old_loss, atol=1e-6) and new.keys() == old.keys() and len(new) > 4
+    for name in old:
+        assert torch.allclose(new[name], old[name], atol=1e-6), name
+    with items.one_table(torch.tensor([0, 1, 3])):
+        with pytest.raises(RuntimeError, match=r"item ids \[4\] are not among the ids given to one_table"):
+            items.lookup(torch.tensor([1, 4]))
+        with pytest.raises(RuntimeError, match="table\\(\\) inside one_table\\(ids\\)"):
+            items.table()
+    calls.clear()
+    with items.one_table(torch.arange(10)):  # every row asked for: the whole table, as one_table()
+        assert items.table().shape == (10, 3)
+    assert calls == [None] and items._step_rows is None
+
+
+def test_token_rows_are_fused_in_chunks_of_items():
+    """With token features, ``_combine(ids)`` of more ids than ``item_chunk`` fuses them in chunks:
+    the same rows as in one piece."""
+    g = torch.Generator().manual_seed(0)
+    f = {s: FeatureTable(s, torch.randn(8, 3, 4, generator=g), torch.ones(8, dtype=torch.bool), {}) for s in ("text", "image")}
+    items = FeatureItemEncoder(f, ["text", "image"], 4, fusion="merged_attention", tokens=True, item_chunk=3).eval()
+    ids = torch.tensor([[1, 2, 7, 4], [0, 5, 5, 6]])
+    chunked = items._combine(ids)
+    items.item_chunk = 100
+    assert chunked.shape == (2, 4, 4) and torch.allclose(chunked, items._combine(ids), atol=1e-6)
