@@ -1,7 +1,8 @@
 """How cost grows with scale: synthetic catalogues and interaction logs, one subprocess per size.
 
 For each (items, interactions) size: prepare time (k-core, ordering, splitting, writing), training
-seconds per step (SASRec, and SASRec with a 384-d text feature fused in), full-ranking evaluation
+seconds per step (SASRec, and SASRec with a 384-d text feature fused in; wall and the process's CPU
+seconds, which a shared machine inflates less), full-ranking evaluation
 time over every item, and peak memory (max RSS of the subprocess, which holds everything). Users
 get Zipf-like item choices so k-core keeps most of the data. Each size runs in a fresh process so
 peak memory is its own; a size that fails (e.g. out of memory) is reported with the error and the
@@ -88,7 +89,7 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
             model = cls(from_dict(cls.Config, {}), data.n_items, 50, **kw).to(dev)
             opt = torch.optim.Adam(model.parameters(), 1e-3)
             batches = samples.epoch_batches(256, np.random.default_rng(0), True)[:steps]
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for idx in batches:
                 batch = {k: torch.as_tensor(v, device=dev) for k, v in samples.batch(idx, 0, rng).items()}
                 if shared is not None:  # the loop's per-step draw, as in training
@@ -100,7 +101,8 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
                 opt.step()
             sync()
             out[f"{name}_step_s"] = round((time.perf_counter() - t) / max(len(batches), 1), 4)
-            say(f"{name}: {out[f'{name}_step_s']} s a step ({len(batches)} steps)")
+            out[f"{name}_step_cpu_s"] = round((time.process_time() - c) / max(len(batches), 1), 4)
+            say(f"{name}: {out[f'{name}_step_s']} s a step, {out[f'{name}_step_cpu_s']} CPU s ({len(batches)} steps)")
             if name == "sasrec":
                 ev = Evaluator(data, from_dict(EvalConfig, {"item_chunk": 65536}), 50, dev)
                 cases = data.eval_cases("test")
@@ -160,8 +162,8 @@ def main() -> None:
         rows[-1]["wall_s"] = round(time.perf_counter() - t, 1)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
-    cols = ["items_kept", "events_kept", "prepare_s", "sasrec_step_s", "sasrec_ef_step_s",
-            "eval_s_per_1000_users", "peak_rss_mib"] + (["peak_gpu_mib"] if args.device == "cuda" else []) \
+    cols = ["items_kept", "events_kept", "prepare_s", "sasrec_step_s", "sasrec_ef_step_s", "sasrec_step_cpu_s",
+            "sasrec_ef_step_cpu_s", "eval_s_per_1000_users", "peak_rss_mib"] + (["peak_gpu_mib"] if args.device == "cuda" else []) \
         + (["epoch_steps", "epoch_s", "epoch_cpu_s"] if args.epoch else [])
     if args.loss != "ce":
         print(f"step times with train.loss={args.loss} (K = {args.sampled_negatives} shared negatives per step, uniform)")
