@@ -40,6 +40,8 @@ More a file can say:
   ``<out>/data/<hm>/<domain>``; a row runs on some datasets only with ``datasets: [..]``.
 - ``init_from: RUN_FOLDER`` on a row: start from a finished run (``model.init_from``, e.g. an ANT
   pre-training run; the row states the model settings that run had, as its checkpoint needs them).
+  ``{dataset}`` in it is the dataset's name: ``"runs/unisrec-pre-{dataset}"`` (quoted in YAML) gives each target its own
+  pre-training (UniSRec pre-trains on the datasets other than the target).
 - ``report: {domains: hm}``: tables per item domain of ``hm``'s test targets (the cases whose user had
   an earlier event of that domain), rows on its single-domain datasets mapped onto the same cases,
   and per-domain values a method logs at its best epoch (SyNCRec's negative-transfer gaps and weights).
@@ -253,7 +255,7 @@ def row_config(exp: Experiment, root: Path, ds: str, row: str, seed: int, params
                           "family (a method whose train/eval settings this row takes) or the row its own preset") from None
     flags = {"dataset": dataset_path(exp, root, ds), "method": spec.method, "store": _abs(root, _store(exp, ds)),
              "features": dict(spec.features)}
-    own = {"model.init_from": _abs(root, spec.init_from)} if spec.init_from else {}
+    own = {"model.init_from": _abs(root, spec.init_from.replace("{dataset}", ds))} if spec.init_from else {}
     sets = settings_overrides({**exp.settings, **spec.settings, **(params or {}), **own, "train.seed": seed})
     return build_run(flags, sets, base=base, label=label)
 

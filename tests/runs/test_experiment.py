@@ -310,6 +310,9 @@ rows: {relearn: {method: ant, init_from: runs/pre, settings: {model.adapt: relea
     exp, root = load_experiment(f)
     run = row_config(exp, root, "d", "relearn", 0)
     assert run.model["init_from"] == str(tmp_path / "runs" / "pre") and run.model["adapt"] == "relearn"
+    f.write_text(f.read_text().replace("init_from: runs/pre", "init_from: 'runs/pre-{dataset}'"))
+    exp, root = load_experiment(f)
+    assert row_config(exp, root, "d", "relearn", 0).model["init_from"] == str(tmp_path / "runs" / "pre-d")
     f.write_text(f.read_text().replace("{d: {path: ds}}", "{d: {path: ds}, e: {of: x, domain: a}}"))
     with pytest.raises(ConfigError, match="datasets.e.of: 'x' is not a prepared dataset of the file"):
         load_experiment(f)
