@@ -98,9 +98,10 @@ class SequentialRecommender(nn.Module):
 
     # --- hooks the shared loop calls (defaults do nothing special) ------------------------------
     @classmethod
-    def dataset_kwargs(cls, cfg: Any, data: Any) -> dict[str, Any]:
+    def dataset_kwargs(cls, cfg: Any, data: Any, store: str | None = None) -> dict[str, Any]:
         """More constructor arguments taken from the prepared dataset (``build_model`` passes them;
-        e.g. SyNCRec's item domains)."""
+        e.g. SyNCRec's item domains); ``store``: the run's feature store (``--store``), where entries
+        named in the model's settings are looked up."""
         return {}
 
     def can_rank_unseen(self) -> bool:

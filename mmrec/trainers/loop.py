@@ -91,7 +91,7 @@ def build_model(run: RunConfig, data: PreparedDataset):
     if run.train.loss not in cls.losses:
         raise ConfigError(f"method {run.method} does not support train.loss={run.train.loss}; use one of {cls.losses}")
     check_modalities(run.method, run.features, cls.modalities, cls.required_modalities, run.store)
-    extra = cls.dataset_kwargs(mcfg, data)  # e.g. SyNCRec's item domains
+    extra = cls.dataset_kwargs(mcfg, data, run.store)  # e.g. SyNCRec's item domains
     if not cls.modalities:
         return cls(mcfg, data.n_items, run.train.max_len, **extra), mcfg
     features = load_features(run.features, data, run.store)

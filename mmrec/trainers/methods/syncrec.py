@@ -418,7 +418,7 @@ class SyNCRec(SequentialRecommender):
     losses = ("ce", "bce", "sampled_ce", "gbce")
 
     @classmethod
-    def dataset_kwargs(cls, cfg: SyNCRecConfig, data: Any) -> dict[str, Any]:
+    def dataset_kwargs(cls, cfg: SyNCRecConfig, data: Any, store: str | None = None) -> dict[str, Any]:
         """Constructor arguments taken from the dataset (called by ``build_model``): the item domains."""
         codes, names = item_domains(data, cfg.top_domains)
         return {"item_domain": codes, "domain_names": names}

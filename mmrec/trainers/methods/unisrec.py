@@ -32,8 +32,8 @@ embedding added on the input and the candidate side).
     second feature table, the same encoder's vector of the item text after dropping each word with
     probability 0.15 (``feat2CLS``, made once by the preprocessing), and a dropped *position* takes
     its item's vector from that table instead (same ids, same length; the first position is not
-    protected). ``model.word_drop_features``: the feature-store entry (a folder, or a name under
-    ``features/``) of that second text table. Without it there is nothing to swap in and every batch
+    protected). ``model.word_drop_features``: the feature-store entry (a folder, or a name in the
+    run's ``--store``, as ``--features`` names are) of that second text table. Without it there is nothing to swap in and every batch
     uses item drop (``loss_parts.word_drop``, the share of word-drop batches, says which was used).
 
   Windows with the same target as window i are masked out of row i of both tasks
@@ -132,8 +132,9 @@ class UniSRec(SequentialRecommender):
     losses = ("ce", "sampled_ce")  # fine-tuning; pre-training is an in-batch InfoNCE (ce only)
 
     @classmethod
-    def dataset_kwargs(cls, cfg: UniSRecConfig, data: Any) -> dict[str, Any]:
-        """The word-drop text table (``model.word_drop_features``), aligned to the dataset, when the
+    def dataset_kwargs(cls, cfg: UniSRecConfig, data: Any, store: str | None = None) -> dict[str, Any]:
+        """The word-drop text table (``model.word_drop_features``: an entry folder, or a name in the
+        run's ``store`` as ``--features`` names are), aligned to the dataset, when the
         sequence-sequence task can use it."""
         if not (cfg.word_drop_features and cfg.objective == "pretrain" and cfg.seq_seq_weight
                 and cfg.item_drop_prob < 1):
@@ -141,7 +142,7 @@ class UniSRec(SequentialRecommender):
         from mmrec.features.aligned import load_features
         from mmrec.features.store import DEFAULT_STORE_ROOT
 
-        return {"word_drop": load_features({"text": cfg.word_drop_features}, data, DEFAULT_STORE_ROOT)["text"]}
+        return {"word_drop": load_features({"text": cfg.word_drop_features}, data, store or DEFAULT_STORE_ROOT)["text"]}
 
     def __init__(self, cfg: UniSRecConfig, n_items: int, max_len: int, features=None, word_drop=None):
         super().__init__(cfg, n_items, max_len, features)

@@ -214,6 +214,8 @@ def test_unisrec_pretrain_with_word_drop_features_entry(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
     parts = [r["loss_parts"] for r in rows if "loss_parts" in r]
     assert parts and parts[0]["word_drop"] == 1.0 and "seq_seq" in parts[0]
+    cfg["model"]["word_drop_features"] = "text"  # a name: looked up in the run's store, as --features names are
+    assert Trainer(from_dict(RunConfig, cfg), tmp_path / "pre2", log=lambda s: None).raw_model.has_word_drop
 
 
 def test_a_pretraining_folder_saved_before_the_seq_seq_term_resumes_without_it():
