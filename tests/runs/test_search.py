@@ -168,11 +168,11 @@ def test_an_optuna_trial_cut_short_is_resumed_from_its_checkpoint(ring):
     f = _write(ring, f"{{optuna: {{trials: 1, space: {{train.lr: {{choices: [{GOOD}]}}}}}}}}", seeds="[0]")
     real_fit = loop.Trainer.fit
 
-    def stop_after_epoch_1(self, resume=False, on_epoch=None):
+    def stop_after_epoch_1(self, resume=False, on_epoch=None, **kw):
         def hook(epoch, row):
             on_epoch(epoch, row)
             raise Preempted("SIGTERM", str(self.run_dir), epoch, None)
-        return real_fit(self, resume, hook)
+        return real_fit(self, resume, hook, **kw)
 
     loop.Trainer.fit = stop_after_epoch_1
     try:
