@@ -92,6 +92,10 @@ class TrainConfig:
     # (no early stop; e.g. UniSRec's code fine-tunes from its last pre-training epoch)
     select_on: Literal["valid", "test_leak", "last"] = "valid"
     eval_every: int = 1
+    # every N epochs, keep that epoch's weights (``epochs/epoch-N.safetensors`` in the run folder) for
+    # ``model.init_from=RUN_DIR@N``, e.g. a transfer metric against pre-training epochs; 0: none. Writes
+    # files only, so it may change between a run and its resume
+    keep_every: int = 0
     grad_clip: float | None = None
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -114,6 +118,8 @@ class TrainConfig:
             raise ConfigError("train.lr_step_epochs must be >= 1, train.lr_gamma > 0 and train.warmup_steps >= 0")
         if self.weight_decay < 0:
             raise ConfigError("train.weight_decay must be >= 0")
+        if self.keep_every < 0:
+            raise ConfigError(f"train.keep_every must be >= 0 (0: keep no epoch's weights), got {self.keep_every}")
         if self.loss in ("bce", "gbce") and self.negatives < 1:
             raise ConfigError(f"train.negatives must be >= 1 with train.loss={self.loss} (negatives per position), "
                               f"got {self.negatives}")
@@ -196,7 +202,7 @@ class RunConfig:
 # settings that change how a run is computed, not what it computes: a run folder is resumed or
 # reused whatever they were
 RESOURCE_SETTINGS = frozenset({"preset", "preset_overrides", "out", "name", "train.device", "train.threads", "train.log_every_s",
-                                "train.trackers", "eval.batch_size", "eval.item_chunk"})
+                                "train.trackers", "train.keep_every", "eval.batch_size", "eval.item_chunk"})
 
 
 def resolved_config(run: RunConfig, model_cfg: Any = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@
     last/               model.safetensors, optimizer.pt (tensors only), state.json, rng-<rank>.pt
                         (a stop inside an epoch): the resume point, swapped in whole
     best.safetensors    weights of the best validation epoch
+    epochs/             epoch-N.safetensors: the weights after epoch N, every train.keep_every epochs
     results.json        best epoch, validation and test metrics, the protocol, timings
     test_ranks.npy      per test case, the rank of its target (paired tests in ``mmrec report``)
     cold_items.txt      the held-out items of a cold-start run
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -163,11 +165,33 @@ class RunFolder:
     def save_best(self, model: torch.nn.Module) -> None:
         save_weights(model, self.best_path)
 
-    def weights(self, checkpoint: str = "best", *, purpose: str = "") -> dict[str, torch.Tensor]:
+    def epoch_path(self, epoch: int) -> Path:
+        return self.path / "epochs" / f"epoch-{epoch}.safetensors"
+
+    def save_epoch(self, model: torch.nn.Module, epoch: int) -> None:
+        """Keep the weights after ``epoch`` (``train.keep_every``)."""
+        self.epoch_path(epoch).parent.mkdir(exist_ok=True)
+        save_weights(model, self.epoch_path(epoch))
+
+    def kept_epochs(self) -> list[int]:
+        """The epochs whose weights ``save_epoch`` kept, in order."""
+        d = self.path / "epochs"
+        found = (re.fullmatch(r"epoch-(\d+)\.safetensors", p.name) for p in d.iterdir()) if d.is_dir() else ()
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def weights(self, checkpoint: str | int = "best", *, purpose: str = "") -> dict[str, torch.Tensor]:
         """The model weights of ``checkpoint`` (``best``: ``best.safetensors``; ``last``: the resume
-        point's); an error naming the folder when the file is missing or damaged."""
-        path = self.best_path if checkpoint == "best" else (self.last_dir() or self.path / "last") / "model.safetensors"
+        point's; an epoch number: ``epochs/epoch-N.safetensors``); an error naming the folder when the
+        file is missing or damaged."""
+        if isinstance(checkpoint, int):
+            path = self.epoch_path(checkpoint)
+        else:
+            path = self.best_path if checkpoint == "best" else (self.last_dir() or self.path / "last") / "model.safetensors"
         where = f"{purpose}: " if purpose else ""
+        if isinstance(checkpoint, int) and not path.is_file():
+            kept = self.kept_epochs()
+            raise ConfigError(f"{where}no weights of epoch {checkpoint} in {self.path} (kept: "
+                              f"{', '.join(map(str, kept)) if kept else 'none; train it with train.keep_every=N'})")
         if not path.is_file():
             raise ConfigError(f"{where}no {path.relative_to(self.path)} in {self.path}; give the folder of a "
                               "finished run (or train it first)")

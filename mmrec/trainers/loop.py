@@ -396,6 +396,8 @@ class Trainer:
             state["epoch"] = epoch
             if self.accel.is_main_process:
                 self.folder.append_metrics(row)
+                if tc.keep_every and epoch % tc.keep_every == 0:
+                    self.folder.save_epoch(self.raw_model, epoch)
             if tc.trackers:
                 self.accel.log(scalars({k: v for k, v in row.items() if k != "epoch"}), step=epoch)
             self._save_last(state)

@@ -1,8 +1,9 @@
 """Adaptation policies as data: what a target-task run takes from a pre-training run.
 
 A pre-training run (``model.objective=pretrain``) leaves ``best.safetensors``; a target run with
-``model.init_from=RUN_DIR`` starts from it under a policy (``model.adapt=NAME``). A policy is a frozen
-dataclass of name patterns, applied in this order by ``apply_policy``:
+``model.init_from=RUN_DIR`` (or ``RUN_DIR@N``: the weights it kept after epoch N, ``train.keep_every``)
+starts from it under a policy (``model.adapt=NAME``). A policy is a frozen dataclass of name
+patterns, applied in this order by ``apply_policy``:
 
 1. ``load``: the model's tensors matching a pattern are copied from the run, except those matching
    ``reinit``. A tensor to load whose shape differs from the run's is an error (the run was trained
@@ -146,12 +147,24 @@ def _match(name: str, globs: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
+def split_init_from(source: str | Path) -> tuple[Path, int | None]:
+    """``RUN_DIR`` -> (RUN_DIR, None): its best weights; ``RUN_DIR@N`` -> (RUN_DIR, N): the weights it
+    kept after epoch N (``train.keep_every``)."""
+    text = str(source)
+    head, at, tail = text.rpartition("@")
+    if at and tail.isdigit() and head:
+        return Path(head), int(tail)
+    return Path(text), None
+
+
 def pretrained_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """The best weights of a finished pre-training run (and its saved configuration, when there is one)."""
+    """The best weights of a finished pre-training run, or with ``RUN_DIR@N`` the weights it kept after
+    epoch N (and its saved configuration, when there is one)."""
     from mmrec.runs.folder import RunFolder
 
-    folder = RunFolder(run_dir)
-    state = folder.weights("best", purpose=f"model.init_from={run_dir}")
+    path, epoch = split_init_from(run_dir)
+    folder = RunFolder(path)
+    state = folder.weights("best" if epoch is None else epoch, purpose=f"model.init_from={run_dir}")
     return state, folder.config()
 
 

@@ -557,6 +557,36 @@ def test_pretrain_then_relearn_through_the_trainer(tmp_path):
     assert json.loads(r.output)["ndcg@10"] == pytest.approx(res_ft["test"]["ndcg@10"], abs=1e-12)
 
 
+def test_init_from_an_epoch_the_pretraining_kept(tmp_path):
+    """``train.keep_every=1`` keeps each epoch's weights; ``model.init_from=RUN@1`` starts from epoch 1's
+    (not the best's); an epoch not kept is an error listing the kept ones."""
+    from safetensors.torch import load_file
+
+    from mmrec.runs.folder import RunFolder
+
+    ds, store = _prepared_text_image(tmp_path)
+    base = {"dataset": str(ds), "method": "ant", "features": {"text": "text", "image": "image"}, "store": str(store),
+            "model": {"hidden": 16, "inner": 16, "dropout": 0.1, "attn_dropout": 0.1},
+            "train": {"epochs": 2, "threads": 1, "batch_size": 16, "keep_every": 1}}
+    pre = from_dict(RunConfig, {**base, "model": {**base["model"], "objective": "pretrain"}})
+    Trainer(pre, tmp_path / "pre", log=lambda s: None).fit()
+    folder = RunFolder(tmp_path / "pre")
+    assert folder.kept_epochs() == [1, 2]
+    e1, e2 = (load_file(str(folder.epoch_path(k))) for k in (1, 2))
+    last = load_file(str(tmp_path / "pre" / "last" / "model.safetensors"))
+    assert all(torch.equal(e2[k], last[k]) for k in last)  # epoch 2's weights are the final ones
+    blocks = [k for k in e1 if k.startswith("encoder.blocks.")]
+    assert blocks and any(not torch.equal(e1[k], e2[k]) for k in blocks)
+    ft = from_dict(RunConfig, {**base, "model": {**base["model"], "init_from": f"{tmp_path / 'pre'}@1"}})
+    m = Trainer(ft, tmp_path / "ft", log=lambda s: None).raw_model
+    assert all(torch.equal(m.state_dict()[k], e1[k]) for k in blocks)  # frozen blocks from epoch 1
+    bad = from_dict(RunConfig, {**base, "model": {**base["model"], "init_from": f"{tmp_path / 'pre'}@5"}})
+    with pytest.raises(ConfigError, match=r"no weights of epoch 5 in .*pre \(kept: 1, 2\)"):
+        Trainer(bad, tmp_path / "ft5", log=lambda s: None)
+    with pytest.raises(ConfigError, match="train.keep_every must be >= 0"):
+        from_dict(RunConfig, {**base, "train": {**base["train"], "keep_every": -1}})
+
+
 def test_a_pretraining_folder_saved_before_pretrain_negatives_resumes_with_batch_negatives():
     from mmrec.runs.config import upgrade_saved_config
 
