@@ -20,7 +20,7 @@ dataset name (``bench/prepare_bench_data.py``: ``ml1m-1k`` = 1,000 MovieLens-1M 
   sha256 of every shard file of the one-process store against the N-process one.
 - **Training** (``mmrec train``, SASRec by default, ``--epochs`` with early stopping, every seed of
   ``--seeds``, the two sides alternating): seconds per epoch (median of the epochs' ``train_seconds``,
-  training only: every process evaluates the whole validation part, so evaluation does not speed up)
+  training only; evaluation is split among the processes too, not timed here)
   and test NDCG@10 / HR@10. Data parallel: each process takes every N-th batch of the epoch's order
   and gradients are averaged, so an epoch has 1/N of the optimizer steps at N times the batch (the
   usual data-parallel trade; the learning rate is not scaled). The metrics are judged **within seed

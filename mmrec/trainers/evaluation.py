@@ -18,6 +18,10 @@ Protocol, as recorded in every ``results.json``:
 - ``mode=sampled``: the target competes with ``negatives`` items drawn (uniformly or by training
   popularity) from items the user never interacted with, from a seed; the drawn ids are saved in
   the run folder and reused by later evaluations of the run.
+- With several processes (``accelerate launch``), full ranking is split: process r ranks every
+  N-th case from r, and the ranks are gathered back in the cases' order, so every process has the
+  whole part's ranks (and the same metrics) for 1/N of the work. Sampled negatives and random ties
+  (whose draws follow the order of the cases) are ranked whole by every process.
 - HR@K (= Recall@K with one target) = mean[rank < K]; NDCG@K = mean[rank < K] / log2(rank + 2);
   MRR@K = mean[rank < K] / (rank + 1).
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -112,10 +116,17 @@ class Evaluator:
     """Ranks the targets of a dataset part with a model; see the module docstring for the protocol."""
 
     def __init__(self, data: PreparedDataset, cfg: EvalConfig, max_len: int, device: torch.device,
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, *, rank: int = 0, world: int = 1,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """``rank`` / ``world`` / ``gather``: this process's index, the number of processes, and their
+        all-gather (``Accelerator.gather``: each process's ``[m]`` tensor -> ``[world * m]``, in rank
+        order), which every process calls in the same order; with ``world`` > 1 full ranking is split."""
         self.data, self.cfg, self.max_len, self.device = data, cfg, max_len, device
         self.run_dir = Path(run_dir) if run_dir else None
         self._negatives: dict[str, np.ndarray] = {}
+        if world > 1 and gather is None:
+            raise ValueError("Evaluator: world > 1 needs the processes' gather")
+        self.rank, self.world, self.gather = rank, world, gather
 
     def protocol(self) -> dict[str, Any]:
         p = to_dict(self.cfg)
@@ -131,7 +142,9 @@ class Evaluator:
         was_training = model.training
         model.eval()
         try:
-            if self.cfg.mode == "full":
+            if self.cfg.mode == "full" and self.world > 1 and self.cfg.ties != "random":
+                ranks = self._rank_split(model, cases)
+            elif self.cfg.mode == "full":
                 ranks = self._rank_full(model, cases)
             else:
                 ranks = self._rank_sampled(model, cases, part)
@@ -215,6 +228,21 @@ class Evaluator:
                 ge[r0:r1], greater[r0:r1] = self._count_block(model, q_all[r0:r1], targets[r0:r1], order,
                                                               h_rows, h_items)
             ranks[idx] = rank_from_counts(greater, ge - greater, self.cfg.ties, rng)
+        return ranks
+
+    def _rank_split(self, model: torch.nn.Module, cases: EvalCases) -> np.ndarray:
+        """``_rank_full`` of every ``world``-th case from ``rank``, gathered from every process back
+        into the cases' order."""
+        n, r, w = len(cases), self.rank, self.world
+        mine = np.arange(r, n, w)
+        local = self._rank_full(model, type(cases)(cases.user[mine], cases.pos[mine]))
+        m = -(-n // w)
+        buf = torch.full((m,), -1, dtype=torch.long, device=self.device)
+        buf[:len(local)] = torch.as_tensor(local, device=self.device)
+        every = self.gather(buf).cpu().numpy().reshape(w, m)
+        ranks = np.empty(n, dtype=np.int64)
+        for k in range(w):
+            ranks[k::w] = every[k, :len(range(k, n, w))]
         return ranks
 
     def _count_block(self, model: torch.nn.Module, q: torch.Tensor, targets: np.ndarray, order: list[int],

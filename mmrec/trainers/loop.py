@@ -151,7 +151,9 @@ class Trainer:
         if tc.loss == "gbce" and not tc.negatives < self.data.n_items:
             raise ConfigError(f"train.negatives={tc.negatives} must be below the {self.data.n_items:,} items with "
                               "train.loss=gbce (its sampling rate k / (n_items - 1) is at most 1)")
-        self.evaluator = Evaluator(self.data, run.eval, tc.max_len, self.accel.device, self.run_dir)
+        self.evaluator = Evaluator(self.data, run.eval, tc.max_len, self.accel.device, self.run_dir,
+                                   rank=self.accel.process_index, world=self.accel.num_processes,
+                                   gather=self.accel.gather)
         self.prepare_differences = preset_prepare_differences(run.method, run.preset, self.data.meta.get("config", {}))
         if self.prepare_differences:
             self.log(f"note: the dataset was not prepared as preset {run.preset} says ("

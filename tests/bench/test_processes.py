@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -116,6 +117,14 @@ def test_two_processes_report_the_loss_of_every_batch_and_resume_to_the_same_wei
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "ref"), rel=1e-12)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "ref", tmp_path / "cut"))
     assert ra["test"] == rb["test"] and ra["valid"] == rb["valid"]
+    # the two processes split the ranking (each ranked half the cases); one process ranks the same
+    from mmrec.api import Run
+
+    for part in ("test", "valid"):
+        again = Run.open(tmp_path / "ref").evaluate(part)
+        assert {k: again[k] for k in ra[part]} == ra[part], part
+    ranks = np.load(tmp_path / "ref" / "test_ranks.npy")
+    assert len(ranks) == ra["test"]["n_cases"] and (ranks >= 0).all()
 
 
 def test_processes_quick_mode_extracts_byte_identical_shards_and_trains_on_both_sides(tmp_path, capsys):

@@ -142,3 +142,56 @@ def test_metrics_from_ranks_values():
     assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(11)) / 4)
     assert m["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 10) / 4)
     assert m["hr@1"] <= m["hr@10"]
+
+
+def _all_gather(world):
+    """An all-gather among ``world`` threads (as ``Accelerator.gather`` among processes): each thread's
+    tensor, concatenated in rank order, returned to every thread."""
+    import threading
+
+    barrier, parts = threading.Barrier(world), {}
+
+    def gather_for(rank):
+        def gather(t):
+            parts[rank] = t.clone()
+            barrier.wait()
+            out = torch.cat([parts[r] for r in range(world)])
+            barrier.wait()
+            return out
+        return gather
+    return gather_for
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_split_ranking_over_processes_equals_one_process(tmp_path, world):
+    """With ``world`` processes each ranks every world-th case and the gathered ranks are one
+    process's, in the cases' order, on every process (41 cases: not a multiple of 2 or 3)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(2)
+    seqs = {f"u{u}": [str(x) for x in rng.integers(1, 30, size=6)] for u in range(41)}
+    d = PreparedDataset(prepare(raw_from_sequences(seqs), tmp_path / "p",
+                                PrepareConfig(min_user_interactions=1, min_item_interactions=1)))
+    m = TableModel(np.round(rng.normal(size=(d.n_items + 1, d.n_items + 1)), 1))
+    cfg = EvalConfig(history_mask="whole", batch_size=4)
+    one = Evaluator(d, cfg, 5, torch.device("cpu")).evaluate(m, "test", return_ranks=True)
+    gather_for = _all_gather(world)
+    ranked = []
+
+    def process(rank):
+        ev = Evaluator(d, cfg, 5, torch.device("cpu"), rank=rank, world=world, gather=gather_for(rank))
+        calls = []
+        real = ev._rank_full
+        ev._rank_full = lambda model, cases: (calls.append(len(cases)), real(model, cases))[1]
+        out = ev.evaluate(m, "test", return_ranks=True)
+        ranked.append(calls)
+        return out
+
+    with ThreadPoolExecutor(world) as pool:
+        outs = list(pool.map(process, range(world)))
+    assert one["n_cases"] == 41
+    for out in outs:
+        assert out["ranks"].tolist() == one["ranks"].tolist() and out["ndcg@10"] == one["ndcg@10"]
+    assert sorted(c[0] for c in ranked) == sorted(len(range(r, 41, world)) for r in range(world))  # 1/world each
+    with pytest.raises(ValueError, match="needs the processes' gather"):
+        Evaluator(d, cfg, 5, torch.device("cpu"), rank=0, world=2)
