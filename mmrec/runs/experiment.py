@@ -38,6 +38,8 @@ More a file can say:
   item domain of ``hm`` (``mmrec.data.domains``; ``top_domains: N`` on ``hm`` keeps the N largest
   domains and merges the rest into ``(other)``, as SyNCRec's ``model.top_domains``), written once to
   ``<out>/data/<hm>/<domain>``; a row runs on some datasets only with ``datasets: [..]``.
+- ``modalities: [text]`` on a dataset: the feature modalities its store has; rows' features of other
+  modalities are left out there (one row list for a text+image target and a text-only one).
 - ``init_from: RUN_FOLDER`` on a row: start from a finished run (``model.init_from``, e.g. an ANT
   pre-training run; the row states the model settings that run had, as its checkpoint needs them).
   ``{dataset}`` in it is the dataset's name: ``"runs/unisrec-pre-{dataset}"`` (quoted in YAML) gives each target its own
@@ -85,6 +87,9 @@ class DatasetSpec:
     of: str | None = None  # or: the single-domain view of another dataset of the file ...
     domain: str | None = None  # ... holding the events of this item domain (mmrec.data.domains)
     top_domains: int = 0  # domains of this dataset: the N largest, the rest merged into "(other)" (0: all)
+    # the feature modalities its store has (e.g. [text] for a text-only target); a row's features of
+    # other modalities are left out on this dataset. None: every row's features as written
+    modalities: list[str] | None = None
 
     def validate(self) -> None:
         if (self.path is None) == (self.of is None):
@@ -253,8 +258,9 @@ def row_config(exp: Experiment, root: Path, ds: str, row: str, seed: int, params
     except ConfigError:
         raise ConfigError(f"row {row}: method {spec.method} has no preset {preset!r}; give the experiment a "
                           "family (a method whose train/eval settings this row takes) or the row its own preset") from None
+    have = exp.datasets[ds].modalities
     flags = {"dataset": dataset_path(exp, root, ds), "method": spec.method, "store": _abs(root, _store(exp, ds)),
-             "features": dict(spec.features)}
+             "features": {m: e for m, e in spec.features.items() if have is None or m in have}}
     own = {"model.init_from": _abs(root, spec.init_from.replace("{dataset}", ds))} if spec.init_from else {}
     sets = settings_overrides({**exp.settings, **spec.settings, **(params or {}), **own, "train.seed": seed})
     return build_run(flags, sets, base=base, label=label)

@@ -313,7 +313,13 @@ rows: {relearn: {method: ant, init_from: runs/pre, settings: {model.adapt: relea
     f.write_text(f.read_text().replace("init_from: runs/pre", "init_from: 'runs/pre-{dataset}'"))
     exp, root = load_experiment(f)
     assert row_config(exp, root, "d", "relearn", 0).model["init_from"] == str(tmp_path / "runs" / "pre-d")
-    f.write_text(f.read_text().replace("{d: {path: ds}}", "{d: {path: ds}, e: {of: x, domain: a}}"))
+    # a text-only dataset leaves out a row's image feature; the other keeps it
+    f.write_text(f.read_text().replace("{d: {path: ds}}", "{d: {path: ds, modalities: [text]}, e: {path: ds2}}")
+                 .replace("method: ant,", "method: ant, features: {text: minilm, image: effnet},"))
+    exp, root = load_experiment(f)
+    assert row_config(exp, root, "d", "relearn", 0).features == {"text": "minilm"}
+    assert row_config(exp, root, "e", "relearn", 0).features == {"text": "minilm", "image": "effnet"}
+    f.write_text(f.read_text().replace("e: {path: ds2}", "e: {of: x, domain: a}"))
     with pytest.raises(ConfigError, match="datasets.e.of: 'x' is not a prepared dataset of the file"):
         load_experiment(f)
 
