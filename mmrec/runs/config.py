@@ -259,14 +259,30 @@ def check_saved_config(folder: RunFolder, resolved: dict[str, Any], model_cls: t
                           f"to {action} it use the same settings (--set KEY=VALUE), or give another run folder")
 
 
+def reusable(folder: RunFolder, resolved: dict[str, Any], model_cls: type) -> bool:
+    """Whether the run finished in ``folder`` is the run ``resolved`` asks for (True), or the same run
+    with a higher epoch cap or patience (False: resume it to the new ones, as ``mmrec train --resume``
+    would); ``ConfigError`` naming the differences when other settings differ."""
+    try:
+        check_saved_config(folder, resolved, model_cls, "reuse")
+        return True
+    except ConfigError as differs:
+        try:
+            check_saved_config(folder, resolved, model_cls, "resume")
+        except ConfigError:
+            raise differs from None
+        return False
+
+
 def finished_results(run: RunConfig, run_dir: str | Path) -> dict[str, Any] | None:
     """The ``results.json`` of ``run_dir`` if a run with ``run``'s settings finished there; None
-    if nothing finished there; ``ConfigError`` naming the differences if the run that finished there
-    had other settings (so a rerun with changed settings never reports the old run)."""
+    if nothing finished there, or a run that differs only in ``train.epochs`` / ``train.patience``
+    (``EXTENDABLE_ON_RESUME``: it is to be resumed to them); ``ConfigError`` naming the differences if
+    the run that finished there had other settings (so a rerun with changed settings never reports
+    the old run)."""
     folder = RunFolder(run_dir)
-    if not folder.is_finished():
+    if not folder.is_finished() or not reusable(folder, resolved_config(run), get_method(run.method).Config):
         return None
-    check_saved_config(folder, resolved_config(run), get_method(run.method).Config, "reuse")
     return folder.results()
 
 

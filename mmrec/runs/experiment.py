@@ -18,7 +18,9 @@ An experiment file (YAML or TOML)::
     report: {baseline: sasrec, metric: ndcg@10}
 
 Paths are as on the command line (relative to the folder the command runs in). A run that finished with the same settings is reused, one
-cut short resumes from its checkpoint, one that finished with other settings is an error naming them,
+cut short resumes from its checkpoint, one that finished with a lower ``train.epochs`` or
+``train.patience`` than the file now says resumes to them (a cap raised to reach convergence), one
+that finished with other settings is an error naming them,
 and one another process is training is left to it: the same file run by two processes shares its
 runs (the run folder's lock), and an interrupted experiment continues where it stopped
 (``mmrec experiment run FILE --jobs N`` starts N such processes and prints the table once).

@@ -34,6 +34,7 @@ from mmrec.runs.config import (
     lr_factor,
     preset_prepare_differences,
     resolved_config,
+    reusable,
     scalars,
 )
 from mmrec.runs.folder import RunFolder
@@ -310,13 +311,14 @@ class Trainer:
         (``row["valid"]`` on evaluated epochs), e.g. a hyper-parameter search's pruner; an exception
         it raises ends training there (the run resumes from that checkpoint). ``reuse_finished``: if
         the run finished in the folder before this process got its lock (another process trained it
-        meanwhile), return its saved results (``self.reused`` is then True) instead of evaluating again."""
+        meanwhile), return its saved results (``self.reused`` is then True) instead of evaluating again;
+        one that finished with a lower epoch cap or patience is resumed to this run's."""
         self._stop_reason = None
         self._on_epoch = on_epoch
         self.reused = False
         with self._run_folder_lock(), self._stop_on_signals():
-            if reuse_finished and self.folder.is_finished():
-                check_saved_config(self.folder, resolved_config(self.run, self.model_cfg), type(self.model_cfg), "reuse")
+            if reuse_finished and self.folder.is_finished() and reusable(
+                    self.folder, resolved_config(self.run, self.model_cfg), type(self.model_cfg)):
                 self.reused = True
                 return self.folder.results()
             return self._fit(resume)

@@ -114,6 +114,25 @@ def test_finished_results_reuses_only_a_run_with_the_same_settings(ds, tmp_path)
         finished_results(_run(ds, epochs=1, lr=0.5), tmp_path / "a")
 
 
+def test_a_finished_run_with_a_higher_epoch_cap_is_resumed_to_it(ds, tmp_path):
+    """A run that finished at its cap of 2 epochs, asked for with a cap of 4 (an experiment file
+    raised to reach convergence): not reused but resumed to 4 epochs, the first two kept; with
+    another setting changed as well, refused as before."""
+    Trainer(_run(ds, epochs=2, patience=10), tmp_path / "a", log=lambda s: None).fit()
+    first = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert finished_results(_run(ds, epochs=4, patience=10), tmp_path / "a") is None
+    with pytest.raises(ConfigError, match="train.lr: 0.001 there, 0.5 now"):
+        finished_results(_run(ds, epochs=4, patience=10, lr=0.5), tmp_path / "a")
+    t = Trainer(_run(ds, epochs=4, patience=10), tmp_path / "a", log=lambda s: None)
+    res = t.fit(resume=True, reuse_finished=True)
+    assert not t.reused and res["epochs_run"] == 4
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and lines[:2] == first
+    whole = Trainer(_run(ds, epochs=4, patience=10), tmp_path / "b", log=lambda s: None).fit()
+    assert res["test"] == whole["test"]  # as a run that had the cap of 4 from the start
+    assert finished_results(_run(ds, epochs=4, patience=10), tmp_path / "a")["epochs_run"] == 4  # reused now
+
+
 def test_a_run_folder_is_trained_by_one_process_at_a_time(ds, tmp_path):
     """While a process holds the run folder's lock, a second training of the folder is refused
     (nothing written), and once the lock is let go it trains."""
@@ -433,12 +452,14 @@ def test_select_on_last_keeps_the_last_epoch(ds, tmp_path):
 
 def test_a_run_that_hit_its_epoch_cap_continues_with_a_higher_cap(ds, tmp_path):
     """Resuming with a higher train.epochs (or patience) continues the run: the same first epochs as
-    a run trained to the higher cap at once; other settings stay refused; reuse stays strict."""
+    a run trained to the higher cap at once; other settings stay refused; reuse does not pass the
+    shorter run off as the longer one (it is to be resumed)."""
     Trainer(_run(ds, epochs=2), tmp_path / "a", log=lambda s: None).fit()
     longer = Trainer(_run(ds, epochs=4), tmp_path / "a", log=lambda s: None).fit(resume=True)
     whole = Trainer(_run(ds, epochs=4), tmp_path / "b", log=lambda s: None).fit()
     assert longer["epochs_run"] == 4 and longer["test"] == whole["test"]
     with pytest.raises(ConfigError, match="train.lr"):
         Trainer(_run(ds, epochs=6, lr=0.5), tmp_path / "a", log=lambda s: None).fit(resume=True)
-    with pytest.raises(ConfigError, match="train.epochs: 4 there, 6 now.*to reuse it"):
-        finished_results(_run(ds, epochs=6), tmp_path / "a")
+    assert finished_results(_run(ds, epochs=6), tmp_path / "a") is None
+    with pytest.raises(ConfigError, match="train.epochs: 4 there, 6 now; train.lr: 0.001 there, 0.5 now.*to reuse it"):
+        finished_results(_run(ds, epochs=6, lr=0.5), tmp_path / "a")
