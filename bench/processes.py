@@ -20,7 +20,8 @@ dataset name (``bench/prepare_bench_data.py``: ``ml1m-1k`` = 1,000 MovieLens-1M 
   sha256 of every shard file of the one-process store against the N-process one.
 - **Training** (``mmrec train``, SASRec by default, ``--epochs`` with early stopping, every seed of
   ``--seeds``, the two sides alternating): seconds per epoch (median of the epochs' ``train_seconds``,
-  training only; evaluation is split among the processes too, not timed here)
+  training only) and of the validation after each epoch (median of ``eval_seconds``: full ranking is
+  split among the processes)
   and test NDCG@10 / HR@10. Data parallel: each process takes every N-th batch of the epoch's order
   and gradients are averaged, so an epoch has 1/N of the optimizer steps at N times the batch (the
   usual data-parallel trade; the learning rate is not scaled). The metrics are judged **within seed
@@ -213,6 +214,7 @@ def bench_train(args, data: Path, work: Path, n_cores: int) -> dict[str, Any]:
             res = json.loads((run_dir / "results.json").read_text())
             rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
             per[procs].append({"seed": seed, "wall_s": wall, "epoch_s": [r["train_seconds"] for r in rows],
+                               "eval_s": [r["eval_seconds"] for r in rows if "eval_seconds" in r],
                                "steps_per_epoch": rows[0]["steps"], "best_epoch": res["best_epoch"],
                                "epochs_run": res["epochs_run"], "ndcg10": res["test"]["ndcg@10"],
                                "hr10": res["test"]["hr@10"], "loss_epoch1": rows[0]["loss"]})
@@ -222,10 +224,12 @@ def bench_train(args, data: Path, work: Path, n_cores: int) -> dict[str, Any]:
     for procs in sides:
         r = per[procs]
         out["runs"][str(procs)] = {"per_seed": r, "s_per_epoch": median([s for x in r for s in x["epoch_s"]]),
+                                   "eval_s": median([s for x in r for s in x["eval_s"]]),
                                    "steps_per_epoch": r[0]["steps_per_epoch"],
                                    "ndcg10": mean_sd([x["ndcg10"] for x in r]), "hr10": mean_sd([x["hr10"] for x in r])}
     a, b = per[1], per[args.procs]
     out["speedup"] = out["runs"]["1"]["s_per_epoch"] / out["runs"][str(args.procs)]["s_per_epoch"]
+    out["eval_speedup"] = out["runs"]["1"]["eval_s"] / out["runs"][str(args.procs)]["eval_s"]
     for m in ("ndcg10", "hr10"):
         ok, diff, bound = within_noise([x[m] for x in a], [x[m] for x in b])
         out[f"{m}_within_noise"] = {"judged": ok, "difference": diff, "twice_standard_error": bound}
@@ -237,14 +241,15 @@ def _ms(m: tuple[float, float | None]) -> str:
 
 
 def train_table(r: dict[str, Any], procs: int) -> str:
-    lines = ["| processes | threads each | steps/epoch | s/epoch (median) | best / run epochs per seed | "
-             "test NDCG@10 | test HR@10 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| processes | threads each | steps/epoch | s/epoch (median) | validation s (median) | "
+             "best / run epochs per seed | test NDCG@10 | test HR@10 |", "|---|---|---|---|---|---|---|---|"]
     for p in ("1", str(procs)):
         x = r["runs"][p]
         ep = ", ".join(f"{s['best_epoch']}/{s['epochs_run']}" for s in x["per_seed"])
-        lines.append(f"| {p} | {r['threads'][p]} | {x['steps_per_epoch']} | {x['s_per_epoch']:.2f} | {ep} | "
-                     f"{_ms(x['ndcg10'])} | {_ms(x['hr10'])} |")
-    lines.append(f"| {procs} / 1 | | | {1 / r['speedup']:.2f}x ({r['speedup']:.2f}x faster) | | | |")
+        lines.append(f"| {p} | {r['threads'][p]} | {x['steps_per_epoch']} | {x['s_per_epoch']:.2f} | "
+                     f"{x['eval_s']:.2f} | {ep} | {_ms(x['ndcg10'])} | {_ms(x['hr10'])} |")
+    lines.append(f"| {procs} / 1 | | | {1 / r['speedup']:.2f}x ({r['speedup']:.2f}x faster) | "
+                 f"{1 / r['eval_speedup']:.2f}x ({r['eval_speedup']:.2f}x faster) | | | |")
     for m, name in (("ndcg10", "NDCG@10"), ("hr10", "HR@10")):
         j = r[f"{m}_within_noise"]
         if j["judged"] is None:

@@ -99,13 +99,17 @@ rows: {odmt: {method: odmt}, sasrec: {method: sasrec}}
 
 
 def test_two_workers_share_one_experiment_and_the_parent_prints_the_whole_table(exp_file, tmp_path):
-    """``--jobs 2``: two processes run the file, each takes runs the other does not hold, and the
-    parent prints the table of every run."""
+    """``--jobs 2``: two processes run the file, every run is trained once (by the worker that got its
+    lock first), and the parent prints the table of every run."""
     exp_file.write_text(exp_file.read_text().replace("train.epochs: 2", "train.epochs: 4"))
     r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--jobs", "2"])
     assert r.exit_code == 0, r.output
     trained = [line for line in r.output.splitlines() if "s, best epoch" in line]
-    assert len(trained) == 4 and {line[:3] for line in trained} == {"[0]", "[1]"}, r.output  # both ran runs
+    runs = sorted(line[4:].split(":")[0] for line in trained)
+    # every run trained once, by one worker or the other (which one depends on timing: on a loaded
+    # machine a worker that starts late finds every run taken or finished)
+    assert runs == ["ring/pop seed 0", "ring/pop seed 1", "ring/sasrec seed 0", "ring/sasrec seed 1"], r.output
+    assert {line[:3] for line in trained} <= {"[0]", "[1]"}
     assert "| ring | pop | 2 |" in r.output and "| ring | sasrec | 2 |" in r.output
     assert (tmp_path / "runs" / "ring" / "report.html").exists() and "not finished" not in r.output
     cfg = json.loads((tmp_path / "runs" / "ring" / "sasrec-s0" / "config.json").read_text())
