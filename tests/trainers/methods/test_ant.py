@@ -4,6 +4,7 @@ re-initialised, frozen, trained), pre-train -> relearn through the Trainer, and 
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -555,6 +556,15 @@ def test_pretrain_then_relearn_through_the_trainer(tmp_path):
     assert r.exit_code == 0, r.output
     res_ft = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert json.loads(r.output)["ndcg@10"] == pytest.approx(res_ft["test"]["ndcg@10"], abs=1e-12)
+
+
+def test_init_from_names_a_kept_epoch_only_with_a_trailing_at_number():
+    from mmrec.trainers.transfer import split_init_from
+
+    assert split_init_from("runs/pre@20") == (Path("runs/pre"), 20)
+    assert split_init_from("runs/a@b/pre") == (Path("runs/a@b/pre"), None)  # an @ inside a path is a path
+    assert split_init_from("runs/pre@") == (Path("runs/pre@"), None)
+    assert split_init_from("runs/v@2/pre@3") == (Path("runs/v@2/pre"), 3)
 
 
 def test_init_from_an_epoch_the_pretraining_kept(tmp_path):
