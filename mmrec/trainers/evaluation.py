@@ -18,16 +18,18 @@ Protocol, as recorded in every ``results.json``:
 - ``mode=sampled``: the target competes with ``negatives`` items drawn (uniformly or by training
   popularity) from items the user never interacted with, from a seed; the drawn ids are saved in
   the run folder and reused by later evaluations of the run.
-- With several processes (``accelerate launch``), full ranking is split: process r ranks every
-  N-th case from r, and the ranks are gathered back in the cases' order, so every process has the
-  whole part's ranks (and the same metrics) for 1/N of the work. Sampled negatives and random ties
-  (whose draws follow the order of the cases) are ranked whole by every process.
+- With several processes (``accelerate launch``), the ranking is split: process r ranks every
+  N-th case from r (against the same seeded negatives in sampled mode), and the ranks are gathered
+  back in the cases' order, so every process has the whole part's ranks (and the same metrics) for
+  1/N of the work. Random ties (whose draws follow the order of the cases) are ranked whole by
+  every process.
 - HR@K (= Recall@K with one target) = mean[rank < K]; NDCG@K = mean[rank < K] / log2(rank + 2);
   MRR@K = mean[rank < K] / (rank + 1).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,8 +145,8 @@ class Evaluator:
         was_training = model.training
         model.eval()
         try:
-            if self.cfg.mode == "full" and self.world > 1 and self.cfg.ties != "random":
-                ranks = self._rank_split(model, cases)
+            if self.world > 1 and self.cfg.ties != "random":
+                ranks = self._rank_split(model, cases, part)
             elif self.cfg.mode == "full":
                 ranks = self._rank_full(model, cases)
             else:
@@ -231,12 +233,15 @@ class Evaluator:
             ranks[idx] = rank_from_counts(greater, ge - greater, self.cfg.ties, rng)
         return ranks
 
-    def _rank_split(self, model: torch.nn.Module, cases: EvalCases) -> np.ndarray:
-        """``_rank_full`` of every ``world``-th case from ``rank``, gathered from every process back
-        into the cases' order."""
+    def _rank_split(self, model: torch.nn.Module, cases: EvalCases, part: str) -> np.ndarray:
+        """The ranks of every ``world``-th case from ``rank`` (full or sampled), gathered from every
+        process back into the cases' order."""
         n, r, w = len(cases), self.rank, self.world
         mine = np.arange(r, n, w)
-        local = self._rank_full(model, type(cases)(cases.user[mine], cases.pos[mine]))
+        if self.cfg.mode == "full":
+            local = self._rank_full(model, type(cases)(cases.user[mine], cases.pos[mine]))
+        else:
+            local = self._rank_sampled(model, cases, part, subset=mine)
         m = -(-n // w)
         buf = torch.full((m,), -1, dtype=torch.long, device=self.device)
         buf[:len(local)] = torch.as_tensor(local, device=self.device)
@@ -283,10 +288,13 @@ class Evaluator:
                 raise ConfigError(f"{path} holds negatives of shape {neg.shape}, expected "
                                   f"{(len(cases), self.cfg.negatives)}; delete it to draw new ones")
         else:
-            neg = self._draw_negatives(cases, part)
-            if path is not None:
+            neg = self._draw_negatives(cases, part)  # every process draws the same (seeded)
+            if path is not None and self.rank == 0:  # written whole by one process, so none reads half a file
                 path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, neg)
+                tmp = path.with_name(path.name + ".tmp")
+                with open(tmp, "wb") as f:
+                    np.save(f, neg)
+                os.replace(tmp, path)
         self._negatives[part] = neg
         return neg
 
@@ -335,8 +343,13 @@ class Evaluator:
                               "lower eval.negatives")
         return neg.astype(np.int64)
 
-    def _rank_sampled(self, model: torch.nn.Module, cases: EvalCases, part: str) -> np.ndarray:
+    def _rank_sampled(self, model: torch.nn.Module, cases: EvalCases, part: str,
+                      subset: np.ndarray | None = None) -> np.ndarray:
+        """Ranks against the part's sampled negatives; ``subset``: of these cases only (their rows of
+        the negatives drawn for all of them)."""
         neg = self.negatives_for(cases, part)
+        if subset is not None:
+            cases, neg = type(cases)(cases.user[subset], cases.pos[subset]), neg[subset]
         dev = self.device
         ranks = np.zeros(len(cases), dtype=np.int64)
         rng = np.random.default_rng(self.cfg.seed)

@@ -162,10 +162,11 @@ def _all_gather(world):
     return gather_for
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_split_ranking_over_processes_equals_one_process(tmp_path, world):
+@pytest.mark.parametrize("world,mode", [(2, "full"), (3, "full"), (2, "sampled")])
+def test_split_ranking_over_processes_equals_one_process(tmp_path, world, mode):
     """With ``world`` processes each ranks every world-th case and the gathered ranks are one
-    process's, in the cases' order, on every process (41 cases: not a multiple of 2 or 3)."""
+    process's, in the cases' order, on every process (41 cases: not a multiple of 2 or 3); sampled
+    negatives are the same seeded draw, saved by the first process only."""
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(2)
@@ -173,16 +174,22 @@ def test_split_ranking_over_processes_equals_one_process(tmp_path, world):
     d = PreparedDataset(prepare(raw_from_sequences(seqs), tmp_path / "p",
                                 PrepareConfig(min_user_interactions=1, min_item_interactions=1)))
     m = TableModel(np.round(rng.normal(size=(d.n_items + 1, d.n_items + 1)), 1))
-    cfg = EvalConfig(history_mask="whole", batch_size=4)
-    one = Evaluator(d, cfg, 5, torch.device("cpu")).evaluate(m, "test", return_ranks=True)
+    cfg = EvalConfig(history_mask="whole", batch_size=4, mode=mode, negatives=6)
+    one = Evaluator(d, cfg, 5, torch.device("cpu"), tmp_path / "one").evaluate(m, "test", return_ranks=True)
     gather_for = _all_gather(world)
     ranked = []
 
     def process(rank):
-        ev = Evaluator(d, cfg, 5, torch.device("cpu"), rank=rank, world=world, gather=gather_for(rank))
+        ev = Evaluator(d, cfg, 5, torch.device("cpu"), tmp_path / "split", rank=rank, world=world,
+                       gather=gather_for(rank))
         calls = []
-        real = ev._rank_full
-        ev._rank_full = lambda model, cases: (calls.append(len(cases)), real(model, cases))[1]
+        if mode == "full":
+            real = ev._rank_full
+            ev._rank_full = lambda model, cases: (calls.append(len(cases)), real(model, cases))[1]
+        else:
+            real = ev._rank_sampled
+            ev._rank_sampled = lambda model, cases, part, subset=None: (
+                calls.append(len(subset)), real(model, cases, part, subset))[1]
         out = ev.evaluate(m, "test", return_ranks=True)
         ranked.append(calls)
         return out
@@ -193,5 +200,9 @@ def test_split_ranking_over_processes_equals_one_process(tmp_path, world):
     for out in outs:
         assert out["ranks"].tolist() == one["ranks"].tolist() and out["ndcg@10"] == one["ndcg@10"]
     assert sorted(c[0] for c in ranked) == sorted(len(range(r, 41, world)) for r in range(world))  # 1/world each
+    if mode == "sampled":
+        assert np.array_equal(np.load(tmp_path / "split" / "negatives_test.npy"),
+                              np.load(tmp_path / "one" / "negatives_test.npy"))
+        assert sorted(p.name for p in (tmp_path / "split").iterdir()) == ["negatives_test.npy"]  # no .tmp left
     with pytest.raises(ValueError, match="needs the processes' gather"):
         Evaluator(d, cfg, 5, torch.device("cpu"), rank=0, world=2)
