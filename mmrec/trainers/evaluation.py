@@ -123,7 +123,7 @@ class Evaluator:
                  gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """``rank`` / ``world`` / ``gather``: this process's index, the number of processes, and their
         all-gather (``Accelerator.gather``: each process's ``[m]`` tensor -> ``[world * m]``, in rank
-        order), which every process calls in the same order; with ``world`` > 1 full ranking is split."""
+        order), which every process calls in the same order; with ``world`` > 1 the ranking is split."""
         self.data, self.cfg, self.max_len, self.device = data, cfg, max_len, device
         self.run_dir = Path(run_dir) if run_dir else None
         self._negatives: dict[str, np.ndarray] = {}
