@@ -274,6 +274,8 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
                    no_report: bool = typer.Option(False, "--no-report", help="Only the table, no HTML report."),
                    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes sharing the runs, each with "
                                             "train.threads = the available cores / N unless the file sets it."),
+                   rows: Optional[str] = typer.Option(None, "--rows", help="Only these rows of the file, comma-separated "
+                                                      "(e.g. the main rows before the ablations)."),
                    worker: Optional[str] = typer.Option(None, "--worker", hidden=True, help="i/N: one of --jobs' workers."),
                    threads: Optional[int] = typer.Option(None, "--threads", hidden=True, help="train.threads where the file sets none.")) -> None:
     """Train every (dataset, row, seed) of the file that has not finished (an interrupted run resumes;
@@ -286,8 +288,9 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
         typer.echo(f"{what}; run `mmrec experiment run {file}` again to continue", err=True)
         raise typer.Exit(Preempted.EXIT_CODE)
 
+    only = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
     if jobs > 1 and worker is None:
-        res = run_jobs(file, jobs, log=lambda m: typer.echo(m), report=not no_report)
+        res = run_jobs(file, jobs, log=lambda m: typer.echo(m), report=not no_report, rows=only)
         if res.get("stopped"):
             again(f"{res['stopped']}: the workers stopped after their checkpoints")
     else:
@@ -301,7 +304,7 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
             w = (int(i), int(n))
         try:
             res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m), threads=threads,
-                                 worker=w, wait=w is not None, summary=w is None)
+                                 worker=w, wait=w is not None, summary=w is None, rows=only)
         except Preempted as p:  # a scheduler's stop: the run checkpointed; the same command continues
             again(f"{p.signal_name}: {p.run_dir} stopped after its checkpoint")
     if res["pending"]:

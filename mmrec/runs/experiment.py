@@ -547,7 +547,8 @@ class _Runner:
 
 def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callable[[str], None] = print,
                    report: bool = True, threads: int | None = None, worker: tuple[int, int] | None = None,
-                   wait: bool = False, summary: bool = True, poll_s: float = 5.0) -> dict[str, Any]:
+                   wait: bool = False, summary: bool = True, poll_s: float = 5.0,
+                   rows: list[str] | None = None) -> dict[str, Any]:
     """Train what has not finished (unless ``only_finished``), then the table and the report.
 
     ``threads``: ``train.threads`` for runs whose file does not set it. ``worker`` (i, n): worker i
@@ -556,11 +557,14 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     seeds finish first (a worker that started half-way down the list once trained an ablation while
     the main row's last seed waited). ``wait``: while runs are left to other processes, look again
     every ``poll_s`` seconds (a search's seeds start once its trials end) until all have finished.
-    ``summary``: print the table and write the report (a worker leaves them to its parent)."""
+    ``summary``: print the table and write the report (a worker leaves them to its parent).
+    ``rows``: only these rows of the file (e.g. the main rows before the ablations)."""
     exp, root = load_experiment(path)
     if threads:
         exp.settings = {"train.threads": threads, **exp.settings}
-    units = [(ds, row) for ds in exp.datasets for row in exp.rows if ds in row_datasets(exp, row)]
+    check_rows(exp, rows)
+    units = [(ds, row) for ds in exp.datasets for row in exp.rows
+             if ds in row_datasets(exp, row) and (rows is None or row in rows)]
     runner = _Runner(exp, root, only_finished=only_finished, log=log)
     while True:
         runner.pending = runner.trained = 0
@@ -741,7 +745,14 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
     return "\n".join(out)
 
 
-def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print, report: bool = True) -> dict[str, Any]:
+def check_rows(exp: Experiment, rows: list[str] | None) -> None:
+    unknown = [r for r in rows or [] if r not in exp.rows]
+    if unknown:
+        raise ConfigError(f"--rows: {', '.join(unknown)} not among the file's rows ({', '.join(exp.rows)})")
+
+
+def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print, report: bool = True,
+             rows: list[str] | None = None) -> dict[str, Any]:
     """``mmrec experiment run FILE --jobs N``: N worker processes run the file (sharing its runs through
     the run-folder locks), each with ``train.threads`` = the available cores / N unless the file sets
     it; SIGTERM / SIGINT are forwarded to them (each stops after a checkpoint); then the table and
@@ -756,6 +767,7 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
     from mmrec.resources import available_cores
 
     exp, root = load_experiment(path)
+    check_rows(exp, rows)
     threads = None
     if "train.threads" not in exp.settings:
         cores, source = available_cores()
@@ -771,6 +783,8 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
         cmd = [sys.executable, "-m", "mmrec.cli", "experiment", "run", str(path), "--worker", f"{i}/{jobs}"]
         if threads:
             cmd += ["--threads", str(threads)]
+        if rows:
+            cmd += ["--rows", ",".join(rows)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                       start_new_session=True))  # a terminal's Ctrl-C reaches the parent only
     lock = threading.Lock()
@@ -807,7 +821,7 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
     if failed:
         raise MMRecError("; ".join(f"worker {i} ended with exit code {c}" for i, c in failed)
                          + " (its messages are above, after [i])")
-    out = run_experiment(path, only_finished=True, report=report, log=log)
+    out = run_experiment(path, only_finished=True, report=report, log=log, rows=rows)
     if stopped or any(c == 75 for c in codes):
         out["stopped"] = stopped[0] if stopped else "a stop request"
     return out

@@ -381,3 +381,19 @@ report: {baseline: scratch}
     again = []
     run_experiment(f, log=again.append, report=False)
     assert not any(s.startswith("ring/") for s in again)
+
+
+def test_rows_runs_only_the_rows_named(exp_file, tmp_path):
+    """``--rows pop``: the pop runs only (the main rows before the ablations); the table has that row;
+    an unknown row is an error listing the file's rows."""
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--rows", "pop", "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "runs" / "ring").iterdir()) == ["pop-s0", "pop-s1"]
+    assert "| ring | pop | 2 |" in r.output and "| ring | sasrec |" not in r.output
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--rows", "pop,gru", "--jobs", "2"])
+    assert r.exit_code != 0 and "--rows: gru not among the file's rows (pop, sasrec)" in r.output
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--rows", "sasrec", "--jobs", "2", "--no-report"])
+    assert r.exit_code == 0, r.output  # the workers get the rows too
+    trained = sorted(line[4:].split(":")[0] for line in r.output.splitlines() if "s, best epoch" in line)
+    assert trained == ["ring/sasrec seed 0", "ring/sasrec seed 1"], r.output
+    assert "| ring | sasrec | 2 |" in r.output and "| ring | pop |" not in r.output
