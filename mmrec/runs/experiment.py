@@ -44,8 +44,8 @@ More a file can say:
   modalities are left out there (one row list for a text+image target and a text-only one).
 - ``init_from: RUN_FOLDER`` on a row: start from a finished run (``model.init_from``, e.g. an ANT
   pre-training run; the row states the model settings that run had, as its checkpoint needs them).
-  ``{dataset}`` in it is the dataset's name: ``"runs/unisrec-pre-{dataset}"`` (quoted in YAML) gives each target its own
-  pre-training (UniSRec pre-trains on the datasets other than the target).
+  ``{dataset}`` in it is the dataset's name: ``"runs/unisrec-pre-{dataset}"`` (quoted in YAML) gives
+  each target its own pre-training (UniSRec pre-trains on the datasets other than the target).
 - ``report: {domains: hm}``: tables per item domain of ``hm``'s test targets (the cases whose user had
   an earlier event of that domain), rows on its single-domain datasets mapped onto the same cases,
   and per-domain values a method logs at its best epoch (SyNCRec's negative-transfer gaps and weights).
@@ -99,6 +99,11 @@ class DatasetSpec:
                               "dataset of the file ({of: NAME, domain: DOMAIN})")
         if (self.of is None) != (self.domain is None):
             raise ConfigError("of and domain go together: of names the dataset, domain the item domain to keep")
+        from mmrec.features.aligned import MODALITIES
+
+        odd = [m for m in self.modalities or [] if m not in MODALITIES]
+        if odd:
+            raise ConfigError(f"modalities: {', '.join(map(repr, odd))} is not a modality; use some of {', '.join(MODALITIES)}")
 
 
 @dataclass

@@ -323,6 +323,10 @@ rows: {relearn: {method: ant, init_from: runs/pre, settings: {model.adapt: relea
     exp, root = load_experiment(f)
     assert row_config(exp, root, "d", "relearn", 0).features == {"text": "minilm"}
     assert row_config(exp, root, "e", "relearn", 0).features == {"text": "minilm", "image": "effnet"}
+    f.write_text(f.read_text().replace("modalities: [text]", "modalities: [txt]"))
+    with pytest.raises(ConfigError, match="modalities: 'txt' is not a modality; use some of text, image, price"):
+        load_experiment(f)
+    f.write_text(f.read_text().replace("modalities: [txt]", "modalities: [text]"))
     f.write_text(f.read_text().replace("e: {path: ds2}", "e: {of: x, domain: a}"))
     with pytest.raises(ConfigError, match="datasets.e.of: 'x' is not a prepared dataset of the file"):
         load_experiment(f)
