@@ -35,7 +35,7 @@ negatives never include them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -52,7 +52,7 @@ class ItemRows:
     (``bce``, ``gbce``, ``sampled_ce``) read where a full ``[n_items + 1, d]`` table would cost a pass
     over the catalogue."""
 
-    def __init__(self, fn: Any, n_rows: int):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n_rows: int):
         self.fn, self.n_rows = fn, n_rows
 
     def __len__(self) -> int:
@@ -221,7 +221,7 @@ class SequentialRecommender(nn.Module):
         rows without the whole table overrides it (and ``loss_items``)."""
         return self.item_embeddings()[ids]
 
-    def loss_items(self, train_cfg: Any) -> Any:
+    def loss_items(self, train_cfg: Any) -> torch.Tensor | ItemRows:
         """The item table the shared loss reads: ``item_embeddings()``, or for the sampled losses of a
         method with a ``row_encoder``, ``ItemRows`` over ``item_rows``."""
         if self.row_encoder is not None and self.sampled_rows(train_cfg):
