@@ -313,11 +313,13 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
 
 @experiment_app.command("show")
 @_user_errors
-def experiment_show(file: Path = typer.Argument(..., help="The experiment file.")) -> None:
+def experiment_show(file: Path = typer.Argument(..., help="The experiment file."),
+                    rows: Optional[str] = typer.Option(None, "--rows", help="Only these rows, comma-separated.")) -> None:
     """Print the table of the runs of the file that have finished (trains nothing)."""
     from mmrec.runs.experiment import run_experiment
 
-    run_experiment(file, only_finished=True, report=False, log=lambda m: typer.echo(m))
+    only = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    run_experiment(file, only_finished=True, report=False, log=lambda m: typer.echo(m), rows=only)
 
 
 @app.command()

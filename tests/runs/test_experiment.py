@@ -401,3 +401,5 @@ def test_rows_runs_only_the_rows_named(exp_file, tmp_path):
     trained = sorted(line[4:].split(":")[0] for line in r.output.splitlines() if "s, best epoch" in line)
     assert trained == ["ring/sasrec seed 0", "ring/sasrec seed 1"], r.output
     assert "| ring | sasrec | 2 |" in r.output and "| ring | pop |" not in r.output
+    r = CliRunner().invoke(app, ["experiment", "show", str(exp_file), "--rows", "pop"])
+    assert r.exit_code == 0 and "| ring | pop | 2 |" in r.output and "| ring | sasrec |" not in r.output, r.output
