@@ -141,6 +141,11 @@ def _print_dataset(meta: dict[str, Any]) -> None:
         typer.echo(f"  reader {r['step']}: {r['rows']:,} rows ({r['why']})")
 
 
+def _comma_list(text: Optional[str]) -> list[str]:
+    """``"a, b,"`` -> ``["a", "b"]`` (empty for None or blanks)."""
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
 def _named_parts(parts: list[str], what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for p in parts:
@@ -288,7 +293,7 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
         typer.echo(f"{what}; run `mmrec experiment run {file}` again to continue", err=True)
         raise typer.Exit(Preempted.EXIT_CODE)
 
-    only = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    only = _comma_list(rows) or None
     if jobs > 1 and worker is None:
         res = run_jobs(file, jobs, log=lambda m: typer.echo(m), report=not no_report, rows=only)
         if res.get("stopped"):
@@ -318,7 +323,7 @@ def experiment_show(file: Path = typer.Argument(..., help="The experiment file."
     """Print the table of the runs of the file that have finished (trains nothing)."""
     from mmrec.runs.experiment import run_experiment
 
-    only = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    only = _comma_list(rows) or None
     run_experiment(file, only_finished=True, report=False, log=lambda m: typer.echo(m), rows=only)
 
 
@@ -452,12 +457,12 @@ def demo(
     from mmrec.data.prepared import PreparedDataset
 
     _print_dataset(PreparedDataset(ds).meta)
-    keys = [x.strip() for x in encoders.split(",") if x.strip()]
+    keys = _comma_list(encoders)
     modalities = _demo_extract(ds, out / "features", keys) if keys else {}
     from mmrec.trainers.methods import get_method
 
     rows = []
-    for m in [x.strip() for x in methods.split(",") if x.strip()]:
+    for m in _comma_list(methods):
         cls = get_method(m)
         feats = {k: v for k, v in modalities.items() if k in cls.modalities}
         if cls.modalities and (not feats or any(r not in feats for r in cls.required_modalities)):
