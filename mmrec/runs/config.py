@@ -241,37 +241,44 @@ def setting_in(key: str, names: frozenset[str] | set[str]) -> bool:
     return key in names or any(key.startswith(n + ".") for n in names)
 
 
-def check_saved_config(folder: RunFolder, resolved: dict[str, Any], model_cls: type, action: str) -> None:
-    """Refuse to ``action`` (resume, reuse) ``folder`` when it was trained with other settings than
-    ``resolved`` (resource settings aside: threads, device, evaluation batch; on resume, the epoch cap
-    and patience may change, ``EXTENDABLE_ON_RESUME``)."""
+def _saved_differences(folder: RunFolder, resolved: dict[str, Any], model_cls: type) -> tuple[dict[str, str], bool]:
+    """The settings (flattened keys -> "KEY: OLD there, NEW now") where the run saved in ``folder``
+    differs from ``resolved``, resource settings aside; and whether its epoch cap and patience may
+    change on resume (not under a cosine schedule, whose rates depend on ``train.epochs``)."""
     old = folder.config()
     if old is None or old == resolved:
-        return
+        return {}, True
     a, b = flatten(upgrade_saved_config(old, model_cls), "."), flatten(resolved, ".")
-    free = set(RESOURCE_SETTINGS)
-    if action == "resume" and a.get("train.lr_schedule") != "cosine":
-        free |= EXTENDABLE_ON_RESUME
-    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not setting_in(k, free)]
+    diff = {k: f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not setting_in(k, RESOURCE_SETTINGS)}
+    return diff, a.get("train.lr_schedule") != "cosine"
+
+
+def _refuse(folder: RunFolder, diff: list[str], action: str) -> None:
     if diff:
         raise ConfigError(f"{folder.config_path} differs from this run's configuration ({'; '.join(diff[:5])}); "
                           f"to {action} it use the same settings (--set KEY=VALUE), or give another run folder")
 
 
+def check_saved_config(folder: RunFolder, resolved: dict[str, Any], model_cls: type, action: str) -> None:
+    """Refuse to ``action`` (resume, reuse) ``folder`` when it was trained with other settings than
+    ``resolved`` (resource settings aside: threads, device, evaluation batch; on resume, the epoch cap
+    and patience may change, ``EXTENDABLE_ON_RESUME``)."""
+    diff, extendable = _saved_differences(folder, resolved, model_cls)
+    free = EXTENDABLE_ON_RESUME if action == "resume" and extendable else frozenset()
+    _refuse(folder, [d for k, d in diff.items() if not setting_in(k, free)], action)
+
+
 def reusable(folder: RunFolder, resolved: dict[str, Any], model_cls: type) -> bool:
     """Whether the run finished in ``folder`` is the run ``resolved`` asks for (True), or the same run
-    with a higher epoch cap or patience (False: resume it to the new ones, as ``mmrec train --resume``
+    with another epoch cap or patience (False: resume it to the new ones, as ``mmrec train --resume``
     would); ``ConfigError`` naming the differences when other settings differ."""
-    try:
-        check_saved_config(folder, resolved, model_cls, "reuse")
+    diff, extendable = _saved_differences(folder, resolved, model_cls)
+    if not diff:
         return True
-    except ConfigError as differs:
-        try:
-            check_saved_config(folder, resolved, model_cls, "resume")
-        except ConfigError:
-            raise differs from None
-        return False
+    if not (extendable and all(setting_in(k, EXTENDABLE_ON_RESUME) for k in diff)):
+        _refuse(folder, list(diff.values()), "reuse")
+    return False
 
 
 def finished_results(run: RunConfig, run_dir: str | Path) -> dict[str, Any] | None:
