@@ -360,21 +360,17 @@ def evaluate(
     part: str = typer.Option("test", "--part", help="valid or test."),
     set_: Optional[list[str]] = SetOpt,
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Write the evaluation (both parts, per-case test ranks) as a new run folder, "
+                                  "which mmrec report compares with runs trained under that protocol."),
 ) -> None:
     """Evaluate a trained run again, optionally under another protocol (--set eval.history_mask=whole)."""
-    import torch
+    from mmrec.runs.reevaluate import reevaluate
 
-    from mmrec.runs.recommend import load_trained_model
-    from mmrec.trainers.evaluation import Evaluator
-
-    # with the cold-start protocol: the same data view the run was trained on
-    model, run, data = load_trained_model(run_dir, list(set_ or []), checkpoint)
-    ev = Evaluator(data, run.eval, run.train.max_len, torch.device("cpu"), run_dir)
-    t0 = time.perf_counter()
-    res = ev.evaluate(model, part)
-    res["seconds"] = round(time.perf_counter() - t0, 3)
-    res["protocol"] = ev.protocol()
+    res = reevaluate(run_dir, list(set_ or []), checkpoint, part, out)
     typer.echo(json.dumps(res, indent=2))
+    if out is not None:
+        typer.echo(f"written to {out} (mmrec report {out} ... compares it per test case)", err=True)
 
 
 @app.command()
@@ -424,8 +420,8 @@ def report(
     res = build_report(runs, out, metric, baseline, permutations, title)
     typer.echo(f"{len(res['groups'])} groups, {len(res['tests'])} paired tests against {res['baseline']}, "
                f"{res['images']} figures -> {out}")
-    if res["tests"]:
-        typer.echo(paired_markdown(res["tests"], res["baseline"], metric))
+    if res["tests"] or res["not_comparable"]:
+        typer.echo(paired_markdown(res["tests"], res["baseline"], metric, res["not_comparable"]))
 
 
 @app.command()

@@ -645,7 +645,7 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
     a baseline, the gap to it and whether it is beyond the two seed spreads together ("below" is
     negative transfer when the baseline is training from scratch). A method's evaluation variants
     (e.g. ODMT's sub-networks alone) are rows of their own, from the same runs."""
-    from mmrec.runs.report import mean_sd
+    from mmrec.runs.report import mean_sd, protocol_difference
 
     k = exp.report.metric
     hr = k.replace("ndcg", "hr")
@@ -661,7 +661,9 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
         for v in rs[0].get("test_variants", {}):
             vs = [r["test_variants"][v] for r in rs]
             parts.append((f"{row} [{v}]", vs, [x.get("warm", {}) for x in vs], [x.get("cold", {}) for x in vs]))
-        base_vals = [r["test"].get(k, float("nan")) for r in results.get((ds, base), [])]
+        base_runs = results.get((ds, base), [])
+        base_vals = [r["test"].get(k, float("nan")) for r in base_runs]
+        other_protocol = protocol_difference(rs[0], base_runs[0]) if base_runs else None
         for label, tests, warms, colds in parts:
             vals = [t.get(k, float("nan")) for t in tests]
             cells = [ds, label, str(len(rs)), mean_sd(vals), mean_sd([t.get(hr, float("nan")) for t in tests])]
@@ -671,7 +673,12 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
                           mean_sd(cold_vals) if cold_vals else ("n/a (ids only)" if any(colds) else "-")]
             cells += [eps, f"{spe:.1f}"]
             if base:
-                cells += ["—", "—"] if label == base or not base_vals else list(_gap(vals, base_vals))
+                if label == base or not base_vals:
+                    cells += ["—", "—"]
+                elif other_protocol:  # a gap between two protocols says nothing about the methods
+                    cells += [f"other protocol ({other_protocol})", "—"]
+                else:
+                    cells += list(_gap(vals, base_vals))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -62,7 +62,11 @@ class Run:
         except ConfigError:  # a method this version does not know: its settings as saved
             pass
         flat = flatten(cfg, ".")
-        return json.dumps({k: v for k, v in sorted(flat.items()) if not setting_in(k, _NOT_SETTINGS)}, default=str)
+        key = {k: v for k, v in sorted(flat.items()) if not setting_in(k, _NOT_SETTINGS)}
+        source = (self.results.get("re_evaluated") or {}).get("source_evaluation")
+        if source:  # re-evaluated (mmrec evaluate --out): its epoch was kept under another protocol
+            key["selected under"] = {k: source.get(k) for k in RANK_SETTINGS + SAMPLED_RANK_SETTINGS}
+        return json.dumps(key, default=str)
 
 
 # what does not make two runs different rows: the seed, where they were written, resources, and how
@@ -174,6 +178,30 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 10000, seed:
             "p_value": (hits + 1) / (n_permutations + 1)}
 
 
+# The evaluation settings that change a test case's rank (``protocol.evaluation`` of results.json);
+# batch sizes, chunking and the reported cut-offs do not. The negatives matter in sampled mode only.
+RANK_SETTINGS = ("mode", "history_mask", "ties")
+SAMPLED_RANK_SETTINGS = ("negatives", "negative_sampling", "seed")
+
+
+def protocol_difference(results: dict[str, Any], baseline: dict[str, Any]) -> str | None:
+    """How two runs' evaluation protocols differ in what changes a case's rank (``"eval.history_mask
+    'none' against 'whole'"``), or None when they agree (or a run predates the recorded protocol)."""
+    a = (results.get("protocol") or {}).get("evaluation") or {}
+    b = (baseline.get("protocol") or {}).get("evaluation") or {}
+    if not a or not b:
+        return None
+    keys = RANK_SETTINGS + (SAMPLED_RANK_SETTINGS if "sampled" in (a.get("mode"), b.get("mode")) else ())
+    diffs = [f"eval.{k} {a.get(k)!r} against {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    return "; ".join(diffs) or None
+
+
+def not_comparable_note(difference: str) -> str:
+    """What a paired test between two protocols is replaced by, and what to do."""
+    return (f"not comparable: evaluated under another protocol ({difference}, the baseline's second); "
+            "re-evaluate one run under the other's protocol: mmrec evaluate RUN --set eval.KEY=VALUE --out NEW_FOLDER")
+
+
 def _group_cases(g: Group, metric: str) -> np.ndarray | None:
     """Per-case metric averaged over the group's seeds (None when a run has no test_ranks.npy or the
     runs disagree on the number of cases)."""
@@ -217,13 +245,16 @@ def _curves_png(g: Group, metric: str) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def paired_markdown(tests: dict[str, dict[str, float]], baseline: str, metric: str = "ndcg@10") -> str:
-    """The paired tests of ``build_report`` as a Markdown table (what ``mmrec report`` prints)."""
+def paired_markdown(tests: dict[str, dict[str, float]], baseline: str, metric: str = "ndcg@10",
+                    not_comparable: dict[str, str] | None = None) -> str:
+    """The paired tests of ``build_report`` as a Markdown table (what ``mmrec report`` prints), with a
+    line for each group that could not be tested and why."""
     lines = [f"paired tests against {baseline} (per test case {metric}, averaged over each group's seeds; "
              "difference = group - baseline; sign-flip permutation p)",
              "| group | cases | mean difference | 95% interval | p |", "|---|---|---|---|---|"]
     lines += [f"| {g} | {t['n_cases']} | {t['mean_diff']:+.4f} | [{t['ci95_low']:+.4f}, {t['ci95_high']:+.4f}] | "
               f"{t['p_value']:.4f} |" for g, t in tests.items()]
+    lines += [f"| {g} | {why} | | | |" for g, why in (not_comparable or {}).items()]
     return "\n".join(lines)
 
 
@@ -276,6 +307,7 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
         parts.append("</table>")
     # paired tests
     tests: dict[str, Any] = {}
+    not_comparable: dict[str, str] = {}
     base_cases = _group_cases(base, metric)
     parts.append(f"<h2>Paired tests against {e(base.label)}</h2>")
     if base_cases is None:
@@ -288,6 +320,11 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
                      "<th>p</th></tr>")
         for g in groups:
             if g is base:
+                continue
+            difference = protocol_difference(g.runs[0].results, base.runs[0].results)
+            if difference is not None:
+                not_comparable[g.label] = not_comparable_note(difference)
+                parts.append(f"<tr><td>{e(g.label)}</td><td colspan=4>{e(not_comparable[g.label])}</td></tr>")
                 continue
             cases = _group_cases(g, metric)
             if cases is None or len(cases) != len(base_cases):
@@ -314,4 +351,5 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts), encoding="utf-8")
-    return {"groups": summary, "tests": tests, "baseline": base.label, "images": n_img, "out": str(out)}
+    return {"groups": summary, "tests": tests, "not_comparable": not_comparable, "baseline": base.label,
+            "images": n_img, "out": str(out)}

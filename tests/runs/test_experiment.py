@@ -226,6 +226,10 @@ def test_the_table_has_warm_and_cold_variant_rows_and_the_gap_to_the_baseline():
                         "gap vs scratch | beyond spread |")
     assert lines[2].endswith("| -0.1000 (-48.8%) | below |") and lines[3].endswith("| -0.0050 (-2.4%) | no |")
     assert lines[4].endswith("| +0.1000 (+48.8%) | above |") and lines[5].endswith("| — | — |")
+    masked = {"protocol": {"evaluation": {"mode": "full", "history_mask": "whole", "ties": "pessimistic"}}}
+    plain = {"protocol": {"evaluation": {"mode": "full", "history_mask": "none", "ties": "pessimistic"}}}
+    table = format_table(exp, {("d", "a"): runs([0.10, 0.11], **plain), ("d", "scratch"): runs([0.20, 0.21], **masked)})
+    assert table.splitlines()[2].endswith("| other protocol (eval.history_mask 'none' against 'whole') | — |")
     cold = {"test_warm": {"ndcg@10": 0.5}, "test_cold": {"n_cases": 3, "note": "method scores items by id only"},
             "test_variants": {"id": {"ndcg@10": 0.25, "hr@10": 0.5, "warm": {"ndcg@10": 0.3}, "cold": {"ndcg@10": 0.1}}}}
     table = format_table(Experiment(name="t", datasets={}, rows={}), {("d", "odmt"): runs([0.4], **cold)})

@@ -11,7 +11,12 @@ from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.errors import ConfigError
 from mmrec.runs.config import RunConfig
-from mmrec.runs.report import build_report, case_metric, paired_test
+from mmrec.runs.report import (
+    build_report,
+    case_metric,
+    paired_test,
+    protocol_difference,
+)
 from mmrec.trainers.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,3 +120,37 @@ def test_a_run_saved_before_a_setting_existed_is_a_seed_of_the_same_row(tmp_path
     groups = group_runs([old, run("kdsr-s1", 1), run("kdsr-s2", 2, sampled_negatives=64)])
     assert [(g.label, len(g.runs)) for g in groups] == [("kdsr", 2), ("kdsr (2)", 1)]
     assert [r.path.name for r in groups[0].runs] == ["kdsr-s0", "kdsr-s1"]
+
+
+def test_protocol_difference_names_only_what_changes_a_rank():
+    def res(**ev):
+        base = {"mode": "full", "negatives": 100, "negative_sampling": "uniform", "history_mask": "whole",
+                "ties": "pessimistic", "ks": [10], "batch_size": 1024, "seed": 0}
+        return {"protocol": {"evaluation": {**base, **ev}}}
+
+    assert protocol_difference(res(ks=[5, 10], batch_size=64, seed=3), res()) is None  # no rank changes
+    assert protocol_difference(res(history_mask="none"), res()) == "eval.history_mask 'none' against 'whole'"
+    assert protocol_difference(res(negatives=50), res()) is None  # negatives are unused in full ranking
+    assert protocol_difference(res(mode="sampled", negatives=50), res(mode="sampled")) == \
+        "eval.negatives 50 against 100"
+    assert protocol_difference({}, res()) is None  # a run from before the protocol was recorded: unknown
+
+
+def test_no_paired_test_between_two_evaluation_protocols(runs, tmp_path):
+    """sasrec re-evaluated with the history masked is not tested against pop without the mask; the
+    same re-evaluation of pop makes them comparable again."""
+    from mmrec.runs.reevaluate import reevaluate
+
+    for g in ("pop", "sasrec"):
+        reevaluate(runs / f"{g}-s0", ["eval.history_mask=whole"], out=tmp_path / "masked" / f"{g}_masked-s0")
+    res = build_report([runs / "pop-s0", tmp_path / "masked" / "sasrec_masked-s0"], tmp_path / "r.html",
+                       baseline="pop", n_permutations=200)
+    assert res["tests"] == {}
+    assert "eval.history_mask 'whole' against 'none'" in res["not_comparable"]["sasrec_masked"]
+    assert "mmrec evaluate RUN --set eval.KEY=VALUE --out" in res["not_comparable"]["sasrec_masked"]
+    assert "not comparable: evaluated under another protocol" in (tmp_path / "r.html").read_text()
+    r = CliRunner().invoke(app, ["report", str(runs / "pop-s0"), str(tmp_path / "masked" / "sasrec_masked-s0"),
+                                 "-o", str(tmp_path / "x.html"), "--baseline", "pop", "--permutations", "200"])
+    assert r.exit_code == 0 and "| sasrec_masked | not comparable: evaluated under another protocol" in r.output
+    res = build_report([tmp_path / "masked"], tmp_path / "r2.html", baseline="pop_masked", n_permutations=200)
+    assert set(res["tests"]) == {"sasrec_masked"} and res["not_comparable"] == {}
