@@ -62,17 +62,17 @@ def reevaluate(run_dir: str | Path, overrides: list[str] | None = None, checkpoi
         for v in model.eval_variants():
             with model.eval_variant(v):
                 variants[v] = ev.evaluate(model, "test")
-        _write_folder(src, dest, overrides, checkpoint, valid, test, variants, ev.protocol())
+        _write_folder(src, original, dest, overrides, checkpoint, valid, test, variants, ev.protocol())
     res["seconds"] = seconds
     res["protocol"] = ev.protocol()
     return res
 
 
-def _write_folder(src: RunFolder, dest: RunFolder, overrides: list[str], checkpoint: str, valid: dict[str, Any],
+def _write_folder(src: RunFolder, original: dict[str, Any], dest: RunFolder, overrides: list[str], checkpoint: str,
+                  valid: dict[str, Any],
                   test: dict[str, Any], variants: dict[str, Any], protocol: dict[str, Any]) -> None:
     """``dest`` as a finished run folder: the source's config with ``overrides``, its results with
     the new metrics (breakdowns the re-evaluation does not compute are left out, not left stale)."""
-    original = src.results() or {}
     dest.write_config(apply_overrides(src.require_config(), overrides))
     if src.metrics_path.exists():
         shutil.copyfile(src.metrics_path, dest.metrics_path)

@@ -65,7 +65,7 @@ class Run:
         key = {k: v for k, v in sorted(flat.items()) if not setting_in(k, _NOT_SETTINGS)}
         source = (self.results.get("re_evaluated") or {}).get("source_evaluation")
         if source:  # re-evaluated (mmrec evaluate --out): its epoch was kept under another protocol
-            key["selected under"] = {k: source.get(k) for k in RANK_SETTINGS + SAMPLED_RANK_SETTINGS}
+            key["selected under"] = rank_protocol(source)
         return json.dumps(key, default=str)
 
 
@@ -178,10 +178,20 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 10000, seed:
             "p_value": (hits + 1) / (n_permutations + 1)}
 
 
-# The evaluation settings that change a test case's rank (``protocol.evaluation`` of results.json);
-# batch sizes, chunking and the reported cut-offs do not. The negatives matter in sampled mode only.
-RANK_SETTINGS = ("mode", "history_mask", "ties")
-SAMPLED_RANK_SETTINGS = ("negatives", "negative_sampling", "seed")
+def rank_protocol(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a recorded evaluation protocol (``protocol.evaluation``) that change a test
+    case's rank: every ``EvalConfig`` field but the resource ones and the reported cut-offs; the
+    negatives only in sampled mode, the seed only there or with random ties."""
+    from dataclasses import fields
+
+    from mmrec.trainers.evaluation import EvalConfig
+
+    skip = {"ks"} | {k.removeprefix("eval.") for k in RESOURCE_SETTINGS if k.startswith("eval.")}
+    if evaluation.get("mode") != "sampled":
+        skip |= {"negatives", "negative_sampling"}
+        if evaluation.get("ties") != "random":
+            skip.add("seed")
+    return {f.name: evaluation.get(f.name) for f in fields(EvalConfig) if f.name not in skip}
 
 
 def protocol_difference(results: dict[str, Any], baseline: dict[str, Any]) -> str | None:
@@ -191,8 +201,8 @@ def protocol_difference(results: dict[str, Any], baseline: dict[str, Any]) -> st
     b = (baseline.get("protocol") or {}).get("evaluation") or {}
     if not a or not b:
         return None
-    keys = RANK_SETTINGS + (SAMPLED_RANK_SETTINGS if "sampled" in (a.get("mode"), b.get("mode")) else ())
-    diffs = [f"eval.{k} {a.get(k)!r} against {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    ra, rb = rank_protocol(a), rank_protocol(b)
+    diffs = [f"eval.{k} {a.get(k)!r} against {b.get(k)!r}" for k in {**ra, **rb} if ra.get(k) != rb.get(k)]
     return "; ".join(diffs) or None
 
 
