@@ -19,3 +19,31 @@ def test_the_smallest_limit_wins_and_is_named(tmp_path):
     (v1 / "cpu.cfs_quota_us").write_text("100000")
     (v1 / "cpu.cfs_period_us").write_text("100000")
     assert available_cores({}, v1) == (1, "cgroup CPU quota" if affinity > 1 else "CPU affinity")
+
+
+
+_GROUP_AT_EXIT = r"""
+import atexit, sys, tempfile
+import torch.distributed as dist
+from mmrec.resources import end_process_group_at_exit
+
+# atexit runs last-registered first: this handler, registered before mmrec's, sees the state after it
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized(), flush=True))
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+before = atexit._ncallbacks()
+for _ in range(int(sys.argv[1])):
+    end_process_group_at_exit()
+print("registered:", atexit._ncallbacks() - before, flush=True)
+"""
+
+
+def test_the_process_group_is_destroyed_at_exit_once_registered_and_registered_once(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "group.py"
+    script.write_text(_GROUP_AT_EXIT)
+    for calls, registered, alive in ((0, 0, True), (1, 1, False), (3, 1, False)):
+        out = subprocess.run([sys.executable, str(script), str(calls)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.splitlines()[-2:] == [f"registered: {registered}", f"initialized at exit: {alive}"]

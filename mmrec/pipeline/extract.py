@@ -281,6 +281,7 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
         start_entry,
         write_shard,
     )
+    from mmrec.resources import end_process_group_at_exit
 
     t_start = time.perf_counter()
     if cfg.threads:
@@ -290,6 +291,8 @@ def extract(cfg: ExtractConfig, *, log: Callable[[str], None] = print,
         raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or auto")
     state = PartialState(cpu=cpu)
     rank, world = state.process_index, state.num_processes
+    if world > 1:
+        end_process_group_at_exit()
     device = state.device
 
     if encoder is None:

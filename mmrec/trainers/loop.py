@@ -25,7 +25,7 @@ from mmrec.config import from_dict
 from mmrec.data.prepared import PreparedDataset
 from mmrec.errors import ConfigError, Preempted
 from mmrec.progress import Progress
-from mmrec.resources import available_cores
+from mmrec.resources import available_cores, end_process_group_at_exit
 from mmrec.runs.config import (
     ColdConfig,
     RunConfig,
@@ -127,6 +127,8 @@ class Trainer:
         self.accel = Accelerator(cpu=cpu, mixed_precision=tc.mixed_precision if not cpu else "no",
                                  log_with=list(tc.trackers) or None,
                                  project_dir=str(self.run_dir / "trackers") if tc.trackers else None)
+        if self.accel.num_processes > 1:
+            end_process_group_at_exit()
         if not self.accel.is_main_process:  # one process speaks
             self.log = lambda msg: None
         torch.manual_seed(tc.seed)

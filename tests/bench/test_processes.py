@@ -84,7 +84,7 @@ def _launch(tmp_path, *args):
 def test_two_processes_report_the_loss_of_every_batch_and_resume_to_the_same_weights(tmp_path):
     _, ds = _tiny(tmp_path)
     ref = _launch(tmp_path, ds, tmp_path / "ref", "first", 0)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert ref.returncode == 0, ref.stderr
     rows = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     rec = [json.loads((tmp_path / "ref" / f"losses-first-{r}.json").read_text()) for r in (0, 1)]
     n0 = len([1 for e, _ in rec[0] if e == 1])
@@ -104,7 +104,7 @@ def test_two_processes_report_the_loss_of_every_batch_and_resume_to_the_same_wei
     assert state["epoch"] == 1 and state["partial"]["next_batch"] == 2 * 3  # the 4th step starts at batch 6
     assert not (tmp_path / "cut" / "results.json").exists()
     res = _launch(tmp_path, ds, tmp_path / "cut", "resume", 0)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr
     # after the resume each process trained the batches it would have: none twice, none left out
     before = [json.loads((tmp_path / "cut" / f"losses-first-{r}.json").read_text()) for r in (0, 1)]
     after = [json.loads((tmp_path / "cut" / f"losses-resume-{r}.json").read_text()) for r in (0, 1)]
