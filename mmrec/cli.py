@@ -285,8 +285,9 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
                    threads: Optional[int] = typer.Option(None, "--threads", hidden=True, help="train.threads where the file sets none.")) -> None:
     """Train every (dataset, row, seed) of the file that has not finished (an interrupted run resumes;
     one another process trains is left to it), then print the table and write the report. Exits 75
-    when stopped by SIGTERM / SIGUSR1 (after a checkpoint: run it again to continue; with --jobs,
-    SIGTERM / SIGINT are passed to the workers), 3 while runs are left to another process."""
+    when stopped by SIGTERM / SIGUSR1 (after a checkpoint, or after the run that was finishing, with
+    no other run started: run it again to continue; with --jobs, SIGTERM / SIGINT are passed to the
+    workers), 3 while runs are left to another process."""
     from mmrec.runs.experiment import run_experiment, run_jobs
 
     def again(what: str) -> None:
@@ -311,7 +312,8 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
             res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m), threads=threads,
                                  worker=w, wait=w is not None, summary=w is None, rows=only)
         except Preempted as p:  # a scheduler's stop: the run checkpointed; the same command continues
-            again(f"{p.signal_name}: {p.run_dir} stopped after its checkpoint")
+            again(f"{p.signal_name}: {p.run_dir} " + ("finished; no other run started" if p.finished
+                                                       else "stopped after its checkpoint"))
     if res["pending"]:
         raise typer.Exit(3)
 

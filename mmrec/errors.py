@@ -46,8 +46,13 @@ class Preempted(Exception):
 
     EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
 
-    def __init__(self, signal_name: str, run_dir: str, epoch: int, batch: int | None):
+    def __init__(self, signal_name: str, run_dir: str, epoch: int, batch: int | None, finished: bool = False):
         self.signal_name, self.run_dir, self.epoch, self.batch = signal_name, run_dir, epoch, batch
+        self.finished = finished  # the stop came as the run finished: its results are written, nothing to resume
+        if finished:
+            super().__init__(f"stopped by {signal_name} as {run_dir} finished (its results are written); "
+                             f"nothing was started after it")
+            return
         where = f"epoch {epoch}" + (f", batch {batch}" if batch is not None else " (at its end)")
         super().__init__(f"stopped by {signal_name} in {where}; checkpoint written to {run_dir}/last. "
                          f"Run the same command with --run-dir {run_dir} --resume to continue")

@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmrec.config import from_dict, read_config_file, settings_overrides
-from mmrec.errors import ConfigError, RunFolderBusy
+from mmrec.errors import ConfigError, Preempted, RunFolderBusy
 from mmrec.runs.config import (
     RunConfig,
     build_run,
@@ -421,6 +421,8 @@ class _Runner:
             return res
         self.trained += 1
         self.log(f"{label}: {time.perf_counter() - t:.0f}s, best epoch {res['best_epoch']} of {res['epochs_run']}")
+        if trainer.stop_requested is not None:  # asked as the run finished: start no other run
+            raise Preempted(trainer.stop_requested, str(folder), res["epochs_run"], None, finished=True)
         return res
 
     # -- rows ----------------------------------------------------------------------------------

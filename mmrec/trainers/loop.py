@@ -279,6 +279,13 @@ class Trainer:
         """Ask training to checkpoint and stop after the current step (what the signal handlers do)."""
         self._stop_reason = reason
 
+    @property
+    def stop_requested(self) -> str | None:
+        """The stop asked during the last ``fit`` (a signal's name), also when it came too late to
+        cut the run short (in the final evaluation, or at the epoch that ended training): a caller
+        that goes on to other runs (an experiment) stops there."""
+        return getattr(self, "_stop_reason", None)
+
     def _stop_agreed(self) -> bool:
         """Whether to stop now; with several processes, any one's request stops all at the same step."""
         asked = getattr(self, "_stop_reason", None) is not None

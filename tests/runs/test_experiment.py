@@ -52,6 +52,30 @@ def test_an_experiment_trains_once_then_reuses_and_reports(exp_file, tmp_path):
     assert r.exit_code == 0 and "| ring | pop | 2 |" in r.output
 
 
+def test_a_stop_asked_as_a_run_finishes_starts_no_other_run(exp_file, tmp_path, monkeypatch):
+    # SIGTERM during a run's final evaluation came too late to cut the run short; the experiment
+    # went on to the next run (seen: a lane killed that way trained its next seed)
+    from mmrec.trainers.loop import Trainer
+
+    real_finish = Trainer.finish
+
+    def finish_with_a_stop(self, state):
+        self.request_stop("SIGTERM")
+        return real_finish(self, state)
+
+    monkeypatch.setattr(Trainer, "finish", finish_with_a_stop)
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--no-report"])
+    assert r.exit_code == 75, r.output
+    assert "SIGTERM: " in r.output and "pop-s0 finished; no other run started" in r.output
+    assert sorted(p.name for p in (tmp_path / "runs" / "ring").iterdir()) == ["pop-s0"]
+    assert (tmp_path / "runs" / "ring" / "pop-s0" / "results.json").exists()
+    monkeypatch.setattr(Trainer, "finish", real_finish)
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert "ring/pop seed 0" not in r.output and "ring/pop seed 1" in r.output  # the finished run reused
+    assert sorted(p.name for p in (tmp_path / "runs" / "ring").iterdir()) == ["pop-s0", "pop-s1", "sasrec-s0", "sasrec-s1"]
+
+
 def test_a_row_with_its_own_seeds_runs_only_those(exp_file, tmp_path):
     exp_file.write_text(exp_file.read_text().replace("  pop: {method: pop}", "  pop: {method: pop, seeds: [1]}"))
     out = run_experiment(exp_file, log=lambda s: None, report=False)
