@@ -364,6 +364,10 @@ class Trainer:
         else:
             if self.accel.is_main_process:  # a kill after an epoch's line but before its checkpoint
                 self.folder.truncate_metrics(state["epoch"])
+            if state["done"] and state["bad_epochs"] < tc.patience:  # stopped by a patience since raised
+                state["done"] = False
+                self.log(f"patience raised to {tc.patience}: {state['bad_epochs']} evaluations without "
+                         f"improvement so far, training goes on")
             inside = (f", inside epoch {state['partial']['epoch']} at batch {state['partial']['next_batch']}"
                       if state.get("partial") else "")
             self.log(f"resuming after epoch {state['epoch']}{inside} (best {tc.valid_metric} "

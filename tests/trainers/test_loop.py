@@ -133,6 +133,23 @@ def test_a_finished_run_with_a_higher_epoch_cap_is_resumed_to_it(ds, tmp_path):
     assert finished_results(_run(ds, epochs=4, patience=10), tmp_path / "a")["epochs_run"] == 4  # reused now
 
 
+def test_a_run_stopped_by_patience_is_resumed_to_a_raised_patience(ds, tmp_path):
+    """A run that early stopping ended (patience 1 at a learning rate too small to improve), asked
+    for with patience 3: it trains on from its last epoch (it had stayed done: seen on an experiment
+    whose patience was raised) to where a run with patience 3 from the start stops, with its results."""
+    first = Trainer(_run(ds, epochs=30, lr=1e-6, patience=1), tmp_path / "a", log=lambda s: None).fit()
+    assert first["epochs_run"] < 30
+    said = []
+    t = Trainer(_run(ds, epochs=30, lr=1e-6, patience=3), tmp_path / "a", log=said.append)
+    res = t.fit(resume=True, reuse_finished=True)
+    whole = Trainer(_run(ds, epochs=30, lr=1e-6, patience=3), tmp_path / "b", log=lambda s: None).fit()
+    assert not t.reused and any("patience raised to 3" in s for s in said)
+    assert res["epochs_run"] == whole["epochs_run"] > first["epochs_run"]
+    assert res["best_epoch"] == whole["best_epoch"] and res["test"] == whole["test"]
+    lines = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert lines(tmp_path / "a") == lines(tmp_path / "b")
+
+
 def test_a_run_folder_is_trained_by_one_process_at_a_time(ds, tmp_path):
     """While a process holds the run folder's lock, a second training of the folder is refused
     (nothing written), and once the lock is let go it trains."""
