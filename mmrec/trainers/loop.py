@@ -288,7 +288,7 @@ class Trainer:
 
     def _stop_agreed(self) -> bool:
         """Whether to stop now; with several processes, any one's request stops all at the same step."""
-        asked = getattr(self, "_stop_reason", None) is not None
+        asked = self.stop_requested is not None
         if self.accel.num_processes == 1:
             return asked
         flag = torch.tensor([1.0 if asked else 0.0], device=self.accel.device)
