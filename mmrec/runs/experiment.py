@@ -707,13 +707,18 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
     at = {p: i for i, p in enumerate(data.eval_cases("test").pos)}
     per_row: dict[str, list[dict[int, np.ndarray]]] = {}
     logged: dict[str, dict[str, dict[str, list[float]]]] = {}
+    weights: dict[str, dict[str, list[float]]] = {}  # row -> domain -> ntg_weight of every epoch of every seed
     for row in exp.rows:
         for folder, res in got.get((home, row), []):
             ranks = RunFolder(folder).test_ranks()
             if ranks is None:
                 continue
             per_row.setdefault(row, []).append({c: ranks[[at[p] for p in case_pos[c]]] for c in case_pos})
-            best = next((m for m in RunFolder(folder).metrics() if m.get("epoch") == res["best_epoch"]), {})
+            epochs = RunFolder(folder).metrics()
+            for m in epochs:
+                for n, x in (m.get("ntg_weight") or {}).items():
+                    weights.setdefault(row, {}).setdefault(n, []).append(float(x))
+            best = next((m for m in epochs if m.get("epoch") == res["best_epoch"]), {})
             for key, val in best.items():
                 if isinstance(val, dict) and val and set(val) <= set(names):
                     for n, x in val.items():
@@ -756,6 +761,23 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
         for row, keys in logged.items():
             for key, per in keys.items():
                 out.append(f"| {row} | {key} | " + " | ".join(mean_sd(per.get(n, [])) for n in names) + " |")
+    if weights:
+        out += [weights_over_training(weights, names)]
+    return "\n".join(out)
+
+
+def weights_over_training(weights: dict[str, dict[str, list[float]]], names: list[str]) -> str:
+    """LC-NTG's per-domain weights over training (SyNCRec's ``ntg_weight`` of every logged epoch of
+    every seed): their range per domain and the largest distance from the uniform 1/D, so a reader
+    sees whether LC-NTG moved them at all."""
+    uniform = 1.0 / len(names)
+    out = [f"\nntg_weight over training: lowest - highest of every epoch of every seed (uniform 1/{len(names)} "
+           f"= {uniform:.4f})\n", "| row | " + " | ".join(names) + " | farthest from uniform |",
+           "|---|" + "---|" * (len(names) + 1)]
+    for row, per in weights.items():
+        cells = [f"{min(per[n]):.4f} - {max(per[n]):.4f}" if per.get(n) else "—" for n in names]
+        far = max(abs(x - uniform) for v in per.values() for x in v)
+        out.append(f"| {row} | " + " | ".join(cells) + f" | {far:.4f} ({100 * far / uniform:.1f}% of 1/D) |")
     return "\n".join(out)
 
 

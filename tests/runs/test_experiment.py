@@ -325,6 +325,14 @@ report: {baseline: cross, domains: d}
             in table), table
     assert "| cross |" in table and "| syncrec |" in table
     assert "| syncrec | ntg_gap |" in table and "| syncrec | ntg_weight |" in table  # logged at the best epoch
+    # the weights over training: each domain's range over the run's epochs, and the farthest from 1/2 (by hand)
+    logged = [json.loads(x)["ntg_weight"] for x in
+              (tmp_path / "runs" / "d" / "syncrec-s0" / "metrics.jsonl").read_text().splitlines()]
+    lo_hi = [f"{min(m[n] for m in logged):.4f} - {max(m[n] for m in logged):.4f}" for n in ("a", "b")]
+    far = max(abs(m[n] - 0.5) for m in logged for n in ("a", "b"))
+    assert len(logged) == 2 and "uniform 1/2 = 0.5000" in table
+    assert f"| syncrec | {lo_hi[0]} | {lo_hi[1]} | {far:.4f} ({200 * far:.1f}% of 1/D) |" in table, table
+    assert "| cross |" not in table.split("ntg_weight over training")[1]  # only rows that log weights
     assert f"cases: a {res['d-a']['test']['n_cases']}, b {res['d-b']['test']['n_cases']})" in table
     f.write_text(f.read_text().replace("d-b: {of: d, domain: b}", "d-c: {of: d, domain: c}").replace("d-b]", "d-c]"))
     with pytest.raises(ConfigError, match="no item domain 'c'; its domains .*: a, b"):
