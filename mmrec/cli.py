@@ -281,6 +281,8 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
                                             "train.threads = the available cores / N unless the file sets it."),
                    rows: Optional[str] = typer.Option(None, "--rows", help="Only these rows of the file, comma-separated "
                                                       "(e.g. the main rows before the ablations)."),
+                   datasets: Optional[str] = typer.Option(None, "--datasets", help="Only these datasets of the file, "
+                                                          "comma-separated (e.g. a target whose pre-training has finished)."),
                    worker: Optional[str] = typer.Option(None, "--worker", hidden=True, help="i/N: one of --jobs' workers."),
                    threads: Optional[int] = typer.Option(None, "--threads", hidden=True, help="train.threads where the file sets none.")) -> None:
     """Train every (dataset, row, seed) of the file that has not finished (an interrupted run resumes;
@@ -294,9 +296,9 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
         typer.echo(f"{what}; run `mmrec experiment run {file}` again to continue", err=True)
         raise typer.Exit(Preempted.EXIT_CODE)
 
-    only = _comma_list(rows) or None
+    only, only_ds = _comma_list(rows) or None, _comma_list(datasets) or None
     if jobs > 1 and worker is None:
-        res = run_jobs(file, jobs, log=lambda m: typer.echo(m), report=not no_report, rows=only)
+        res = run_jobs(file, jobs, log=lambda m: typer.echo(m), report=not no_report, rows=only, datasets=only_ds)
         if res.get("stopped"):
             again(f"{res['stopped']}: the workers stopped after their checkpoints")
     else:
@@ -310,7 +312,7 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
             w = (int(i), int(n))
         try:
             res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m), threads=threads,
-                                 worker=w, wait=w is not None, summary=w is None, rows=only)
+                                 worker=w, wait=w is not None, summary=w is None, rows=only, datasets=only_ds)
         except Preempted as p:  # a scheduler's stop: the run checkpointed; the same command continues
             again(f"{p.signal_name}: {p.run_dir} " + ("finished; no other run started" if p.finished
                                                        else "stopped after its checkpoint"))
@@ -321,12 +323,13 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
 @experiment_app.command("show")
 @_user_errors
 def experiment_show(file: Path = typer.Argument(..., help="The experiment file."),
-                    rows: Optional[str] = typer.Option(None, "--rows", help="Only these rows, comma-separated.")) -> None:
+                    rows: Optional[str] = typer.Option(None, "--rows", help="Only these rows, comma-separated."),
+                    datasets: Optional[str] = typer.Option(None, "--datasets", help="Only these datasets, comma-separated.")) -> None:
     """Print the table of the runs of the file that have finished (trains nothing)."""
     from mmrec.runs.experiment import run_experiment
 
-    only = _comma_list(rows) or None
-    run_experiment(file, only_finished=True, report=False, log=lambda m: typer.echo(m), rows=only)
+    run_experiment(file, only_finished=True, report=False, log=lambda m: typer.echo(m), rows=_comma_list(rows) or None,
+                   datasets=_comma_list(datasets) or None)
 
 
 @app.command()

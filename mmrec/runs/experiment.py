@@ -555,7 +555,7 @@ class _Runner:
 def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callable[[str], None] = print,
                    report: bool = True, threads: int | None = None, worker: tuple[int, int] | None = None,
                    wait: bool = False, summary: bool = True, poll_s: float = 5.0,
-                   rows: list[str] | None = None) -> dict[str, Any]:
+                   rows: list[str] | None = None, datasets: list[str] | None = None) -> dict[str, Any]:
     """Train what has not finished (unless ``only_finished``), then the table and the report.
 
     ``threads``: ``train.threads`` for runs whose file does not set it. ``worker`` (i, n): worker i
@@ -565,13 +565,15 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     the main row's last seed waited). ``wait``: while runs are left to other processes, look again
     every ``poll_s`` seconds (a search's seeds start once its trials end) until all have finished.
     ``summary``: print the table and write the report (a worker leaves them to its parent).
-    ``rows``: only these rows of the file (e.g. the main rows before the ablations)."""
+    ``rows``: only these rows of the file (e.g. the main rows before the ablations); ``datasets``: only
+    these datasets (e.g. one target whose pre-training has finished)."""
     exp, root = load_experiment(path)
     if threads:
         exp.settings = {"train.threads": threads, **exp.settings}
-    check_rows(exp, rows)
+    check_rows(exp, rows, datasets)
     units = [(ds, row) for ds in exp.datasets for row in exp.rows
-             if ds in row_datasets(exp, row) and (rows is None or row in rows)]
+             if ds in row_datasets(exp, row) and (rows is None or row in rows)
+             and (datasets is None or ds in datasets)]
     runner = _Runner(exp, root, only_finished=only_finished, log=log)
     while True:
         runner.pending = runner.trained = 0
@@ -781,14 +783,17 @@ def weights_over_training(weights: dict[str, dict[str, list[float]]], names: lis
     return "\n".join(out)
 
 
-def check_rows(exp: Experiment, rows: list[str] | None) -> None:
+def check_rows(exp: Experiment, rows: list[str] | None, datasets: list[str] | None = None) -> None:
     unknown = [r for r in rows or [] if r not in exp.rows]
     if unknown:
         raise ConfigError(f"--rows: {', '.join(unknown)} not among the file's rows ({', '.join(exp.rows)})")
+    unknown = [d for d in datasets or [] if d not in exp.datasets]
+    if unknown:
+        raise ConfigError(f"--datasets: {', '.join(unknown)} not among the file's datasets ({', '.join(exp.datasets)})")
 
 
 def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print, report: bool = True,
-             rows: list[str] | None = None) -> dict[str, Any]:
+             rows: list[str] | None = None, datasets: list[str] | None = None) -> dict[str, Any]:
     """``mmrec experiment run FILE --jobs N``: N worker processes run the file (sharing its runs through
     the run-folder locks), each with ``train.threads`` = the available cores / N unless the file sets
     it; SIGTERM / SIGINT are forwarded to them (each stops after a checkpoint); then the table and
@@ -803,7 +808,7 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
     from mmrec.resources import available_cores
 
     exp, root = load_experiment(path)
-    check_rows(exp, rows)
+    check_rows(exp, rows, datasets)
     threads = None
     if "train.threads" not in exp.settings:
         cores, source = available_cores()
@@ -821,6 +826,8 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
             cmd += ["--threads", str(threads)]
         if rows:
             cmd += ["--rows", ",".join(rows)]
+        if datasets:
+            cmd += ["--datasets", ",".join(datasets)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                       start_new_session=True))  # a terminal's Ctrl-C reaches the parent only
     lock = threading.Lock()
@@ -857,7 +864,7 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
     if failed:
         raise MMRecError("; ".join(f"worker {i} ended with exit code {c}" for i, c in failed)
                          + " (its messages are above, after [i])")
-    out = run_experiment(path, only_finished=True, report=report, log=log, rows=rows)
+    out = run_experiment(path, only_finished=True, report=report, log=log, rows=rows, datasets=datasets)
     if stopped or any(c == 75 for c in codes):
         out["stopped"] = stopped[0] if stopped else "a stop request"
     return out

@@ -439,3 +439,22 @@ def test_rows_runs_only_the_rows_named(exp_file, tmp_path):
     assert "| ring | sasrec | 2 |" in r.output and "| ring | pop |" not in r.output
     r = CliRunner().invoke(app, ["experiment", "show", str(exp_file), "--rows", "pop"])
     assert r.exit_code == 0 and "| ring | pop | 2 |" in r.output and "| ring | sasrec |" not in r.output, r.output
+
+
+def test_datasets_runs_only_the_datasets_named(exp_file, tmp_path):
+    """``--datasets ring2``: only that dataset's runs (a target whose pre-training has finished), also
+    through --jobs' workers; ``show --datasets`` the same; an unknown name is an error listing the file's."""
+    exp_file.write_text(exp_file.read_text().replace("  ring: {path: ds}", "  ring: {path: ds}\n  ring2: {path: ds}"))
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--datasets", "ring2", "--rows", "pop", "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ring2"]
+    assert "| ring2 | pop | 2 |" in r.output and "| ring | pop |" not in r.output
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--datasets", "ring", "--rows", "pop",
+                                 "--jobs", "2", "--no-report"])
+    assert r.exit_code == 0, r.output
+    trained = sorted(line[4:].split(":")[0] for line in r.output.splitlines() if "s, best epoch" in line)
+    assert trained == ["ring/pop seed 0", "ring/pop seed 1"], r.output
+    r = CliRunner().invoke(app, ["experiment", "show", str(exp_file), "--datasets", "ring2"])
+    assert r.exit_code == 0 and "| ring2 | pop | 2 |" in r.output and "| ring | pop |" not in r.output, r.output
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--datasets", "ring3"])
+    assert r.exit_code != 0 and "--datasets: ring3 not among the file's datasets (ring, ring2)" in r.output
