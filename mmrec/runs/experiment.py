@@ -39,7 +39,9 @@ More a file can say:
 - A dataset derived from another: ``hm-swimwear: {of: hm, domain: Swimwear}`` is the events of one
   item domain of ``hm`` (``mmrec.data.domains``; ``top_domains: N`` on ``hm`` keeps the N largest
   domains and merges the rest into ``(other)``, as SyNCRec's ``model.top_domains``), written once to
-  ``<out>/data/<hm>/<domain>``; a row runs on some datasets only with ``datasets: [..]``.
+  ``<out>/data/<hm>/<domain>`` (``derived_data: DIR`` instead of ``<out>/data``: a second file reading the
+  first's, e.g. its runs re-evaluated under another protocol by ``mmrec evaluate --out``); a row runs on
+  some datasets only with ``datasets: [..]``.
 - ``modalities: [text]`` on a dataset: the feature modalities its store has; rows' features of other
   modalities are left out there (one row list for a text+image target and a text-only one).
 - ``init_from: RUN_FOLDER`` on a row: start from a finished run (``model.init_from``, e.g. an ANT
@@ -177,6 +179,9 @@ class Experiment:
     datasets: dict[str, Any]  # name -> DatasetSpec (load_experiment builds them)
     rows: dict[str, Any]  # label -> RowSpec
     out: str = "runs"
+    # where derived datasets ({of:, domain:}) are written: <out>/data unless set (a second file over the
+    # same derived datasets, e.g. the first's runs re-evaluated under another protocol, names the first's)
+    derived_data: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     preset: str | None = None
     family: str | None = None
@@ -247,7 +252,8 @@ def dataset_path(exp: Experiment, root: Path, ds: str) -> str:
         return _abs(root, spec.path)
     top = exp.datasets[spec.of].top_domains
     leaf = re.sub(r"[^\w.-]+", "_", spec.domain).strip("_") or "_"
-    return str(Path(_abs(root, exp.out)) / "data" / spec.of / (leaf + (f"-top{top}" if top else "")))
+    base = Path(_abs(root, exp.derived_data)) if exp.derived_data else Path(_abs(root, exp.out)) / "data"
+    return str(base / spec.of / (leaf + (f"-top{top}" if top else "")))
 
 
 def _store(exp: Experiment, ds: str) -> str:

@@ -334,6 +334,14 @@ report: {baseline: cross, domains: d}
     assert f"| syncrec | {lo_hi[0]} | {lo_hi[1]} | {far:.4f} ({200 * far:.1f}% of 1/D) |" in table, table
     assert "| cross |" not in table.split("ntg_weight over training")[1]  # only rows that log weights
     assert f"cases: a {res['d-a']['test']['n_cases']}, b {res['d-b']['test']['n_cases']})" in table
+    # a second file over the same derived datasets (derived_data): its runs read runs/data, write no copy
+    g = tmp_path / "again.yaml"
+    g.write_text(f.read_text().replace("out: runs", "out: runs2\nderived_data: runs/data").replace("cross: {", "# {"))
+    g.write_text("\n".join(x for x in g.read_text().splitlines() if "syncrec" not in x and "# {" not in x)
+                 .replace("baseline: cross, ", ""))
+    run_experiment(g, log=said.append, report=False, rows=["single"])
+    cfg = json.loads((tmp_path / "runs2" / "d-a" / "single-s0" / "config.json").read_text())
+    assert cfg["dataset"] == str(tmp_path / "runs" / "data" / "d" / "a") and not (tmp_path / "runs2" / "data").exists()
     f.write_text(f.read_text().replace("d-b: {of: d, domain: b}", "d-c: {of: d, domain: c}").replace("d-b]", "d-c]"))
     with pytest.raises(ConfigError, match="no item domain 'c'; its domains .*: a, b"):
         run_experiment(f, log=said.append, report=False)
