@@ -67,6 +67,9 @@ class TrainConfig:
     sampled_negatives: int = 256
     sampled_distribution: Literal["uniform", "popularity"] = "uniform"
     sampled_power: float = 1.0
+    # the log-Q correction on "all" the sampled softmax's logits (TensorFlow's sampled_softmax_loss: a
+    # uniform draw's is then a constant) or on the "negatives" only (the loss estimates the full softmax's)
+    sampled_correction: Literal["all", "negatives"] = "all"
     gbce_t: float = 0.75
     # a user's sampled negatives avoid the items of their training part ("train"), or of the whole
     # sequence including the validation and test items ("sequence": S3-Rec's code; a leak)

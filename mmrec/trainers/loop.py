@@ -506,7 +506,8 @@ class Trainer:
                 **({"gbce_t": self.run.train.gbce_t} if self.run.train.loss == "gbce" else {}),
                 **({"sampled_softmax": {"negatives_per_step": self.run.train.sampled_negatives,
                                         "distribution": self.run.train.sampled_distribution,
-                                        "power": self.run.train.sampled_power, "correction": "log-Q"}}
+                                        "power": self.run.train.sampled_power,
+                                        "correction": f"log-Q on {self.run.train.sampled_correction}"}}
                    if self.run.train.loss == "sampled_ce" else {}),
                 "train_windows": self.run.train.windows,
                 "evaluation": self.evaluator.protocol(),

@@ -58,7 +58,7 @@ def test_sasrec_learns_the_successor_rule_with_each_loss(ds, tmp_path, name):
     assert p["loss"] == LOSSES[name]["loss"]
     if p["loss"] == "sampled_ce":
         assert p["sampled_softmax"] == {"negatives_per_step": 8, "distribution": LOSSES[name].get("sampled_distribution", "uniform"),
-                                        "power": LOSSES[name].get("sampled_power", 1.0), "correction": "log-Q"}
+                                        "power": LOSSES[name].get("sampled_power", 1.0), "correction": "log-Q on all"}
     else:
         assert p["train_negatives"] == 1 and p["gbce_t"] == 0.5
 

@@ -289,7 +289,8 @@ def _hits(targets: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor
 
 
 def sampled_ce(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, candidates: torch.Tensor,
-               log_q: torch.Tensor | None = None, temperature: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+               log_q: torch.Tensor | None = None, temperature: float = 1.0, reduction: str = "mean",
+               correct_target: bool = True) -> torch.Tensor:
     """Sampled softmax over each row's target and K negatives shared by every row, with the log-Q
     correction (Yi et al., RecSys 2019; TensorFlow's ``sampled_softmax_loss``, which also corrects the
     true class and removes accidental hits):
@@ -304,6 +305,13 @@ def sampled_ce(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, c
     ``log Q`` by item id (None: no correction; a uniform draw's correction is one constant, which
     changes nothing). ``h``: [N, d]; ``targets``: [N] ids; ``item_emb``: [n_items + 1, d];
     ``candidates``: [K] ids. ``reduction="none"``: the loss of each row ``[N]`` (float32).
+
+    ``correct_target=False`` (``train.sampled_correction=negatives``) leaves the target's logit
+    uncorrected, ``z_i(t_i) = h_i . e_t / temperature``: the denominator is then the target's term plus
+    the estimate of the sum over the *other* items, so the loss estimates the full softmax's. Corrected
+    as above (TensorFlow's form), a uniform draw's correction is a constant and the target competes
+    with K items only (e.g. 1,024 of 12,101: its probability, the loss and its gradients are those of a
+    softmax over 1,025 items); uncorrected, each negative counts for m / K items.
     """
     if temperature != 1.0:
         h = h / temperature
@@ -311,7 +319,8 @@ def sampled_ce(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, c
         pos_shift = torch.zeros(len(targets), device=h.device)
         neg_shift = torch.zeros(len(candidates), device=h.device)
     else:
-        pos_shift, neg_shift = log_q[targets].float(), log_q[candidates].float()
+        neg_shift = log_q[candidates].float()
+        pos_shift = log_q[targets].float() if correct_target else torch.zeros(len(targets), device=h.device)
     hit_rows, hit_cols = _hits(targets, candidates)
     rows = _SampledCE.apply(h, item_emb[candidates], item_emb[targets], pos_shift, neg_shift, hit_rows, hit_cols)
     return rows.mean() if reduction == "mean" else rows
@@ -383,7 +392,7 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tenso
                               "batch['sampled_log_q']), which the training loop draws; outside it, draw them with "
                               "mmrec.trainers.batching.SharedNegatives")
         return sampled_ce(h, targets, item_emb, batch["sampled_items"], batch.get("sampled_log_q"), temperature,
-                          reduction)
+                          reduction, correct_target=getattr(train_cfg, "sampled_correction", "all") == "all")
     if kind in ("bce", "gbce"):
         if negatives is None:
             raise ConfigError(f"train.loss={kind} needs sampled negatives per position in the batch "

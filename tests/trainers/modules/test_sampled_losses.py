@@ -59,6 +59,28 @@ def test_sampled_ce_by_hand_with_log_q_and_the_target_masked_among_the_negatives
     assert sampled_ce(H[:1], targets[:1], EMB, cand, log_q, temperature=0.5).item() == pytest.approx(expect, rel=1e-6)
     # the correction matters: without it row 0 is another number
     assert sampled_ce(H[:1], targets[:1], EMB, cand).item() == pytest.approx(_lse(1, 0, 1) - 1, rel=1e-6)
+    # on the negatives only (train.sampled_correction=negatives): the targets' logits uncorrected
+    neg0 = _lse(1, 0 - math.log(q[2]), 1 - math.log(q[3])) - 1
+    neg1 = _lse(2, 2 - math.log(q[3]), 0 - math.log(q[1])) - 2
+    assert sampled_ce(H, targets, EMB, cand, log_q, reduction="none", correct_target=False).tolist() == \
+        pytest.approx([neg0, neg1], rel=1e-6)
+
+
+def test_a_uniform_correction_on_the_negatives_only_counts_each_for_m_over_k_items():
+    """Uniform K of m: on every logit the correction is a constant (the loss of a softmax over the
+    K + 1 candidates); on the negatives only, each negative's exp is scaled by m / K."""
+    g = torch.Generator().manual_seed(4)
+    emb, h = torch.randn(11, 3, generator=g), torch.randn(6, 3, generator=g)
+    tgt, cand = torch.tensor([1, 2, 3, 4, 5, 6]), torch.tensor([7, 8, 9, 10])  # no accidental hits
+    neg = SharedNegatives(10, 4)
+    log_q = torch.from_numpy(neg.log_q)
+    s_t, s_n = (h * emb[tgt]).sum(-1), h @ emb[cand].T
+    plain = torch.logsumexp(torch.cat([s_t[:, None], s_n], 1), 1) - s_t
+    scaled = torch.logsumexp(torch.cat([s_t[:, None], s_n + math.log(10 / 4)], 1), 1) - s_t
+    assert sampled_ce(h, tgt, emb, cand, log_q, reduction="none").tolist() == pytest.approx(plain.tolist(), rel=1e-5)
+    got = sampled_ce(h, tgt, emb, cand, log_q, reduction="none", correct_target=False)
+    assert got.tolist() == pytest.approx(scaled.tolist(), rel=1e-5)
+    assert (got > plain).all()  # the target competes with more mass: a larger loss
 
 
 def test_sampled_ce_over_every_item_uniform_is_the_full_softmax_with_equal_gradients():
@@ -168,6 +190,9 @@ def test_the_dispatcher_picks_each_loss():
     batch = {"sampled_items": torch.tensor([1, 2, 5]), "sampled_log_q": torch.linspace(-2, 0, 8)}
     assert torch.equal(next_item_loss(h, tgt, emb, _tc("sampled_ce"), batch),
                        sampled_ce(h, tgt, emb, batch["sampled_items"], batch["sampled_log_q"]))
+    on_negatives = SimpleNamespace(loss="sampled_ce", sampled_correction="negatives")
+    assert torch.equal(next_item_loss(h, tgt, emb, on_negatives, batch),
+                       sampled_ce(h, tgt, emb, batch["sampled_items"], batch["sampled_log_q"], correct_target=False))
     with pytest.raises(ConfigError, match="needs sampled negatives per position"):
         next_item_loss(h, tgt, emb, _tc("gbce"), {})
     with pytest.raises(ConfigError, match="needs the step's shared negatives"):
@@ -231,6 +256,7 @@ def test_the_log_q_correction_makes_the_sampled_sum_unbiased(dist):
     ({"loss": "gbce", "gbce_t": -0.1}, r"train.gbce_t must be in \[0, 1\]"),
     ({"loss": "sampled_ce", "sampled_power": -1.0}, "train.sampled_power must be a finite number >= 0"),
     ({"loss": "sampled_ce", "sampled_distribution": "zipf"}, "sampled_distribution"),
+    ({"loss": "sampled_ce", "sampled_correction": "target"}, r"sampled_correction: 'target' is not one of \['all', 'negatives'\]"),
     ({"loss": "softmax"}, "train.loss"),
 ])
 def test_bad_settings_say_what_to_do(train, message):
