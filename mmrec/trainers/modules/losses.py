@@ -315,12 +315,9 @@ def sampled_ce(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, c
     """
     if temperature != 1.0:
         h = h / temperature
-    if log_q is None:
-        pos_shift = torch.zeros(len(targets), device=h.device)
-        neg_shift = torch.zeros(len(candidates), device=h.device)
-    else:
-        neg_shift = log_q[candidates].float()
-        pos_shift = log_q[targets].float() if correct_target else torch.zeros(len(targets), device=h.device)
+    neg_shift = torch.zeros(len(candidates), device=h.device) if log_q is None else log_q[candidates].float()
+    pos_shift = (log_q[targets].float() if log_q is not None and correct_target
+                 else torch.zeros(len(targets), device=h.device))
     hit_rows, hit_cols = _hits(targets, candidates)
     rows = _SampledCE.apply(h, item_emb[candidates], item_emb[targets], pos_shift, neg_shift, hit_rows, hit_cols)
     return rows.mean() if reduction == "mean" else rows
