@@ -731,7 +731,7 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
                 if isinstance(val, dict) and val and set(val) <= set(names):
                     for n, x in val.items():
                         if isinstance(x, (int, float)):
-                            logged.setdefault(row, {}).setdefault(key, {}).setdefault(n, []).append(float(x))
+                            logged.setdefault(row, {}).setdefault(key, {}).setdefault(n, []).append(x if isinstance(x, int) else float(x))
         by_seed: dict[int, dict[int, np.ndarray]] = {}
         mine = [(ds, c) for ds, c in derived.items() if (ds, row) in got]
         for ds, c in mine:

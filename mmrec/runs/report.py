@@ -128,11 +128,20 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 def mean_sd(values: list[float]) -> str:
-    """``mean ± sample sd`` to 4 decimals; the mean alone for one value; ``-`` for none."""
+    """``mean ± sample sd`` to 4 decimals; the mean alone for one value; ``-`` for none. Counts (every
+    value an ``int``, as JSON reads a logged count) print as whole numbers, or to one decimal where the
+    mean or sd is not one."""
     if not values:
         return "-"
     m = statistics.fmean(values)
-    return f"{m:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{m:.4f}"
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        def num(x: float) -> str:
+            return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+    else:
+        def num(x: float) -> str:
+            return f"{x:.4f}"
+    return num(m) if sd is None else f"{num(m)} ± {num(sd)}"
 
 
 def _cell(g: Group, part: str, values: list[float]) -> str:

@@ -325,6 +325,11 @@ report: {baseline: cross, domains: d}
             in table), table
     assert "| cross |" in table and "| syncrec |" in table
     assert "| syncrec | ntg_gap |" in table and "| syncrec | ntg_weight |" in table  # logged at the best epoch
+    # a logged count (one seed) prints as the whole number it is, not as 787.0000
+    best_row = json.loads((tmp_path / "runs" / "d" / "syncrec-s0" / "results.json").read_text())["best_epoch"]
+    counts = next(json.loads(x) for x in (tmp_path / "runs" / "d" / "syncrec-s0" / "metrics.jsonl").read_text()
+                  .splitlines() if json.loads(x)["epoch"] == best_row)["ntg_targets"]
+    assert f"| syncrec | ntg_targets | {counts['a']} | {counts['b']} |" in table, table
     # the weights over training: each domain's range over the run's epochs, and the farthest from 1/2 (by hand)
     logged = [json.loads(x)["ntg_weight"] for x in
               (tmp_path / "runs" / "d" / "syncrec-s0" / "metrics.jsonl").read_text().splitlines()]

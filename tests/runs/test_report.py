@@ -14,6 +14,7 @@ from mmrec.runs.config import RunConfig
 from mmrec.runs.report import (
     build_report,
     case_metric,
+    mean_sd,
     paired_test,
     protocol_difference,
 )
@@ -154,3 +155,12 @@ def test_no_paired_test_between_two_evaluation_protocols(runs, tmp_path):
     assert r.exit_code == 0 and "| sasrec_masked | not comparable: evaluated under another protocol" in r.output
     res = build_report([tmp_path / "masked"], tmp_path / "r2.html", baseline="pop_masked", n_permutations=200)
     assert set(res["tests"]) == {"sasrec_masked"} and res["not_comparable"] == {}
+
+
+def test_mean_sd_prints_metrics_to_four_decimals_and_counts_as_whole_numbers():
+    assert mean_sd([0.1, 0.3]) == "0.2000 ± 0.1414"
+    assert mean_sd([1.0, 1.0]) == "1.0000 ± 0.0000"  # a metric at 1 stays a metric
+    assert mean_sd([787, 787, 787]) == "787 ± 0"
+    assert mean_sd([10, 13]) == "11.5 ± 2.1"  # sd sqrt(4.5) = 2.12
+    assert mean_sd([12, 14]) == "13 ± 1.4"
+    assert mean_sd([5]) == "5" and mean_sd([]) == "-"
