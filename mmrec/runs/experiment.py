@@ -576,7 +576,7 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     exp, root = load_experiment(path)
     if threads:
         exp.settings = {"train.threads": threads, **exp.settings}
-    check_rows(exp, rows, datasets)
+    check_selection(exp, rows, datasets)
     units = [(ds, row) for ds in exp.datasets for row in exp.rows
              if ds in row_datasets(exp, row) and (rows is None or row in rows)
              and (datasets is None or ds in datasets)]
@@ -789,7 +789,8 @@ def weights_over_training(weights: dict[str, dict[str, list[float]]], names: lis
     return "\n".join(out)
 
 
-def check_rows(exp: Experiment, rows: list[str] | None, datasets: list[str] | None = None) -> None:
+def check_selection(exp: Experiment, rows: list[str] | None, datasets: list[str] | None = None) -> None:
+    """``ConfigError`` naming any ``--rows`` or ``--datasets`` entry that is not in the file."""
     unknown = [r for r in rows or [] if r not in exp.rows]
     if unknown:
         raise ConfigError(f"--rows: {', '.join(unknown)} not among the file's rows ({', '.join(exp.rows)})")
@@ -814,7 +815,7 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
     from mmrec.resources import available_cores
 
     exp, root = load_experiment(path)
-    check_rows(exp, rows, datasets)
+    check_selection(exp, rows, datasets)
     threads = None
     if "train.threads" not in exp.settings:
         cores, source = available_cores()
