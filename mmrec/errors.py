@@ -39,6 +39,21 @@ class RunFolderBusy(MMRecError):
                          "or give another run folder (two trainings in one folder would overwrite each other)")
 
 
+class OutOfMemory(MMRecError):
+    """A training step needed more memory than the device had; says which step, how large its batch
+    was, and what to lower."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: torch's ``OutOfMemoryError`` (CUDA) or the CPU
+    allocator's ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory")."""
+    import torch
+
+    if isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
+
+
 class Preempted(Exception):
     """Training stopped on request (SIGTERM or SIGUSR1, as a batch scheduler sends before it ends a
     job) after writing a checkpoint; the same command with ``--resume`` continues from it. The CLI

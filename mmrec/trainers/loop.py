@@ -23,7 +23,7 @@ import torch
 
 from mmrec.config import from_dict
 from mmrec.data.prepared import PreparedDataset
-from mmrec.errors import ConfigError, Preempted
+from mmrec.errors import ConfigError, OutOfMemory, Preempted, is_out_of_memory
 from mmrec.progress import Progress
 from mmrec.resources import available_cores, end_process_group_at_exit
 from mmrec.runs.config import (
@@ -230,12 +230,17 @@ class Trainer:
             batch = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
             if self._log_q is not None:
                 batch["sampled_log_q"] = self._log_q
-            with self.accel.autocast():
-                loss = self.model(batch, tc)  # forward() is the loss; through DDP when distributed
-            if tc.loss_weighting == "target":
-                loss = loss * ((batch["targets"] > 0).sum() / mean_targets)  # on the device: no sync
-            self.opt.zero_grad(set_to_none=True)
-            self.accel.backward(loss)
+            try:
+                with self.accel.autocast():
+                    loss = self.model(batch, tc)  # forward() is the loss; through DDP when distributed
+                if tc.loss_weighting == "target":
+                    loss = loss * ((batch["targets"] > 0).sum() / mean_targets)  # on the device: no sync
+                self.opt.zero_grad(set_to_none=True)
+                self.accel.backward(loss)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise self._out_of_memory(e, epoch, b, batch) from None
             if tc.grad_clip:
                 self.accel.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             if scheduled:
@@ -259,6 +264,23 @@ class Trainer:
         progress.close()
         total, count, parts = self._sum_over_processes(total, count, parts)  # the loss over every batch
         return total / max(count, 1), count // world, {k: v / max(count, 1) for k, v in parts.items()}
+
+    def _out_of_memory(self, e: BaseException, epoch: int, b: int, batch: dict[str, torch.Tensor]) -> OutOfMemory:
+        """The error for a step that ran out of memory: where, the batch's size, what to lower, and
+        what is kept (the weights stepped by this epoch's earlier batches are not saved)."""
+        tc = self.run.train
+        targets = batch["targets"]
+        n_targets = int((targets > 0).sum())
+        kept = (f"the checkpoint after epoch {epoch - 1} in {self.run_dir}/last is kept" if epoch > 1 else
+                "no epoch had finished")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return OutOfMemory(
+            f"epoch {epoch}, batch {b}: out of memory on {self.accel.device} for a batch of {targets.shape[0]} "
+            f"sequences x {targets.shape[-1]} positions ({n_targets} targets): {first}\n"
+            f"  what to do: lower train.batch_size (now {tc.batch_size}) or train.max_len (now {tc.max_len}); a "
+            f"loss that scores every target against every other in the batch (in-batch softmax, e.g. ANT's and "
+            f"UniSRec's pre-training with every position a target) needs memory growing with the square of "
+            f"the targets. Start a new run folder for the smaller batch ({kept}; a resume keeps its batch size)")
 
     def _sum_over_processes(self, total: float, count: int, parts: dict[str, float]) -> tuple[float, int, dict[str, float]]:
         """An epoch's loss sums over every process (each trained on its own batches): the sum of the

@@ -381,6 +381,51 @@ def test_loss_weighting_by_batch_or_by_target(tmp_path, monkeypatch, weighting, 
     assert row["loss"] == pytest.approx(expect)
 
 
+def test_a_step_out_of_memory_says_where_how_large_and_what_to_lower(tmp_path, monkeypatch):
+    """The CPU allocator's error in epoch 2's second batch (stubbed: no real allocation) becomes an
+    ``OutOfMemory`` naming the epoch, the batch, its shape and targets, the settings to lower and the
+    kept checkpoint of epoch 1; the CLI prints it without a traceback and exits 2. Other errors pass."""
+    from typer.testing import CliRunner
+
+    from mmrec.cli import app
+    from mmrec.errors import OutOfMemory
+    from mmrec.trainers.methods.sasrec import SASRec
+
+    raw = raw_from_sequences({u: [str((k + i) % 9 + 1) for i in range(8)] for k, u in enumerate("abcd")})
+    d = prepare(raw, tmp_path / "p", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    real, calls = SASRec.loss, []
+
+    def failing(self, batch, train_cfg):
+        calls.append(int((batch["targets"] > 0).sum()))
+        if len(calls) == 4:  # epoch 2 (two batches an epoch), batch 1
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                               "allocate memory: you tried to allocate 41943040000 bytes. Error code 12")
+        return real(self, batch, train_cfg)
+
+    monkeypatch.setattr(SASRec, "loss", failing)
+    run = from_dict(RunConfig, {"dataset": str(d), "method": "sasrec", "model": {"hidden": 8, "inner": 16},
+                                "train": {"epochs": 3, "batch_size": 2, "max_len": 6, "threads": 1}})
+    with pytest.raises(OutOfMemory) as err:
+        Trainer(run, tmp_path / "run", log=lambda s: None).fit()
+    msg = str(err.value)
+    # 8 events a user, the last two held out: 6 training events, 5 targets, batches cut to 5 positions
+    assert "epoch 2, batch 1: out of memory on cpu for a batch of 2 sequences x 5 positions (10 targets)" in msg, msg
+    assert calls[-1] == 10
+    assert "you tried to allocate 41943040000 bytes" in msg and "lower train.batch_size (now 2) or train.max_len (now 6)" in msg
+    assert f"the checkpoint after epoch 1 in {tmp_path / 'run'}/last is kept" in msg
+    assert json.loads((tmp_path / "run" / "last" / "state.json").read_text())["epoch"] == 1
+    # through the CLI: the message, no traceback
+    calls.clear()
+    res = CliRunner().invoke(app, ["train", "-d", str(d), "-m", "sasrec", "--run-dir", str(tmp_path / "cli"),
+                                   "--set", "model.hidden=8", "--set", "model.inner=16", "--set", "train.epochs=3",
+                                   "--set", "train.batch_size=2", "--set", "train.max_len=6", "--set", "train.threads=1"])
+    assert res.exit_code == 2 and "error: epoch 2, batch 1: out of memory" in res.output and "Traceback" not in res.output
+    # any other error is not dressed up as one
+    monkeypatch.setattr(SASRec, "loss", lambda self, batch, cfg: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        Trainer(run, tmp_path / "other", log=lambda s: None).fit()
+
+
 # -- optimiser, schedules, samples, checkpoint selection ---------------------------------------------
 
 def test_lr_schedules_by_hand():
