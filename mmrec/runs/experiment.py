@@ -55,7 +55,9 @@ More a file can say:
 The table has, per dataset and row, the test metrics (warm and cold items under the cold-start
 protocol; a method's evaluation variants, e.g. ODMT's sub-networks alone, as extra rows) and, with a
 ``report: {baseline: ROW}``, the gap of each row's mean to the baseline's and whether it is beyond
-the two seed spreads together.
+the two seed spreads together. Rows alike but for the pre-training epoch they start from
+(``init_from: RUN@N``, from a run trained with ``train.keep_every``) get a pre-training budget table:
+per epoch, the pre-training run's loss and validation metric there beside the rows' test metric.
 """
 
 from __future__ import annotations
@@ -611,6 +613,10 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     if exp.report.domains is not None and any(k[0] == exp.report.domains for k in got):
         out["domains"] = domain_tables(exp, root, got)
         log(out["domains"])
+    budget = budget_tables(exp, root, got)
+    if budget:
+        out["budget"] = budget
+        log(budget)
     if report and got:
         from mmrec.runs.report import build_report
 
@@ -771,6 +777,53 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
                 out.append(f"| {row} | {key} | " + " | ".join(mean_sd(per.get(n, [])) for n in names) + " |")
     if weights:
         out += [weights_over_training(weights, names)]
+    return "\n".join(out)
+
+
+def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[tuple[Path, dict[str, Any]]]]) -> str:
+    """The pre-training budget: rows alike but for the epoch of the run they start from (``init_from:
+    RUN@N``, or ``RUN``: its best epoch), per dataset, one line per pre-training epoch with the
+    pre-training run's loss and validation metric at that epoch beside the row's test metric (for the
+    first seed every such row has, and mean ± sd over the seeds each has), so a reader sees whether
+    the target still gains from more pre-training. Empty when no rows differ that way."""
+    from mmrec.runs.report import mean_sd
+    from mmrec.trainers.transfer import split_init_from
+
+    k = exp.report.metric
+    groups: dict[tuple[str, ...], list[tuple[str, int | None, list[tuple[Path, dict[str, Any]]]]]] = {}
+    for (ds, row), runs in got.items():
+        spec = exp.rows[row]
+        if not spec.init_from:
+            continue
+        src, epoch = split_init_from(_abs(root, spec.init_from.replace("{dataset}", ds)))
+        key = (ds, str(src), spec.method, spec.preset or "", json.dumps(spec.settings, sort_keys=True, default=str),
+               json.dumps(spec.features, sort_keys=True))
+        groups.setdefault(key, []).append((row, epoch, runs))
+    out: list[str] = []
+    for (ds, src, method, *_), members in groups.items():
+        if len({e for _, e, _ in members}) < 2:
+            continue
+        pre = RunFolder(Path(src))
+        by_epoch = {m.get("epoch"): m for m in pre.metrics()}
+        best = (pre.results() or {}).get("best_epoch")
+        seeds = [{(RunFolder(f).config() or {}).get("train", {}).get("seed"): res["test"][k] for f, res in runs}
+                 for _, _, runs in members]
+        common = sorted(set.intersection(*(set(x) for x in seeds)) - {None})
+        s0 = common[0] if common else None
+        lines = [f"\npre-training budget: {ds}, {method} rows from {Path(src).name} at different epochs\n",
+                 f"| row | pre-training epoch | pre-training loss | pre-training valid {k} | {k}"
+                 + (f" seed {s0}" if s0 is not None else "") + f" | {k} mean ± sd (seeds) |", "|---|---|---|---|---|---|"]
+        order = sorted(zip(members, seeds), key=lambda t: (t[0][1] if t[0][1] is not None else best or 0))
+        for (row, epoch, _), per_seed in order:
+            at = epoch if epoch is not None else best
+            m = by_epoch.get(at, {})
+            loss = f"{m['loss']:.4f}" if "loss" in m else "-"
+            valid = f"{m['valid'][k]:.4f}" if k in m.get("valid", {}) else "-"
+            label = f"{at}" + ("" if epoch is not None else " (best)")
+            one = f"{per_seed[s0]:.4f}" if s0 is not None else "-"
+            out_seeds = ", ".join(str(x) for x in sorted(x for x in per_seed if x is not None))
+            lines.append(f"| {row} | {label} | {loss} | {valid} | {one} | {mean_sd(list(per_seed.values()))} ({out_seeds}) |")
+        out += lines
     return "\n".join(out)
 
 

@@ -381,9 +381,9 @@ rows: {relearn: {method: ant, init_from: runs/pre, settings: {model.adapt: relea
         load_experiment(f)
 
 
-def test_transfer_policies_from_one_pretraining_run(tmp_path, successor_raw, monkeypatch):
-    """ANT pre-trained once; rows relearn and scratch start from it (``init_from``), every seed,
-    resumable; the table gives each policy's gap to scratch (what bench/negative_transfer.py did)."""
+def _ant_ring(tmp_path, successor_raw, **pre_train):
+    """The ring dataset with 8-d text features in ``store`` and an ANT pre-training run in ``pre``
+    (one epoch, or ``pre_train``'s train settings)."""
     import numpy as np
 
     from mmrec.config import from_dict
@@ -393,7 +393,6 @@ def test_transfer_policies_from_one_pretraining_run(tmp_path, successor_raw, mon
     from mmrec.runs.config import RunConfig
     from mmrec.trainers.loop import Trainer
 
-    monkeypatch.chdir(tmp_path)
     ids = sorted({str(i) for i in range(1, 41)}, key=int)
     successor_raw.catalogue = Catalogue.build(ids, title=[f"t{i}" for i in ids])
     prepare(successor_raw, tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
@@ -405,10 +404,17 @@ def test_transfer_policies_from_one_pretraining_run(tmp_path, successor_raw, mon
                            "format": "h5", "dtype": "float32", "shape_per_item": [8], "n_items": 40, "n_rows": 40,
                            "shards": [info], "missing": {}, "catalogue_hash": "x", "config_hash": "y",
                            "library_versions": {}, "created": "now"})
-    model = {"hidden": 16, "inner": 16}
     pre = from_dict(RunConfig, {"dataset": "ds", "method": "ant", "features": {"text": "text"}, "store": "store",
-                                "model": {**model, "objective": "pretrain"}, "train": {"epochs": 1, "threads": 1}})
+                                "model": {"hidden": 16, "inner": 16, "objective": "pretrain"},
+                                "train": {"epochs": 1, "threads": 1, **pre_train}})
     Trainer(pre, tmp_path / "pre", log=lambda s: None).fit()
+
+
+def test_transfer_policies_from_one_pretraining_run(tmp_path, successor_raw, monkeypatch):
+    """ANT pre-trained once; rows relearn and scratch start from it (``init_from``), every seed,
+    resumable; the table gives each policy's gap to scratch (what bench/negative_transfer.py did)."""
+    monkeypatch.chdir(tmp_path)
+    _ant_ring(tmp_path, successor_raw)
     f = tmp_path / "nt.yaml"
     f.write_text("""
 name: nt
@@ -434,6 +440,51 @@ report: {baseline: scratch}
     again = []
     run_experiment(f, log=again.append, report=False)
     assert not any(s.startswith("ring/") for s in again)
+    assert "pre-training budget" not in "\n".join(again)  # every row from the same weights
+
+
+def test_the_pretraining_budget_table_sets_rows_from_each_kept_epoch_side_by_side(tmp_path, successor_raw, monkeypatch):
+    """Rows alike but for the pre-training epoch they start from (``RUN@N``, ``RUN`` = its best epoch):
+    one table line per epoch with the pre-training run's loss and validation NDCG@10 there and the
+    rows' test NDCG@10 (seed 0, and mean over the seeds each has), ordered by epoch; a row with other
+    settings (scratch) is not in it."""
+    from mmrec.runs.report import mean_sd
+
+    monkeypatch.chdir(tmp_path)
+    _ant_ring(tmp_path, successor_raw, epochs=3, keep_every=1)
+    f = tmp_path / "budget.yaml"
+    f.write_text("""
+name: budget
+out: runs
+seeds: [0, 1]
+datasets: {ring: {path: ds, store: store}}
+settings: {train.epochs: 2, train.threads: 1, model.hidden: 16, model.inner: 16, model.objective: target}
+rows:
+  relearn: {method: ant, init_from: pre, features: {text: text}, settings: {model.adapt: relearn}}
+  relearn_pre2: {method: ant, seeds: [0], init_from: pre@2, features: {text: text}, settings: {model.adapt: relearn}}
+  relearn_pre1: {method: ant, seeds: [0], init_from: pre@1, features: {text: text}, settings: {model.adapt: relearn}}
+  scratch: {method: ant, seeds: [0], init_from: pre@1, features: {text: text}, settings: {model.adapt: scratch}}
+""")
+    out = run_experiment(f, log=lambda s: None, report=False)
+    assert out["pending"] == 0
+    pre = [json.loads(x) for x in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
+    best = json.loads((tmp_path / "pre" / "results.json").read_text())["best_epoch"]
+
+    def test(row, seed):
+        return json.loads((tmp_path / "runs" / "ring" / f"{row}-s{seed}" / "results.json").read_text())["test"]["ndcg@10"]
+
+    lines = [x for x in out["budget"].splitlines() if x.startswith("| relearn")]
+    expect = {"relearn_pre1": 1, "relearn_pre2": 2, "relearn": best}
+    ats = [int(x.split(" | ")[1].split()[0]) for x in lines]
+    assert len(lines) == 3 and ats == sorted(ats)  # in pre-training order
+    for row, at in expect.items():
+        m = pre[at - 1]
+        seeds = [0, 1] if row == "relearn" else [0]
+        label = f"{at} (best)" if row == "relearn" else str(at)
+        assert (f"| {row} | {label} | {m['loss']:.4f} | {m['valid']['ndcg@10']:.4f} | {test(row, 0):.4f} | "
+                f"{mean_sd([test(row, s) for s in seeds])} ({', '.join(map(str, seeds))}) |") in lines, out["budget"]
+    assert "pre-training budget: ring, ant rows from pre at different epochs" in out["budget"]
+    assert "scratch" not in out["budget"]
 
 
 def test_rows_runs_only_the_rows_named(exp_file, tmp_path):
