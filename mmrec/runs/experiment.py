@@ -263,6 +263,12 @@ def _store(exp: Experiment, ds: str) -> str:
     return spec.store or (exp.datasets[spec.of].store if spec.of else None) or "features"
 
 
+def row_init_from(exp: Experiment, root: Path, ds: str, row: str) -> str | None:
+    """The row's ``init_from`` on dataset ``ds``: ``{dataset}`` filled in, made absolute (None: none)."""
+    spec = exp.rows[row]
+    return _abs(root, spec.init_from.replace("{dataset}", ds)) if spec.init_from else None
+
+
 def row_config(exp: Experiment, root: Path, ds: str, row: str, seed: int, params: dict[str, Any] | None = None) -> RunConfig:
     """The RunConfig of one (dataset, row, seed): defaults < preset < experiment settings < row
     settings < ``params`` (a search trial's) < dataset, method, features, ``init_from``, seed."""
@@ -276,7 +282,8 @@ def row_config(exp: Experiment, root: Path, ds: str, row: str, seed: int, params
     have = exp.datasets[ds].modalities
     flags = {"dataset": dataset_path(exp, root, ds), "method": spec.method, "store": _abs(root, _store(exp, ds)),
              "features": {m: e for m, e in spec.features.items() if have is None or m in have}}
-    own = {"model.init_from": _abs(root, spec.init_from.replace("{dataset}", ds))} if spec.init_from else {}
+    init = row_init_from(exp, root, ds, row)
+    own = {"model.init_from": init} if init else {}
     sets = settings_overrides({**exp.settings, **spec.settings, **(params or {}), **own, "train.seed": seed})
     return build_run(flags, sets, base=base, label=label)
 
@@ -792,10 +799,10 @@ def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
     k = exp.report.metric
     groups: dict[tuple[str, ...], list[tuple[str, int | None, list[tuple[Path, dict[str, Any]]]]]] = {}
     for (ds, row), runs in got.items():
-        spec = exp.rows[row]
-        if not spec.init_from:
+        spec, init = exp.rows[row], row_init_from(exp, root, ds, row)
+        if not init:
             continue
-        src, epoch = split_init_from(_abs(root, spec.init_from.replace("{dataset}", ds)))
+        src, epoch = split_init_from(init)
         key = (ds, str(src), spec.method, spec.preset or "", json.dumps(spec.settings, sort_keys=True, default=str),
                json.dumps(spec.features, sort_keys=True))
         groups.setdefault(key, []).append((row, epoch, runs))

@@ -410,19 +410,27 @@ def _ant_ring(tmp_path, successor_raw, **pre_train):
     Trainer(pre, tmp_path / "pre", log=lambda s: None).fit()
 
 
-def test_transfer_policies_from_one_pretraining_run(tmp_path, successor_raw, monkeypatch):
-    """ANT pre-trained once; rows relearn and scratch start from it (``init_from``), every seed,
-    resumable; the table gives each policy's gap to scratch (what bench/negative_transfer.py did)."""
-    monkeypatch.chdir(tmp_path)
-    _ant_ring(tmp_path, successor_raw)
-    f = tmp_path / "nt.yaml"
+def _ant_experiment(tmp_path, name, rows):
+    """``<name>.yaml``: ANT target rows (``rows``, indented YAML, then anything after them) on ``_ant_ring``'s
+    dataset, seeds 0-1, two epochs of a 16-wide model."""
+    f = tmp_path / f"{name}.yaml"
     f.write_text("""
-name: nt
+name: NAME
 out: runs
 seeds: [0, 1]
 datasets: {ring: {path: ds, store: store}}
 settings: {train.epochs: 2, train.threads: 1, model.hidden: 16, model.inner: 16, model.objective: target}
 rows:
+""".replace("NAME", name) + rows.lstrip("\n"))
+    return f
+
+
+def test_transfer_policies_from_one_pretraining_run(tmp_path, successor_raw, monkeypatch):
+    """ANT pre-trained once; rows relearn and scratch start from it (``init_from``), every seed,
+    resumable; the table gives each policy's gap to scratch (what bench/negative_transfer.py did)."""
+    monkeypatch.chdir(tmp_path)
+    _ant_ring(tmp_path, successor_raw)
+    f = _ant_experiment(tmp_path, "nt", """
   relearn: {method: ant, init_from: pre, features: {text: text}, settings: {model.adapt: relearn}}
   scratch: {method: ant, init_from: pre, features: {text: text}, settings: {model.adapt: scratch}}
 report: {baseline: scratch}
@@ -452,14 +460,7 @@ def test_the_pretraining_budget_table_sets_rows_from_each_kept_epoch_side_by_sid
 
     monkeypatch.chdir(tmp_path)
     _ant_ring(tmp_path, successor_raw, epochs=3, keep_every=1)
-    f = tmp_path / "budget.yaml"
-    f.write_text("""
-name: budget
-out: runs
-seeds: [0, 1]
-datasets: {ring: {path: ds, store: store}}
-settings: {train.epochs: 2, train.threads: 1, model.hidden: 16, model.inner: 16, model.objective: target}
-rows:
+    f = _ant_experiment(tmp_path, "budget", """
   relearn: {method: ant, init_from: pre, features: {text: text}, settings: {model.adapt: relearn}}
   relearn_pre2: {method: ant, seeds: [0], init_from: pre@2, features: {text: text}, settings: {model.adapt: relearn}}
   relearn_pre1: {method: ant, seeds: [0], init_from: pre@1, features: {text: text}, settings: {model.adapt: relearn}}
