@@ -386,6 +386,7 @@ class _Runner:
     def __init__(self, exp: Experiment, root: Path, *, only_finished: bool, log: Callable[[str], None]):
         self.exp, self.root, self.only_finished, self.log = exp, root, only_finished, log
         self.pending = self.trained = 0
+        self.unfinished: list[tuple[str, Path, RunConfig]] = []  # (label, folder, run) of each pending plain run
         self._said: set[str] = set()
 
     def say_once(self, line: str) -> None:
@@ -445,9 +446,11 @@ class _Runner:
         done = []
         for seed in row_seeds(self.exp, row):
             folder = run_folder(self.exp, self.root, ds, row, seed)
-            res = self.train(ds, row_config(self.exp, self.root, ds, row, seed), folder, f"{ds}/{row} seed {seed}")
+            run = row_config(self.exp, self.root, ds, row, seed)
+            res = self.train(ds, run, folder, f"{ds}/{row} seed {seed}")
             if res is None:
                 self.pending += 1
+                self.unfinished.append((f"{ds}/{row} seed {seed}", folder, run))
             else:
                 done.append((folder, res))
         return done
@@ -592,6 +595,7 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     runner = _Runner(exp, root, only_finished=only_finished, log=log)
     while True:
         runner.pending = runner.trained = 0
+        runner.unfinished = []
         got: dict[tuple[str, str], list[tuple[Path, dict[str, Any]]]] = {}
         searches: dict[tuple[str, str], dict[str, Any]] = {}
         for ds, row in units:
@@ -640,8 +644,40 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
                 except ConfigError as e:
                     log(f"no report for {ds} yet: {e}")
     if pending:
+        if only_finished and runner.unfinished:
+            out["progress"] = progress_table(runner.unfinished)
+            log(out["progress"])
         log(f"{pending} run(s) not finished here; run the same command again to continue")
     return out
+
+
+def progress_table(unfinished: list[tuple[str, Path, RunConfig]]) -> str:
+    """The runs that have not finished, from their folders: whether a process trains one now (its
+    ``train.lock``), the epochs logged against the cap, the best validation metric so far and its
+    epoch, and the seconds an epoch took (training + evaluation, mean of the logged epochs). Runs
+    with nothing logged are counted on one line, not listed."""
+    lines = ["\nnot finished (from the run folders)\n",
+             "| run | state | epochs / cap | best valid (epoch) | s/epoch |", "|---|---|---|---|---|"]
+    untouched = 0
+    for label, folder, run in unfinished:
+        rf = RunFolder(folder)
+        epochs = [m for m in rf.metrics() if "epoch" in m]
+        holder = rf.holder()
+        if not epochs and holder is None:
+            untouched += 1
+            continue
+        k = run.train.valid_metric
+        scored = [m for m in epochs if k in m.get("valid", {})]
+        best = max(scored, key=lambda m: m["valid"][k], default=None)
+        best_cell = f"{k} {best['valid'][k]:.4f} ({best['epoch']})" if best else "-"
+        secs = [m.get("train_seconds", 0.0) + m.get("eval_seconds", 0.0) for m in epochs]
+        per = f"{sum(secs) / len(secs):.0f}" if secs else "-"
+        state = f"training ({holder})" if holder else "stopped: the same command resumes it"
+        last = epochs[-1]["epoch"] if epochs else 0
+        lines.append(f"| {label} | {state} | {last} / {run.train.epochs} | {best_cell} | {per} |")
+    if untouched:
+        lines.append(f"\nnot started: {untouched} run(s)")
+    return "\n".join(lines)
 
 
 def search_line(ds: str, row: str, info: dict[str, Any]) -> str:

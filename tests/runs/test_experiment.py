@@ -98,6 +98,32 @@ def test_a_busy_run_is_left_to_its_holder_and_the_command_says_so(exp_file, tmp_
     assert "1 run(s) not finished here" in r.output
 
 
+def test_show_lists_the_unfinished_runs_with_their_progress(exp_file, tmp_path):
+    run_experiment(exp_file, log=lambda s: None, report=False)
+    ring = tmp_path / "runs" / "ring"
+    for name in ("sasrec-s0", "sasrec-s1", "pop-s1"):
+        (ring / name / "results.json").unlink()  # as if stopped before the end
+    rows = [json.loads(x) for x in (ring / "sasrec-s0" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [m for m in rows if "epoch" in m]
+    best = max(rows, key=lambda m: m["valid"]["ndcg@10"])
+    per = sum(m["train_seconds"] + m["eval_seconds"] for m in rows) / len(rows)
+    (ring / "pop-s1" / "metrics.jsonl").unlink(missing_ok=True)  # nothing logged: counted, not listed
+    with open(ring / "sasrec-s1" / "train.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.seek(0)
+        held.truncate()
+        held.write("pid 4242 on elsewhere\n")
+        held.flush()
+        r = CliRunner().invoke(app, ["experiment", "show", str(exp_file)])
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert r.exit_code == 0, r.output
+    assert (f"| ring/sasrec seed 0 | stopped: the same command resumes it | 2 / 2 | "
+            f"ndcg@10 {best['valid']['ndcg@10']:.4f} ({best['epoch']}) | {per:.0f} |") in r.output
+    assert "| ring/sasrec seed 1 | training (pid 4242 on elsewhere) | 2 / 2 |" in r.output
+    assert "ring/pop seed 1" not in r.output and "not started: 1 run(s)" in r.output
+    assert "3 run(s) not finished here" in r.output
+
+
 def test_rows_take_their_preset_or_the_familys_and_errors_name_the_row(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     f = tmp_path / "e.yaml"
