@@ -654,10 +654,12 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
 def progress_table(unfinished: list[tuple[str, Path, RunConfig]]) -> str:
     """The runs that have not finished, from their folders: whether a process trains one now (its
     ``train.lock``), the epochs logged against the cap, the best validation metric so far and its
-    epoch, and the seconds an epoch took (training + evaluation, mean of the logged epochs). Runs
-    with nothing logged are counted on one line, not listed."""
+    epoch, the seconds an epoch took (training + evaluation, mean of the logged epochs) and the most
+    it has left: to the cap, or, under ``train.early_stop=metric``, to the epoch where patience runs
+    out if nothing improves (``best + patience x eval_every``), whichever comes first. Runs with
+    nothing logged are counted on one line, not listed."""
     lines = ["\nnot finished (from the run folders)\n",
-             "| run | state | epochs / cap | best valid (epoch) | s/epoch |", "|---|---|---|---|---|"]
+             "| run | state | epochs / cap | best valid (epoch) | s/epoch | at most left |", "|---|---|---|---|---|---|"]
     untouched = 0
     for label, folder, run in unfinished:
         rf = RunFolder(folder)
@@ -671,10 +673,17 @@ def progress_table(unfinished: list[tuple[str, Path, RunConfig]]) -> str:
         best = max(scored, key=lambda m: m["valid"][k], default=None)
         best_cell = f"{k} {best['valid'][k]:.4f} ({best['epoch']})" if best else "-"
         secs = [m.get("train_seconds", 0.0) + m.get("eval_seconds", 0.0) for m in epochs]
-        per = f"{sum(secs) / len(secs):.0f}" if secs else "-"
+        per = sum(secs) / len(secs) if secs else None
         state = f"training ({holder})" if holder else "stopped: the same command resumes it"
         last = epochs[-1]["epoch"] if epochs else 0
-        lines.append(f"| {label} | {state} | {last} / {run.train.epochs} | {best_cell} | {per} |")
+        tc = run.train
+        stop_by = tc.epochs
+        if best is not None and tc.early_stop == "metric":
+            stop_by = min(stop_by, best["epoch"] + tc.patience * tc.eval_every)
+        left = max(stop_by - last, 0)
+        left_cell = f"{left} epoch{'' if left == 1 else 's'}" + (f", {_duration(left * per)}" if per is not None else "")
+        per_cell = f"{per:.0f}" if per is not None else "-"
+        lines.append(f"| {label} | {state} | {last} / {tc.epochs} | {best_cell} | {per_cell} | {left_cell} |")
     if untouched:
         lines.append(f"\nnot started: {untouched} run(s)")
     return "\n".join(lines)
@@ -883,6 +892,15 @@ def weights_over_training(weights: dict[str, dict[str, list[float]]], names: lis
         far = max(abs(x - uniform) for v in per.values() for x in v)
         out.append(f"| {row} | " + " | ".join(cells) + f" | {far:.4f} ({100 * far / uniform:.1f}% of 1/D) |")
     return "\n".join(out)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``7 min``, ``2.5 h``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def check_selection(exp: Experiment, rows: list[str] | None, datasets: list[str] | None = None) -> None:

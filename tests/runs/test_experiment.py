@@ -118,10 +118,33 @@ def test_show_lists_the_unfinished_runs_with_their_progress(exp_file, tmp_path):
         fcntl.flock(held, fcntl.LOCK_UN)
     assert r.exit_code == 0, r.output
     assert (f"| ring/sasrec seed 0 | stopped: the same command resumes it | 2 / 2 | "
-            f"ndcg@10 {best['valid']['ndcg@10']:.4f} ({best['epoch']}) | {per:.0f} |") in r.output
+            f"ndcg@10 {best['valid']['ndcg@10']:.4f} ({best['epoch']}) | {per:.0f} | 0 epochs, 0 s |") in r.output
     assert "| ring/sasrec seed 1 | training (pid 4242 on elsewhere) | 2 / 2 |" in r.output
     assert "ring/pop seed 1" not in r.output and "not started: 1 run(s)" in r.output
     assert "3 run(s) not finished here" in r.output
+
+
+def test_the_time_left_is_bounded_by_the_cap_and_by_patience(tmp_path):
+    from mmrec.config import from_dict
+    from mmrec.runs.config import RunConfig
+    from mmrec.runs.experiment import progress_table
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    valid = [0.10, 0.20, 0.15, 0.18]  # best at epoch 2
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train_seconds": 50.0, "eval_seconds": 10.0, "valid": {"ndcg@10": v}}) + "\n"
+        for e, v in enumerate(valid, start=1)))
+
+    def line(**train):
+        run = from_dict(RunConfig, {"dataset": "x", "method": "sasrec", "train": train})
+        return [x for x in progress_table([("x/sasrec seed 0", folder, run)]).splitlines() if x.startswith("| x/")][0]
+
+    # patience 3 evaluations after epoch 2 ends at epoch 5: 1 epoch of 60 s left
+    assert line(epochs=100, patience=3).endswith("| 4 / 100 | ndcg@10 0.2000 (2) | 60 | 1 epoch, 1 min |")
+    assert line(epochs=100, patience=3, eval_every=2).endswith("| 4 epochs, 4 min |")  # epoch 8
+    assert line(epochs=6, patience=50).endswith("| 2 epochs, 2 min |")  # the cap first
+    assert line(epochs=100, patience=3, early_stop="any").endswith("| 96 epochs, 1.6 h |")  # only the cap bounds it
 
 
 def test_rows_take_their_preset_or_the_familys_and_errors_name_the_row(tmp_path, monkeypatch):
