@@ -72,6 +72,7 @@ def test_demo_runs_end_to_end(tmp_path):
     # the demo extracts features of the prepared catalogue: every item with a usable price has one
     import pyarrow.parquet as pq
 
+    from mmrec.data.prepared import PreparedDataset
     from mmrec.features.store import FeatureEntry
 
     items = pq.read_table(tmp_path / "demo" / "prepared" / "items.parquet").to_pydict()
@@ -83,7 +84,10 @@ def test_demo_runs_end_to_end(tmp_path):
     # the feature methods train on the extracted price features
     ef = json.loads((tmp_path / "demo" / "runs" / "sasrec_ef" / "results.json").read_text())
     assert list(ef["features"]) == ["price"] and ef["features"]["price"]["items_with_feature"] == priced
-    assert "demo: 1,500 users" in r.output or "demo:" in r.output
+    stats = PreparedDataset(tmp_path / "demo" / "prepared").meta["stats"]
+    assert stats["n_users"] == 1500  # the demo's default, every user kept by prepare
+    assert (f"demo: {stats['n_users']:,} users, {stats['n_items']:,} items, "
+            f"{stats['n_interactions']:,} interactions") in r.output
     table = r.output.split("method")[-1]
     assert "pop" in table and "sasrec" in table and "sasrec_ef" in table and "mmsr" in table
     assert (tmp_path / "demo" / "runs" / "sasrec" / "results.json").exists()

@@ -5,21 +5,25 @@ import os
 from mmrec.resources import available_cores
 
 
-def test_the_smallest_limit_wins_and_is_named(tmp_path):
-    affinity = len(os.sched_getaffinity(0))
-    assert available_cores({}, tmp_path) == (affinity, "CPU affinity")
+def test_the_smallest_limit_wins_and_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # 8 cores, whatever the host has
+    assert available_cores({}, tmp_path) == (8, "CPU affinity")
     (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 cores -> 2
-    assert available_cores({}, tmp_path) == (min(2, affinity), "cgroup CPU quota" if affinity > 2 else "CPU affinity")
+    assert available_cores({}, tmp_path) == (2, "cgroup CPU quota")
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core -> 1
+    assert available_cores({}, tmp_path) == (1, "cgroup CPU quota")
+    (tmp_path / "cpu.max").write_text("300000 100000\n")
     assert available_cores({"SLURM_CPUS_PER_TASK": "1"}, tmp_path) == (1, "SLURM_CPUS_PER_TASK")
-    assert available_cores({"OMP_NUM_THREADS": "1", "SLURM_CPUS_PER_TASK": "x"}, tmp_path) == (1, "OMP_NUM_THREADS")
+    assert available_cores({"OMP_NUM_THREADS": "2", "SLURM_CPUS_PER_TASK": "x"}, tmp_path) == (2, "OMP_NUM_THREADS")
     (tmp_path / "cpu.max").write_text("max 100000\n")  # no quota
-    assert available_cores({"OMP_NUM_THREADS": "0"}, tmp_path) == (affinity, "CPU affinity")
+    assert available_cores({"OMP_NUM_THREADS": "0"}, tmp_path) == (8, "CPU affinity")
     v1 = tmp_path / "v1"
     v1.mkdir()
-    (v1 / "cpu.cfs_quota_us").write_text("100000")
+    (v1 / "cpu.cfs_quota_us").write_text("300000")
     (v1 / "cpu.cfs_period_us").write_text("100000")
-    assert available_cores({}, v1) == (1, "cgroup CPU quota" if affinity > 1 else "CPU affinity")
-
+    assert available_cores({}, v1) == (3, "cgroup CPU quota")
+    (v1 / "cpu.cfs_quota_us").write_text("-1")  # cgroup v1's "no quota"
+    assert available_cores({}, v1) == (8, "CPU affinity")
 
 
 _GROUP_AT_EXIT = r"""

@@ -37,10 +37,10 @@ def test_methods_score_shapes_and_which_can_rank_unseen_items(name):
     # an item's score comes from its features when the method ranks unseen items: change item 7's
     # features and its score changes; for id-scored methods (fdsa) it does not
     before = s[:, 6].clone()
-    getattr(m, "feat", None) or getattr(m, "items", None) or getattr(m, "text")
-    for mod in m.modules():
-        if isinstance(mod, FeatureItemEncoder):
-            getattr(mod, "feat_text")[7] += 5.0
+    encoders = [mod for mod in m.modules() if isinstance(mod, FeatureItemEncoder)]
+    assert encoders  # every feature method, fdsa too, reads the text table the loop below changes
+    for mod in encoders:
+        mod.feat_text[7] += 5.0
     m.train(); m.eval()  # drop the cached evaluation table
     after = m.score(m.query(items, lengths), torch.arange(1, 31))[:, 6]
     ranks_unseen = m.ranks_unseen_items if m.ranks_unseen_items is not None else bool(m.modalities)

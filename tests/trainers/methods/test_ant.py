@@ -341,7 +341,9 @@ def test_presets_lr_decay_is_the_codes_steplr_stepped_per_epoch(name, gamma):
             assert lr_factor(tc, epoch * per_epoch + k, per_epoch) == pytest.approx(opt.param_groups[0]["lr"])
             opt.step()
         sched.step()  # Lightning: after each training epoch
-    assert lr_factor(tc, per_epoch, per_epoch) == pytest.approx(gamma) != pytest.approx(gamma ** per_epoch)
+    # per epoch, not per step: after one epoch of 3 steps the rate is gamma, not gamma ** 3
+    assert lr_factor(tc, per_epoch, per_epoch) == pytest.approx(gamma)
+    assert lr_factor(tc, per_epoch, per_epoch) != pytest.approx(gamma ** per_epoch)
 
 
 def test_relearn_initialisation_scale_paper_against_code():

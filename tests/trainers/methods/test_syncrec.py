@@ -485,13 +485,27 @@ def test_domain_restricted_gap_scores_only_the_domains_items():
                 own = (DOM[1:] == d[i]).nonzero(as_tuple=True)[0]
                 expect = -torch.log_softmax(logits[i, own], 0)[(own == tgt[i] - 1).nonzero()[0, 0]]
                 assert float(got[i]) == pytest.approx(float(expect), rel=1e-5)
-        # bce: the negative is drawn among the domain's items (a-items are odd, b-items even)
+        # bce: the negative is drawn among the domain's items (a-items are odd, b-items even): each
+        # row's loss is softplus(-s_target) + softplus(s_n) for some n of its domain, every such n turns
+        # up over the draws, and no n of another domain ever fits
         order, start, count = m.domain_items()
         assert order.tolist() == [1, 3, 5, 2, 4, 6] and start.tolist() == [0, 3] and count.tolist() == [3, 3]
-        torch.manual_seed(0)
-        dom = torch.tensor([1, 2] * 50)
-        pick = start[dom - 1] + (torch.rand(len(dom)) * count[dom - 1]).long()
-        assert (DOM[order[pick]] == dom).all()
+        h = st["single"]
+        emb = m.item.weight
+        pos = torch.nn.functional.softplus(-(h * emb[tgt]).sum(-1))
+        per_item = pos[:, None] + torch.nn.functional.softplus(h @ emb[1:].T)  # [N, 6]: the loss with n = 1..6
+        seen = [set() for _ in range(len(tgt))]
+        for seed in range(200):
+            torch.manual_seed(seed)
+            got = m.domain_losses(h, tgt, d, "bce")
+            for i in range(len(tgt)):
+                fits = (per_item[i] - got[i]).abs() < 1e-5
+                assert fits.any(), f"row {i}: loss {float(got[i])} is no candidate's"
+                fits_items = (fits.nonzero(as_tuple=True)[0] + 1).tolist()
+                assert all(int(DOM[n]) == int(d[i]) for n in fits_items)
+                seen[i].update(fits_items)
+        for i in range(len(tgt)):
+            assert seen[i] == {n for n in range(1, 7) if int(DOM[n]) == int(d[i])}
         # the gap it gives differs from the unrestricted one (the SDSR head is no longer favoured)
         l_c = m.target_losses(st["cross"], st["target"], None, "ce")
         l_s = m.target_losses(st["single"], tgt, None, "ce")

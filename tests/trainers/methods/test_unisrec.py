@@ -169,10 +169,25 @@ def test_word_drop_swaps_the_dropped_positions_vectors():
         s = m.query(b["items"], b["lengths"])
         all_kept = m.augmented_last(b["items"], b["lengths"], True, torch.ones_like(keep))
         none_kept = m.augmented_last(b["items"], b["lengths"], True, torch.zeros_like(keep))
+        # a mixed mask: even positions kept, odd ones dropped. Row 1 is [5, 6, 7]: item 5 (position 0)
+        # keeps its text vector, item 6 (position 1) takes its word-drop one; neither is in another row
+        half = torch.ones_like(keep)
+        half[:, 1::2] = False
+        base = m.augmented_last(b["items"], b["lengths"], True, half)
+
+        def moved(table, item):
+            saved = table[item].clone()
+            table[item] += 1.0
+            out = m.augmented_last(b["items"], b["lengths"], True, half)
+            table[item] = saved
+            return [not torch.allclose(out[r], base[r], atol=1e-6) for r in range(4)]
+
+        assert moved(m.feat_word_drop, 6) == [False, True, False, False]  # dropped: its word-drop vector is read
+        assert moved(m.text.feat_text, 6) == [False] * 4  # ... and its text vector is not
+        assert moved(m.feat_word_drop, 5) == [False] * 4  # kept: its word-drop vector is not read
+        assert moved(m.text.feat_text, 5) == [False, True, False, False]
         m.text.feat_text.copy_(m.feat_word_drop)  # every position from the word-drop table
         s_wd = m.query(b["items"], b["lengths"])
-        half = keep.clone()
-        half[:, 1::2] = False
     assert torch.allclose(all_kept, s, atol=1e-6) and torch.allclose(none_kept, s_wd, atol=1e-6)
     assert not torch.allclose(s, s_wd, atol=1e-3)
     # without a word-drop table every batch uses item drop
