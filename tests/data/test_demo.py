@@ -129,9 +129,18 @@ def test_timestamps(demo: tuple[RawDataset, Path]) -> None:
 
 
 def test_ties_keep_sequence_order_in_the_file(demo: tuple[RawDataset, Path], world) -> None:
-    # Sorting by (user, time) with the row order as tie-breaker recovers the generated sequence.
-    _, items, _ = _sorted_sequences(demo[0])
-    assert list(items) == [world.item_ids[i] for i in world.seq_items]
+    # Sorting by (user, time) with the row order as tie-breaker recovers the generated sequence, also
+    # where a user's events share a time stamp (there are such ties, so this is not vacuous)
+    users, items, times = _sorted_sequences(demo[0])
+    tied = np.flatnonzero((users[1:] == users[:-1]) & (times[1:] == times[:-1]))
+    assert len(tied) > 0
+    expect = np.array([world.item_ids[i] for i in world.seq_items])
+    np.testing.assert_array_equal(items[tied], expect[tied])
+    np.testing.assert_array_equal(items[tied + 1], expect[tied + 1])
+    # a sort by (user, time) alone, ties in reverse row order, would not recover them
+    t = demo[0].interactions
+    rev = np.lexsort((-np.arange(len(t)), t.column("timestamp").to_numpy(), np.array(t.column("user_id").to_pylist())))
+    assert (np.array(t.column("item_id").to_pylist())[rev][tied] != expect[tied]).any()
 
 
 # --- missing values -------------------------------------------------------------------------------
@@ -229,9 +238,13 @@ def test_niche_items_are_rare(demo: tuple[RawDataset, Path], world) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [dict(n_tastes=1), dict(n_tastes=17), dict(n_items=10), dict(seq_len_range=(5, 4)), dict(n_users=0)],
+    ("kwargs", "says"),
+    [(dict(n_tastes=1), r"n_tastes must be between 2 and 16, got 1"),
+     (dict(n_tastes=17), r"n_tastes must be between 2 and 16, got 17"),
+     (dict(n_items=10), r"n_items must be at least 4 \* n_tastes = 32, got 10"),
+     (dict(seq_len_range=(5, 4)), r"seq_len_range must be \(lo, hi\) with 2 <= lo <= hi, got \(5, 4\)"),
+     (dict(n_users=0), r"n_users must be at least 1, got 0")],
 )
-def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
         generate_demo(tmp_path, **kwargs)

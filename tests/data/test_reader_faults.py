@@ -152,7 +152,11 @@ def test_damaged_files_give_mmrec_errors_or_reported_drops(fmt, how, request, tm
         work = tmp_path / f"case{i}"
         shutil.copytree(base, work)
         target = work / f.relative_to(base)
+        before = target.read_bytes()
         _mutate(target, how, tmp_path / f"outside{i}")
+        if how not in ("delete", "symlink") and target.read_bytes() == before:
+            faults["  (damage that changed nothing: not counted)"] += 1
+            continue  # e.g. no number on a data line for "nan" to replace: nothing to test
         try:
             outcomes[f.name] = _check(fmt, work, entry, options, work / "prepared")
         except Exception as e:  # noqa: BLE001 - the point of the test
@@ -162,7 +166,8 @@ def test_damaged_files_give_mmrec_errors_or_reported_drops(fmt, how, request, tm
     # partner, as a deleted catalogue leaves ratings without titles)
     for name, outcome in outcomes.items():
         if outcome != "ok":
-            assert name in outcome or (how == "delete" and str(tmp_path) in outcome), (name, how, outcome)
+            case = next(tmp_path / f"case{i}" for i, f in enumerate(_files(base)) if f.name == name)
+            assert name in outcome or (how == "delete" and str(case) in outcome), (name, how, outcome)
     if how == "symlink":  # a linked data file is read like the file itself
         assert set(outcomes.values()) == {"ok"}, outcomes
     faults["bad input files tried (reader x file x damage)"] += len(outcomes)

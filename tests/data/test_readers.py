@@ -432,7 +432,7 @@ def test_amazon_raw_missing_key_and_options(tmp_path):
     assert e.value.line == 2 and "unixReviewTime" in str(e.value)
     raw = read_dataset("amazon-raw", p, on_bad_line="skip")
     assert col(raw, "item_id") == ["A1"] and raw.report.to_list()[0]["rows"] == 1
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"on_bad_line.* got 'ignore'"):
         read_dataset("amazon-raw", p, on_bad_line="ignore")
 
 
@@ -516,8 +516,11 @@ def test_hm_errors(hm_folder):
     with pytest.raises(DataError) as e:
         read_dataset("hm", hm_folder)
     assert "'customer_id'" in str(e.value) and "customer" in str(e.value)
-    with pytest.raises(DataError):
+    # a domain column the articles file lacks (with a well-formed transactions file, so that is what fails)
+    write(hm_folder / "transactions_train.csv", "t_dat,customer_id,article_id,price\n2018-09-20,c1,0111565001,0.02\n")
+    with pytest.raises(DataError, match="domain_field 'nope' is not a column; the file has") as e:
         read_dataset("hm", hm_folder, domain_field="nope")
+    assert "articles.csv" in str(e.value)
 
 
 # --------------------------------------------------------------------------- table
@@ -593,7 +596,7 @@ def test_table_formats_and_order(tmp_path):
     p = write(tmp_path / "o.csv", "u,i\na,1\nb,2\na,3\n")
     raw = read_dataset("table", p, user_col="u", item_col="i", time_col=None)
     assert raw.time_is_order and col(raw, "timestamp") == [0.0, 0.0, 1.0]
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="time_format must be one of .* got 'dd/mm'"):
         read_dataset("table", p, user_col="u", item_col="i", time_format="dd/mm")
     with pytest.raises(ConfigError) as e:
         read_dataset("table", p, user_col="u", item_col="i", items={"path": "x.csv", "titel_col": "t"})

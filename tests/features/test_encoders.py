@@ -90,8 +90,9 @@ def test_template_drops_missing_fields_with_their_separator():
     assert TextTemplate("Item: {title} | {brand}").render({"brand": "Acme"}) == "Item: Acme"
     assert TextTemplate("{title} costs {price:.2f}").render({"title": "Hat", "price": 3.5}) == "Hat costs 3.50"
     assert TextTemplate.from_fields(["title", "genres"]).template == "{title}. {genres}."
-    for bad in ("no fields", "{a.b}", "{0}", "{title"):
-        with pytest.raises(ConfigError):
+    for bad, says in (("no fields", "names no field"), ("{a.b}", "must be a plain catalogue column name"),
+                      ("{0}", "must be a plain catalogue column name"), ("{title", "is not a valid format string")):
+        with pytest.raises(ConfigError, match=says):
             TextTemplate(bad)
 
 

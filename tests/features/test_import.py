@@ -78,8 +78,11 @@ def test_same_import_again_is_a_no_op_and_other_data_needs_overwrite(tmp_path):
     src, id_file = write_npy(tmp_path)
     store = tmp_path / "s"
     first = import_features(cfg(src, store, ids=str(id_file)), **QUIET).manifest
+    shards = sorted((store / "feats" / "shards").iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
     again = import_features(cfg(src, store, ids=str(id_file)), **QUIET).manifest
-    assert again["shards"] == first["shards"]
+    assert again == first  # the same manifest, its creation time included
+    assert shards and {p: p.stat().st_mtime_ns for p in shards} == stamps  # no shard written again
     np.save(src, MATRIX * 2)
     with pytest.raises(ConfigError, match="pass --overwrite"):
         import_features(cfg(src, store, ids=str(id_file)), **QUIET)

@@ -116,6 +116,8 @@ def test_empty_shard(tmp_path, fmt):
     assert len(ids) == 0 and feats.shape == (0, 6)
     m, present = e.aligned(["x", "y"])
     assert present.tolist() == [True, False]
+    np.testing.assert_array_equal(m[0], rand((1, 6))[0].astype(np.float16).astype(np.float32))
+    assert not m[1].any()
     assert e.validate() == []
 
 
@@ -156,7 +158,7 @@ def test_write_manifest_is_atomic_and_checked(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="'created'"):
         write_manifest(entry, {k: v for k, v in json.loads(before).items() if k != "created"})
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no")))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="no"):
         write_manifest(entry, {**json.loads(before), "n_items": 5})
     monkeypatch.undo()
     assert (entry / "manifest.json").read_text() == before
@@ -191,7 +193,8 @@ def test_aligned_by_id(tmp_path, fmt):
     # the stored dtype can be kept; a repeated id gets its row twice
     m16, p16 = e.aligned(["it3", "it3", "it9"], dtype=np.float16)
     assert m16.dtype == np.float16 and p16.all()
-    np.testing.assert_array_equal(m16[0], m16[1])
+    for row, k in ((0, 3), (1, 3), (2, 9)):
+        np.testing.assert_array_equal(m16[row], x.astype(np.float16)[k])
 
     rep = e.alignment_report(request)
     assert rep["requested"] == 13 and rep["padding"] == 1 and rep["found"] == 10
@@ -328,3 +331,7 @@ def test_as_torch_embedding(tmp_path):
     emb = as_torch_embedding(m)
     assert tuple(emb.weight.shape) == (3, 3) and not emb.weight.requires_grad
     assert emb.padding_idx == 0
+    x = rand((2, 3))  # rows of "a" and "b"
+    assert not emb.weight[0].any()
+    np.testing.assert_array_equal(emb.weight[1].numpy(), x[1])
+    np.testing.assert_array_equal(emb.weight[2].numpy(), x[0])

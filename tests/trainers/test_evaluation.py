@@ -61,9 +61,18 @@ def test_ties_policies(data):
     pess = Evaluator(data, EvalConfig(), 50, torch.device("cpu")).evaluate(flat, "test", return_ranks=True)
     assert pess["ranks"].tolist() == [5, 5]  # no credit for constant scores
     rnd = Evaluator(data, EvalConfig(ties="random", seed=3), 50, torch.device("cpu")).evaluate(flat, "test", return_ranks=True)
-    assert all(0 <= r <= 5 for r in rnd["ranks"])
     rnd2 = Evaluator(data, EvalConfig(ties="random", seed=3), 50, torch.device("cpu")).evaluate(flat, "test", return_ranks=True)
     assert rnd["ranks"].tolist() == rnd2["ranks"].tolist()
+    # random: the target's place among the items it ties with is uniform. Flat scores: 0..5 for both
+    # users (mean 2.5, sd of a mean of 200 draws 0.12); the table: u0 ties with one item (4 or 5),
+    # u1 ties with none (always 2)
+    flat_ranks, table_ranks = [], []
+    for seed in range(100):
+        ev = Evaluator(data, EvalConfig(ties="random", seed=seed), 50, torch.device("cpu"))
+        flat_ranks += ev.evaluate(flat, "test", return_ranks=True)["ranks"].tolist()
+        table_ranks.append(ev.evaluate(m, "test", return_ranks=True)["ranks"].tolist())
+    assert set(flat_ranks) == {0, 1, 2, 3, 4, 5} and abs(np.mean(flat_ranks) - 2.5) < 0.4
+    assert {u0 for u0, _ in table_ranks} == {4, 5} and {u1 for _, u1 in table_ranks} == {2}
 
 
 def test_history_masking(data):

@@ -369,9 +369,12 @@ def test_asynchronous_learning_rate_schedule():
 
 
 def test_config_errors():
-    for bad in ({"tau": 0.0}, {"code_count": 1}, {"async_milestones": [10, 5]}, {"image_code_weight": -1.0},
-                {"code_sample_pairs": 10}, {"max_code_pairs": 0}):
-        with pytest.raises(ConfigError):
+    for bad, says in (({"tau": 0.0}, "model.tau must be positive"), ({"code_count": 1}, "model.code_count >= 2"),
+                      ({"async_milestones": [10, 5]}, "async_milestones must be non-negative epochs in increasing order"),
+                      ({"image_code_weight": -1.0}, "loss weights must be >= 0"),
+                      ({"code_sample_pairs": 10}, "code_sample_pairs must be at least model.code_count"),
+                      ({"max_code_pairs": 0}, "max_code_pairs must be positive")):
+        with pytest.raises(ConfigError, match=says):
             from_dict(KDSRConfig, bad)
     with pytest.raises(ConfigError, match="code_subspaces=8 is more than the text feature dimension 4"):
         _model(features=_features(dims={"text": 4}))

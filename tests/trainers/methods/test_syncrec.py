@@ -567,7 +567,7 @@ def test_code_loss_reduction_by_hand():
 
 
 def test_sequence_gate_reads_the_whole_left_padded_window():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="needs model.single_input=inplace and model.position=reverse"):
         _model(gate_input="sequence")  # needs the in-place single-domain rows
     m = _model(gate_input="sequence", single_input="inplace")
     assert m.gates[0].single.weight.shape == (2, 8 * 16) and m.gates[0].single.bias is not None
