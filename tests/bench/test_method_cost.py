@@ -30,8 +30,10 @@ def test_quick_table_has_every_method_with_positive_ratios(capsys):
         assert set(res["methods"]) == set(METHODS), shape
         for name, row in res["methods"].items():
             assert "error" not in row, (shape, name, row.get("error"))
-            assert row["step_s"]["1t"] > 0 and row["eval_s_per_1000"] and row["peak_step_mib"] > 0
+            assert row["step_s"]["1t"] > 0 and row["peak_step_mib"] > 0 and all(v > 0 for v in row["eval_s_per_1000"].values())
             assert all(v is not None and v > 0 for v in row["ratio"].values()), (shape, name, row["ratio"])
+            ref = res["methods"]["sasrec"]
+            assert row["ratio"]["step_s[1t]"] == pytest.approx(row["step_s"]["1t"] / ref["step_s"]["1t"], rel=1e-9)
             assert f"| {name} |" in printed
         assert res["methods"]["sasrec"]["ratio"]["step_s[1t]"] == 1.0
 
@@ -82,7 +84,7 @@ def test_another_tree_side_by_side(capsys):
 def test_experts_bound_quick_times_both_ways():
     res = _module().main(["--quick", "--experts-bound"])
     assert res["experts"] >= 2 and res["seconds"]["loop"] > 0 and res["seconds"]["stacked"] > 0
-    assert res["loop_over_stacked"] > 0
+    assert res["loop_over_stacked"] == pytest.approx(res["seconds"]["loop"] / res["seconds"]["stacked"])
 
 
 def test_moe_quick_times_both_ways():
@@ -90,3 +92,4 @@ def test_moe_quick_times_both_ways():
     assert set(res["tables"]) == {"text", "image"}
     for r in res["tables"].values():
         assert r["seconds"]["loop"] > 0 and r["seconds"]["batched"] > 0
+        assert r["loop_over_batched"] == pytest.approx(r["seconds"]["loop"] / r["seconds"]["batched"])
