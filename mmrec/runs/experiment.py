@@ -96,6 +96,9 @@ class DatasetSpec:
     # the feature modalities its store has (e.g. [text] for a text-only target); a row's features of
     # other modalities are left out on this dataset. None: every row's features as written
     modalities: list[str] | None = None
+    # settings for every row on this dataset (e.g. a batch size or patience its size calls for): over the
+    # experiment's settings, under each row's own
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if (self.path is None) == (self.of is None):
@@ -270,8 +273,9 @@ def row_init_from(exp: Experiment, root: Path, ds: str, row: str) -> str | None:
 
 
 def row_config(exp: Experiment, root: Path, ds: str, row: str, seed: int, params: dict[str, Any] | None = None) -> RunConfig:
-    """The RunConfig of one (dataset, row, seed): defaults < preset < experiment settings < row
-    settings < ``params`` (a search trial's) < dataset, method, features, ``init_from``, seed."""
+    """The RunConfig of one (dataset, row, seed): defaults < preset < experiment settings < the
+    dataset's settings < row settings < ``params`` (a search trial's) < dataset, method, features,
+    ``init_from``, seed."""
     spec = exp.rows[row]
     preset = spec.preset or exp.preset
     try:
@@ -284,7 +288,8 @@ def row_config(exp: Experiment, root: Path, ds: str, row: str, seed: int, params
              "features": {m: e for m, e in spec.features.items() if have is None or m in have}}
     init = row_init_from(exp, root, ds, row)
     own = {"model.init_from": init} if init else {}
-    sets = settings_overrides({**exp.settings, **spec.settings, **(params or {}), **own, "train.seed": seed})
+    sets = settings_overrides({**exp.settings, **exp.datasets[ds].settings, **spec.settings, **(params or {}), **own,
+                               "train.seed": seed})
     return build_run(flags, sets, base=base, label=label)
 
 

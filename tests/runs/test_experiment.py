@@ -98,6 +98,19 @@ def test_a_busy_run_is_left_to_its_holder_and_the_command_says_so(exp_file, tmp_
     assert "1 run(s) not finished here" in r.output
 
 
+def test_a_datasets_settings_sit_between_the_files_and_the_rows(exp_file, tmp_path):
+    exp_file.write_text(exp_file.read_text().replace(
+        "  ring: {path: ds}", "  ring: {path: ds, settings: {train.epochs: 1, train.patience: 3, model.hidden: 8}}"))
+    exp, root = load_experiment(exp_file)
+    run = row_config(exp, root, "ring", "sasrec", 0)
+    # the dataset's epochs and patience over the file's (2, the default 10); the row's hidden over the dataset's
+    assert (run.train.epochs, run.train.patience, run.model["hidden"], run.train.threads) == (1, 3, 16, 1)
+    exp_file.write_text(exp_file.read_text().replace("settings: {train.epochs: 1,", "settings: {train.epochs: 0,"))
+    exp, root = load_experiment(exp_file)
+    with pytest.raises(ConfigError, match="train.epochs"):
+        row_config(exp, root, "ring", "sasrec", 0)
+
+
 def test_show_lists_the_unfinished_runs_with_their_progress(exp_file, tmp_path):
     run_experiment(exp_file, log=lambda s: None, report=False)
     ring = tmp_path / "runs" / "ring"
