@@ -135,12 +135,13 @@ def mean_sd(values: list[float]) -> str:
         return "-"
     m = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else None
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        def num(x: float) -> str:
-            return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
-    else:
-        def num(x: float) -> str:
+    counts = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+    def num(x: float) -> str:
+        if not counts:
             return f"{x:.4f}"
+        return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
     return num(m) if sd is None else f"{num(m)} ± {num(sd)}"
 
 
