@@ -418,15 +418,17 @@ def report(
     title: str = typer.Option("mmrec report", "--title"),
 ) -> None:
     """One HTML page from finished runs: metrics (mean ± sd over seeds; cold/warm, domains, sub-networks),
-    paired significance tests against a baseline, training curves. Runs group by folder name without -s<seed>.
-    The paired tests are also printed, as a Markdown table."""
-    from mmrec.runs.report import build_report, paired_markdown
+    paired significance tests against a baseline, the metric by quartile of the test target's popularity,
+    training curves. Runs group by folder name without -s<seed>. The paired tests and the popularity
+    table are also printed, as Markdown."""
+    from mmrec.runs.report import build_report, paired_markdown, popularity_markdown
 
     res = build_report(runs, out, metric, baseline, permutations, title)
     typer.echo(f"{len(res['groups'])} groups, {len(res['tests'])} paired tests against {res['baseline']}, "
                f"{res['images']} figures -> {out}")
     if res["tests"] or res["not_comparable"]:
         typer.echo(paired_markdown(res["tests"], res["baseline"], metric, res["not_comparable"]))
+    typer.echo(popularity_markdown(res["by_popularity"], res["baseline"], metric))
 
 
 @app.command()

@@ -13,6 +13,10 @@ by what their folder names share (``sasrec-s0``, ``sasrec-s1`` -> ``sasrec``). T
   several), the mean difference, a 95% interval (normal approximation) and the two-sided p-value of a
   sign-flip permutation test (``n_permutations``, seeded), over the test cases both share; it needs
   ``test_ranks.npy`` in the runs and the same test cases (same dataset and protocol);
+- the metric by the test target's popularity: the test cases split into quartiles of their target
+  item's number of training events (read from the runs' prepared dataset), per group the metric in
+  each, and against the baseline the difference and paired test per quartile (where a method wins or
+  loses: on the long tail or on the popular items);
 - training curves (validation metric and loss per epoch, every seed) as PNG images embedded in the
   page (matplotlib, the ``report`` extra).
 """
@@ -236,6 +240,74 @@ def _group_cases(g: Group, metric: str) -> np.ndarray | None:
     return np.mean(arrs, axis=0)
 
 
+def target_popularity(run: Run) -> np.ndarray | str:
+    """Each test case's target item's number of training events (``PreparedDataset.item_popularity``:
+    the training part only), in the order of ``test_ranks.npy``; or why not (the dataset folder of
+    the run's ``config.json``, relative to where the command runs, is not there)."""
+    from mmrec.data.prepared import PreparedDataset
+
+    path = run.config.get("dataset")
+    if not path or not (Path(path) / "dataset.json").is_file():
+        return (f"the runs' dataset folder {path!r} is not here (run the report where the runs were trained, "
+                "or give the runs' folder names relative to it)")
+    data = PreparedDataset(path)
+    return np.asarray(data.item_popularity)[np.asarray(data.items)[data.eval_cases("test").pos]]
+
+
+def popularity_breakdown(groups: list[Group], base: Group, metric: str, n_permutations: int = 10000
+                         ) -> dict[str, Any]:
+    """The test cases in quartiles of their target's training events (``np.quantile`` at 1/4, 1/2,
+    3/4 of the cases' counts; a case goes to the highest quartile whose lower edge its count reaches,
+    so ties at an edge share one quartile and a quartile may be empty); per group the metric per
+    quartile (per case averaged over the group's seeds, then over the quartile's cases) and, against
+    ``base``, each quartile's paired test. Groups with other test cases than ``base`` are left out.
+    ``{"note": why}`` when the dataset cannot be read."""
+    pop = target_popularity(base.runs[0])
+    if isinstance(pop, str):
+        return {"note": pop}
+    base_cases = _group_cases(base, metric)
+    if base_cases is None or len(base_cases) != len(pop):
+        return {"note": "the baseline's test ranks do not match its dataset's test cases"}
+    edges = np.quantile(pop, [0.25, 0.5, 0.75])
+    bucket = np.searchsorted(edges, pop, side="right")  # number of edges <= the count
+    quartiles = []
+    for b in range(4):
+        sel = bucket == b
+        if sel.any():
+            quartiles.append({"quartile": b + 1, "cases": int(sel.sum()), "events_min": int(pop[sel].min()),
+                              "events_max": int(pop[sel].max()), "select": sel})
+    out: dict[str, Any] = {"quartiles": [{k: v for k, v in q.items() if k != "select"} for q in quartiles],
+                           "groups": {}, "tests": {}}
+    for g in groups:
+        cases = base_cases if g is base else _group_cases(g, metric)
+        if cases is None or len(cases) != len(pop):
+            continue
+        if g is not base and protocol_difference(g.runs[0].results, base.runs[0].results) is not None:
+            continue
+        out["groups"][g.label] = [float(cases[q["select"]].mean()) for q in quartiles]
+        if g is not base:
+            out["tests"][g.label] = [paired_test(base_cases[q["select"]], cases[q["select"]], n_permutations)
+                                     for q in quartiles]
+    return out
+
+
+def popularity_markdown(pb: dict[str, Any], baseline: str, metric: str) -> str:
+    """``popularity_breakdown`` as a Markdown table (what ``mmrec report`` prints)."""
+    if "note" in pb:
+        return f"by the test target's popularity: not shown, {pb['note']}"
+    heads = [f"Q{q['quartile']}: {q['events_min']:,}-{q['events_max']:,} events, {q['cases']:,} cases"
+             for q in pb["quartiles"]]
+    lines = [f"{metric} by the test target's training events (quartiles of the test cases); against {baseline}: "
+             "difference, sign-flip permutation p", "| group | " + " | ".join(heads) + " |",
+             "|---|" + "---|" * len(heads)]
+    for label, vals in pb["groups"].items():
+        tests = pb["tests"].get(label)
+        cells = [f"{v:.4f}" + (f" ({t['mean_diff']:+.4f}, p = {t['p_value']:.4f})" if tests else "")
+                 for v, t in zip(vals, tests or [None] * len(vals))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _curves_png(g: Group, metric: str) -> str | None:
     try:
         import matplotlib
@@ -357,6 +429,28 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
             parts.append(f"<tr><td>{e(g.label)}</td><td>{t['n_cases']:,}</td><td class='{cls}'>{t['mean_diff']:+.4f}</td>"
                          f"<td>[{t['ci95_low']:+.4f}, {t['ci95_high']:+.4f}]</td><td>{t['p_value']:.4f}</td></tr>")
         parts.append("</table>")
+    # by the test target's popularity
+    by_pop = popularity_breakdown(groups, base, metric, n_permutations)
+    parts.append("<h2>By the test target's popularity</h2>")
+    if "note" in by_pop:
+        parts.append(f"<p>Not shown: {e(by_pop['note'])}.</p>")
+    else:
+        parts.append(f"<p>The test cases in quartiles of their target item's training events; per case {e(metric)} "
+                     f"averaged over each group's seeds; in brackets the difference to {e(base.label)} and its "
+                     "sign-flip permutation p within the quartile.</p><table><tr><th>group</th>"
+                     + "".join(f"<th>Q{q['quartile']}: {q['events_min']:,}-{q['events_max']:,} events "
+                               f"({q['cases']:,} cases)</th>" for q in by_pop["quartiles"]) + "</tr>")
+        for label, vals in by_pop["groups"].items():
+            per_q = by_pop["tests"].get(label) or [None] * len(vals)
+            cells = []
+            for v, t in zip(vals, per_q):
+                if t is None:
+                    cells.append(f"<td>{v:.4f}</td>")
+                else:
+                    cls = "pos" if t["ci95_low"] > 0 else ("neg" if t["ci95_high"] < 0 else "")
+                    cells.append(f"<td>{v:.4f} <span class='{cls}'>({t['mean_diff']:+.4f}, p = {t['p_value']:.4f})</span></td>")
+            parts.append(f"<tr><td>{e(label)}</td>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
     # curves
     parts.append("<h2>Training curves</h2>")
     n_img = 0
@@ -372,4 +466,4 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts), encoding="utf-8")
     return {"groups": summary, "tests": tests, "not_comparable": not_comparable, "baseline": base.label,
-            "images": n_img, "out": str(out)}
+            "by_popularity": by_pop, "images": n_img, "out": str(out)}

@@ -164,3 +164,59 @@ def test_mean_sd_prints_metrics_to_four_decimals_and_counts_as_whole_numbers():
     assert mean_sd([10, 13]) == "11.5 ± 2.1"  # sd sqrt(4.5) = 2.12
     assert mean_sd([12, 14]) == "13 ± 1.4"
     assert mean_sd([5]) == "5" and mean_sd([]) == "-"
+
+
+def test_the_metric_by_the_test_targets_popularity_by_hand(runs, tmp_path):
+    """Quartiles of the test targets' training events, counted here from the raw sequences' training
+    parts (all but the last two events, leave-one-out); per group the mean per-case NDCG@10 in each
+    from ranks set by hand; the baseline's difference per quartile."""
+    import shutil
+    from collections import Counter
+
+    from conftest import raw_from_sequences
+
+    from mmrec.data.prepared import PreparedDataset
+    from mmrec.runs.report import popularity_markdown
+
+    # item "a" is in every training part, "b" in 6, ... : the test targets (last events) have 0-8 events
+    filler = ["a"] * 8 + ["b"] * 6 + ["c"] * 4 + ["d"] * 2 + ["e"] * 4
+    seqs = {f"u{u}": [filler[3 * u], filler[3 * u + 1], filler[3 * u + 2], "v", t]
+            for u, t in enumerate(["a", "b", "c", "d", "e", "f", "g", "h"])}
+    ds = prepare(raw_from_sequences(seqs), tmp_path / "ds", PrepareConfig(min_user_interactions=1, min_item_interactions=1))
+    counts = Counter(i for s in seqs.values() for i in s[:-2])
+    data = PreparedDataset(ds)
+    targets = [data.raw_item_ids[i] for i in np.asarray(data.items)[data.eval_cases("test").pos]]
+    pop = np.array([counts[t] for t in targets])
+    ranks = {"pop": np.array([0, 3, 12, 1, 5, 9, 2, 0]), "sasrec": np.array([1, 0, 0, 20, 2, 2, 11, 4])}
+    ranks = {g: r[[ord(t) - ord("a") for t in targets]] for g, r in ranks.items()}  # by target, whatever the order
+    table = tmp_path / "table"
+    for g in ("pop", "sasrec"):
+        shutil.copytree(runs / f"{g}-s0", table / f"{g}-s0")
+        cfg = json.loads((table / f"{g}-s0" / "config.json").read_text())
+        (table / f"{g}-s0" / "config.json").write_text(json.dumps({**cfg, "dataset": str(ds)}))
+        np.save(table / f"{g}-s0" / "test_ranks.npy", ranks[g])
+    res = build_report([table], tmp_path / "r.html", baseline="pop", n_permutations=200)
+    pb = res["by_popularity"]
+    edges = np.quantile(pop, [0.25, 0.5, 0.75])
+    bucket = np.array([sum(c >= e for e in edges) for c in pop])
+    ndcg = {g: np.where(r < 10, 1 / np.log2(r + 2), 0.0) for g, r in ranks.items()}
+    want = [b for b in range(4) if (bucket == b).any()]
+    assert [q["quartile"] for q in pb["quartiles"]] == [b + 1 for b in want]
+    assert [q["cases"] for q in pb["quartiles"]] == [int((bucket == b).sum()) for b in want]
+    assert [(q["events_min"], q["events_max"]) for q in pb["quartiles"]] == \
+        [(int(pop[bucket == b].min()), int(pop[bucket == b].max())) for b in want]
+    for g in ("pop", "sasrec"):
+        assert pb["groups"][g] == pytest.approx([ndcg[g][bucket == b].mean() for b in want])
+    assert [t["mean_diff"] for t in pb["tests"]["sasrec"]] == \
+        pytest.approx([(ndcg["sasrec"] - ndcg["pop"])[bucket == b].mean() for b in want])
+    assert "pop" not in pb["tests"]
+    text = popularity_markdown(pb, "pop", "ndcg@10")
+    q = pb["quartiles"][0]
+    assert f"Q{q['quartile']}: {q['events_min']:,}-{q['events_max']:,} events, {q['cases']:,} cases" in text
+    assert "By the test target's popularity" in (tmp_path / "r.html").read_text()
+    # the dataset gone: said, not guessed
+    shutil.rmtree(ds)
+    res = build_report([table], tmp_path / "r2.html", baseline="pop", n_permutations=200)
+    assert "is not here" in res["by_popularity"]["note"]
+    assert popularity_markdown(res["by_popularity"], "pop", "ndcg@10").startswith(
+        "by the test target's popularity: not shown, the runs' dataset folder")
