@@ -70,6 +70,9 @@ class TrainConfig:
     # the log-Q correction on "all" the sampled softmax's logits (TensorFlow's sampled_softmax_loss: a
     # uniform draw's is then a constant) or on the "negatives" only (the loss estimates the full softmax's)
     sampled_correction: Literal["all", "negatives"] = "all"
+    # the step's target rows (in batch order, so neighbouring rows are one sequence's) in this many
+    # contiguous groups, each with its own ``sampled_negatives`` draw (1: one draw the whole batch shares)
+    sampled_groups: int = 1
     gbce_t: float = 0.75
     # a user's sampled negatives avoid the items of their training part ("train"), or of the whole
     # sequence including the validation and test items ("sequence": S3-Rec's code; a leak)
@@ -129,6 +132,9 @@ class TrainConfig:
         if self.loss == "sampled_ce" and self.sampled_negatives < 1:
             raise ConfigError(f"train.sampled_negatives must be >= 1 (the negatives each step shares), got "
                               f"{self.sampled_negatives}; use train.loss=ce for a softmax over every item")
+        if self.sampled_groups < 1:
+            raise ConfigError(f"train.sampled_groups must be >= 1 (1: one draw of negatives a step for the whole "
+                              f"batch), got {self.sampled_groups}")
         if not (self.sampled_power >= 0 and math.isfinite(self.sampled_power)):
             raise ConfigError(f"train.sampled_power must be a finite number >= 0 (counts ** power; 0: uniform over "
                               f"the items seen in training), got {self.sampled_power}")

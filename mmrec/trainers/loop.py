@@ -226,7 +226,8 @@ class Trainer:
             rng = np.random.default_rng([tc.seed, epoch, b])
             batch = self.samples.batch(idx, n_neg, rng)
             if self.shared_negatives is not None:  # after the batch's own draws, from the same generator
-                batch["sampled_items"] = self.shared_negatives.draw(rng)
+                draws = [self.shared_negatives.draw(rng) for _ in range(tc.sampled_groups)]
+                batch["sampled_items"] = draws[0] if tc.sampled_groups == 1 else np.stack(draws)
             batch = {k: torch.as_tensor(v, device=dev) for k, v in batch.items()}
             if self._log_q is not None:
                 batch["sampled_log_q"] = self._log_q
@@ -529,7 +530,9 @@ class Trainer:
                 **({"sampled_softmax": {"negatives_per_step": self.run.train.sampled_negatives,
                                         "distribution": self.run.train.sampled_distribution,
                                         "power": self.run.train.sampled_power,
-                                        "correction": f"log-Q on {self.run.train.sampled_correction}"}}
+                                        "correction": f"log-Q on {self.run.train.sampled_correction}",
+                                        **({"groups": self.run.train.sampled_groups}
+                                           if self.run.train.sampled_groups > 1 else {})}}
                    if self.run.train.loss == "sampled_ce" else {}),
                 "train_windows": self.run.train.windows,
                 "evaluation": self.evaluator.protocol(),

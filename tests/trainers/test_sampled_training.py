@@ -27,6 +27,8 @@ LOSSES = {
                               "sampled_power": 0.75},
     # one negative per position: on this 40-item ring the next item (a validation / test item, not
     # avoided) is often a negative, and more negatives weigh it more (hr@5 0.84 at k = 2)
+    "sampled_ce groups": {"loss": "sampled_ce", "sampled_negatives": 8, "sampled_groups": 4,
+                          "sampled_correction": "negatives"},
     "gbce": {"loss": "gbce", "negatives": 1, "gbce_t": 0.5},
     "gbce k=3": {"loss": "gbce", "negatives": 3, "gbce_t": 0.75},
 }
@@ -48,7 +50,7 @@ def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name", ["sampled_ce uniform", "sampled_ce popularity", "gbce"])
+@pytest.mark.parametrize("name", ["sampled_ce uniform", "sampled_ce popularity", "sampled_ce groups", "gbce"])
 def test_sasrec_learns_the_successor_rule_with_each_loss(ds, tmp_path, name):
     res = Trainer(_run(ds, **LOSSES[name], epochs=20, lr=0.01, patience=20), tmp_path / "r", log=lambda s: None).fit()
     losses = _losses(tmp_path / "r")
@@ -57,13 +59,16 @@ def test_sasrec_learns_the_successor_rule_with_each_loss(ds, tmp_path, name):
     p = res["protocol"]
     assert p["loss"] == LOSSES[name]["loss"]
     if p["loss"] == "sampled_ce":
+        groups = LOSSES[name].get("sampled_groups", 1)
         assert p["sampled_softmax"] == {"negatives_per_step": 8, "distribution": LOSSES[name].get("sampled_distribution", "uniform"),
-                                        "power": LOSSES[name].get("sampled_power", 1.0), "correction": "log-Q on all"}
+                                        "power": LOSSES[name].get("sampled_power", 1.0),
+                                        "correction": f"log-Q on {LOSSES[name].get('sampled_correction', 'all')}",
+                                        **({"groups": groups} if groups > 1 else {})}
     else:
         assert p["train_negatives"] == 1 and p["gbce_t"] == 0.5
 
 
-@pytest.mark.parametrize("name", ["sampled_ce popularity", "gbce k=3"])
+@pytest.mark.parametrize("name", ["sampled_ce popularity", "sampled_ce groups", "gbce k=3"])
 def test_a_run_stopped_inside_an_epoch_resumes_to_the_same_weights(ds, tmp_path, name):
     train = {**LOSSES[name], "epochs": 3, "batch_size": 16, "patience": 10}
     ref = Trainer(_run(ds, **train), tmp_path / "ref", log=lambda s: None).fit()
@@ -200,3 +205,21 @@ def test_method_settings_without_a_sampled_softmax_say_so(name, cfg, message):
     batch = {"items": ITEMS, "targets": TARGETS, "lengths": LENGTHS, "sampled_items": torch.tensor([1, 2])}
     with pytest.raises(ConfigError, match=message):
         m.loss(batch, SimpleNamespace(loss="sampled_ce"))
+
+
+def test_the_loop_draws_one_set_of_negatives_per_group_of_rows(ds, tmp_path, monkeypatch):
+    import mmrec.trainers.modules.losses as losses
+
+    seen, real = [], losses.sampled_ce
+
+    def spy(h, targets, item_emb, candidates, *a, **k):
+        if candidates.dim() == 2:
+            seen.append(candidates.clone())
+        return real(h, targets, item_emb, candidates, *a, **k)
+
+    monkeypatch.setattr(losses, "sampled_ce", spy)
+    Trainer(_run(ds, loss="sampled_ce", sampled_negatives=8, sampled_groups=3, epochs=1), tmp_path / "g",
+            log=lambda s: None).fit()
+    assert seen and all(c.shape == (3, 8) for c in seen)
+    assert all(len(set(row.tolist())) == 8 for c in seen for row in c)  # each draw: 8 distinct items
+    assert any(not torch.equal(c[0], c[1]) for c in seen)  # the groups' draws differ

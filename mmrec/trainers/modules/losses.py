@@ -304,7 +304,9 @@ def sampled_ce(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, c
     unbiased estimate of the softmax's sum over every item. ``log_q``: ``[n_items + 1]`` table of
     ``log Q`` by item id (None: no correction; a uniform draw's correction is one constant, which
     changes nothing). ``h``: [N, d]; ``targets``: [N] ids; ``item_emb``: [n_items + 1, d];
-    ``candidates``: [K] ids. ``reduction="none"``: the loss of each row ``[N]`` (float32).
+    ``candidates``: [K] ids, or [G, K]: G draws, the rows split into G contiguous groups
+    (``torch.tensor_split``), group g scored against draw g (``train.sampled_groups``).
+    ``reduction="none"``: the loss of each row ``[N]`` (float32).
 
     ``correct_target=False`` (``train.sampled_correction=negatives``) leaves the target's logit
     uncorrected, ``z_i(t_i) = h_i . e_t / temperature``: the denominator is then the target's term plus
@@ -313,6 +315,11 @@ def sampled_ce(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, c
     with K items only (e.g. 1,024 of 12,101: its probability, the loss and its gradients are those of a
     softmax over 1,025 items); uncorrected, each negative counts for m / K items.
     """
+    if candidates.dim() == 2:  # G draws: the rows in G contiguous groups, each scored against its own draw
+        rows = torch.cat([sampled_ce(h_g, t_g, item_emb, c, log_q, temperature, "none", correct_target)
+                          for h_g, t_g, c in zip(torch.tensor_split(h, len(candidates)),
+                                                 torch.tensor_split(targets, len(candidates)), candidates)])
+        return rows.mean() if reduction == "mean" else rows
     if temperature != 1.0:
         h = h / temperature
     neg_shift = torch.zeros(len(candidates), device=h.device) if log_q is None else log_q[candidates].float()
@@ -365,7 +372,8 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tenso
     - ``bce``: SASRec's BCE with the rows' ``negatives`` ([N] or [N, k], ``train.negatives`` per
       position, drawn by the loop; ``bce_sampled``);
     - ``sampled_ce``: softmax over the target and the K negatives the loop drew for the whole step
-      (``batch["sampled_items"]`` [K], ``batch["sampled_log_q"]`` [n_items + 1]; ``sampled_ce``);
+      (``batch["sampled_items"]`` [K], or [G, K] for G groups of rows, ``batch["sampled_log_q"]``
+      [n_items + 1]; ``sampled_ce``);
       the loop never draws excluded items;
     - ``gbce``: gSASRec's generalised BCE with the rows' ``negatives`` and ``train_cfg.gbce_t``.
 

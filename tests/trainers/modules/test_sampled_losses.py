@@ -66,6 +66,25 @@ def test_sampled_ce_by_hand_with_log_q_and_the_target_masked_among_the_negatives
         pytest.approx([neg0, neg1], rel=1e-6)
 
 
+def test_groups_of_rows_each_take_their_own_draw():
+    """candidates [G, K]: the rows in G contiguous groups (torch.tensor_split), group g against draw g."""
+    targets = torch.tensor([1, 2])
+    cand = torch.tensor([[2, 3], [3, 1]])
+    row0 = _lse(1, 0, 1) - 1  # h = (1, 0) against 2 and 3: s = 0, 1; target 1: s = 1
+    row1 = _lse(2, 2, 0) - 2  # h = (0, 2) against 3 and 1: s = 2, 0; target 2: s = 2
+    assert sampled_ce(H, targets, EMB, cand, reduction="none").tolist() == pytest.approx([row0, row1], rel=1e-6)
+    assert sampled_ce(H, targets, EMB, cand).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    # three rows in two groups: rows 0 and 1 share the first draw, row 2 takes the second
+    h3, t3 = torch.cat([H, H[:1]]), torch.tensor([1, 2, 1])
+    got = sampled_ce(h3, t3, EMB, cand, reduction="none")
+    first = sampled_ce(H, targets, EMB, cand[0], reduction="none")
+    # row 2: h = (1, 0), target 1 against 3 (s = 1) and 1, its own target, masked out: log 2
+    assert got.tolist() == pytest.approx([*first.tolist(), _lse(1, 1) - 1], rel=1e-6)
+    # one group is the shared draw
+    assert torch.equal(sampled_ce(H, targets, EMB, cand[:1], reduction="none"),
+                       sampled_ce(H, targets, EMB, cand[0], reduction="none"))
+
+
 def test_a_uniform_correction_on_the_negatives_only_counts_each_for_m_over_k_items():
     """Uniform K of m: on every logit the correction is a constant (the loss of a softmax over the
     K + 1 candidates); on the negatives only, each negative's exp is scaled by m / K."""
@@ -255,6 +274,7 @@ def test_the_log_q_correction_makes_the_sampled_sum_unbiased(dist):
     ({"loss": "gbce", "gbce_t": 1.5}, r"train.gbce_t must be in \[0, 1\]"),
     ({"loss": "gbce", "gbce_t": -0.1}, r"train.gbce_t must be in \[0, 1\]"),
     ({"loss": "sampled_ce", "sampled_power": -1.0}, "train.sampled_power must be a finite number >= 0"),
+    ({"loss": "sampled_ce", "sampled_groups": 0}, "train.sampled_groups must be >= 1"),
     ({"loss": "sampled_ce", "sampled_distribution": "zipf"}, "sampled_distribution"),
     ({"loss": "sampled_ce", "sampled_correction": "target"}, r"sampled_correction: 'target' is not one of \['all', 'negatives'\]"),
     ({"loss": "softmax"}, "train.loss"),
