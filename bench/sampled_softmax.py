@@ -14,6 +14,7 @@ are the catalogues ``bench/scale.py`` keeps after its 5-core filter (10,000; 95,
 and one of about a million (1,046,868: what ``1100000:12000000:0.3`` keeps):
 
     python bench/sampled_softmax.py --items 10000 95185 --reps 5
+    python bench/sampled_softmax.py --items 10000 --ks 1024 --groups 1 16 --reps 5   # train.sampled_groups
     python bench/sampled_softmax.py --items 439651 1046868 --reps 3 --ce-reps 1
 
 (``--ce-reps``: fewer timed steps of the full softmax, whose step costs minutes of one core at
@@ -50,7 +51,7 @@ def windows(n_items: int, batch: int, max_len: int, rng: np.random.Generator) ->
 
 
 def one_size(n_items: int, ks: list[int], reps: int, batch: int, max_len: int, seed: int = 0,
-             ce_reps: int | None = None) -> dict:
+             ce_reps: int | None = None, groups: tuple[int, ...] = (1,)) -> dict:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     cls = METHODS["sasrec"]
@@ -58,15 +59,18 @@ def one_size(n_items: int, ks: list[int], reps: int, batch: int, max_len: int, s
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     data = windows(n_items, batch, max_len, rng)
     small = {k: v[:8] for k, v in data.items()}
-    variants = {"ce": None, "bce": None, **{f"sampled_ce K={k}": SharedNegatives(n_items, k) for k in ks}}
-    log_q = {name: None if s is None else torch.as_tensor(s.log_q) for name, s in variants.items()}
+    variants = {"ce": None, "bce": None,
+                **{f"sampled_ce K={k}" + (f" G={g}" if g > 1 else ""): (SharedNegatives(n_items, k), g)
+                   for k in ks for g in groups}}
+    log_q = {name: None if s is None else torch.as_tensor(s[0].log_q) for name, s in variants.items()}
 
     def step(name: str, b: dict[str, torch.Tensor]) -> tuple[float, float]:
         t, c = time.perf_counter(), time.process_time()
         shared = variants[name]
         b = dict(b)
-        if shared is not None:
-            b["sampled_items"] = torch.as_tensor(shared.draw(rng))
+        if shared is not None:  # G draws (train.sampled_groups), each for a G-th of the rows
+            draws = [shared[0].draw(rng) for _ in range(shared[1])]
+            b["sampled_items"] = torch.as_tensor(draws[0] if shared[1] == 1 else np.stack(draws))
             b["sampled_log_q"] = log_q[name]
             tc = SimpleNamespace(loss="sampled_ce")
         elif name == "bce":
@@ -105,6 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", nargs="+", type=int, default=[10000, 95185, 439651, 1046868])
     ap.add_argument("--ks", nargs="+", type=int, default=[256, 1024], help="negatives shared by a step")
+    ap.add_argument("--groups", nargs="+", type=int, default=[1],
+                    help="draws a step, each for a G-th of the rows (train.sampled_groups)")
     ap.add_argument("--reps", type=int, default=3, help="timed steps per variant (median)")
     ap.add_argument("--ce-reps", type=int, help="timed steps of the full softmax (default: --reps)")
     ap.add_argument("--batch", type=int, default=256)
@@ -114,7 +120,8 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for n in args.items:
-        rows.append(one_size(n, args.ks, args.reps, args.batch, args.max_len, ce_reps=args.ce_reps))
+        rows.append(one_size(n, args.ks, args.reps, args.batch, args.max_len, ce_reps=args.ce_reps,
+                             groups=tuple(args.groups)))
         print(json.dumps(rows[-1]), flush=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     names = list(rows[0]["s_per_step"])
