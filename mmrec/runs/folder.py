@@ -9,6 +9,8 @@
     best.safetensors    weights of the best validation epoch
     epochs/             epoch-N.safetensors: the weights after epoch N, every train.keep_every epochs
     results.json        best epoch, validation and test metrics, the protocol, timings
+    results.superseded.json  a finished run's results.json, moved aside when the run is resumed to a
+                        higher epoch cap or patience (until it finishes again the folder is unfinished)
     test_ranks.npy      per test case, the rank of its target (paired tests in ``mmrec report``)
     cold_items.txt      the held-out items of a cold-start run
     negatives_*.npy     sampled-evaluation negatives (eval.mode=sampled only)
@@ -110,6 +112,13 @@ class RunFolder:
 
     def is_finished(self) -> bool:
         return self.results_path.is_file()
+
+    def supersede_results(self) -> None:
+        """Move ``results.json`` aside (``results.superseded.json``, replacing an older one) before a
+        finished run trains on, so that the folder reads as unfinished until it writes new results:
+        a stop half-way leaves it to be resumed, not reported with the old figures."""
+        if self.results_path.is_file():
+            os.replace(self.results_path, self.path / "results.superseded.json")
 
     def config(self) -> dict[str, Any] | None:
         """The saved ``config.json`` as written (None when there is none)."""

@@ -371,6 +371,8 @@ class Trainer:
         if resume:
             check_saved_config(self.folder, resolved, type(self.model_cfg), "resume")
         if self.accel.is_main_process:
+            if resume and self.folder.is_finished() and self.folder.config() != resolved:
+                self.folder.supersede_results()  # trains on to a higher cap or patience: unfinished till then
             self.folder.write_config(resolved)
         if tc.trackers:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
-from mmrec.errors import ConfigError, RunFolderBusy
+from mmrec.errors import ConfigError, Preempted, RunFolderBusy
 from mmrec.runs.config import RunConfig, finished_results
 from mmrec.trainers.batching import TrainSamples, cut_windows
 from mmrec.trainers.loop import Trainer
@@ -148,6 +148,32 @@ def test_a_run_stopped_by_patience_is_resumed_to_a_raised_patience(ds, tmp_path)
     assert res["best_epoch"] == whole["best_epoch"] and res["test"] == whole["test"]
     lines = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert lines(tmp_path / "a") == lines(tmp_path / "b")
+
+
+def test_a_finished_run_stopped_while_it_trains_on_to_a_new_cap_is_unfinished_not_reported(ds, tmp_path):
+    """Resumed to a higher cap, the folder's old results.json is moved aside at once: a stop before the
+    new end leaves a folder that is resumed again (seen: `experiment show` printed the old figures as
+    the final ones of the new settings, and a stop there would have been taken for finished)."""
+    old = Trainer(_run(ds, epochs=2, patience=10), tmp_path / "a", log=lambda s: None).fit()
+    t = Trainer(_run(ds, epochs=4, patience=10), tmp_path / "a", log=lambda s: None)
+    real = t.folder.append_metrics
+
+    def stop_after_epoch_3(row):
+        real(row)
+        if row["epoch"] == 3:
+            t.request_stop("test")
+
+    t.folder.append_metrics = stop_after_epoch_3
+    with pytest.raises(Preempted):
+        t.fit(resume=True, reuse_finished=True)
+    folder = tmp_path / "a"
+    assert not (folder / "results.json").exists()
+    assert json.loads((folder / "results.superseded.json").read_text())["epochs_run"] == old["epochs_run"] == 2
+    assert finished_results(_run(ds, epochs=4, patience=10), folder) is None  # to be resumed, not reused
+    res = Trainer(_run(ds, epochs=4, patience=10), folder, log=lambda s: None).fit(resume=True, reuse_finished=True)
+    whole = Trainer(_run(ds, epochs=4, patience=10), tmp_path / "b", log=lambda s: None).fit()
+    assert res["epochs_run"] == 4 and res["test"] == whole["test"]
+    assert finished_results(_run(ds, epochs=4, patience=10), folder)["epochs_run"] == 4
 
 
 def test_a_run_folder_is_trained_by_one_process_at_a_time(ds, tmp_path):
