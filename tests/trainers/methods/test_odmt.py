@@ -256,7 +256,7 @@ def test_training_loss_equals_the_composed_objective_with_its_gradients(cfg):
             parts = dict(m.loss_parts)
         else:
             total, parts = _reference_loss(m, _dup_batch())
-            parts = {k: float(v) for k, v in parts.items()}
+            parts = {k: float(v.detach()) for k, v in parts.items()}
         total.backward()
         got[way] = (float(total.detach()), parts, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
     (l_fast, p_fast, g_fast), (l_ref, p_ref, g_ref) = got["loss"], got["reference"]
