@@ -761,7 +761,8 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
     event of that domain, ``mmrec.data.domains.domain_test_cases``), each row's metric mean ± sd over
     seeds, from its runs' ``test_ranks.npy``; a row on the single-domain datasets has each case
     ranked by its domain's model (a seed counts once every such model finished). Then per-domain
-    values the runs logged at their best epoch (``metrics.jsonl``: SyNCRec's ``ntg_gap``, ``ntg_weight``)."""
+    values the runs logged at their best epoch (``metrics.jsonl``: SyNCRec's ``ntg_gap``, ``ntg_weight``), and
+    any per-domain weighting they logged (values summing to 1) over all their epochs."""
     import numpy as np
 
     from mmrec.data.domains import domain_test_cases
@@ -778,7 +779,10 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
     at = {p: i for i, p in enumerate(data.eval_cases("test").pos)}
     per_row: dict[str, list[dict[int, np.ndarray]]] = {}
     logged: dict[str, dict[str, dict[str, list[float]]]] = {}
-    weights: dict[str, dict[str, list[float]]] = {}  # row -> domain -> ntg_weight of every epoch of every seed
+    # key -> row -> domain -> its value at every logged epoch of every seed, for the per-domain values a
+    # method logs each epoch (SyNCRec's ntg_weight, ntg_gap, ...); and whether each epoch's values sum to 1
+    series: dict[str, dict[str, dict[str, list[float]]]] = {}
+    sums_to_one: dict[str, bool] = {}
     for row in exp.rows:
         for folder, res in got.get((home, row), []):
             ranks = RunFolder(folder).test_ranks()
@@ -787,8 +791,13 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
             per_row.setdefault(row, []).append({c: ranks[[at[p] for p in case_pos[c]]] for c in case_pos})
             epochs = RunFolder(folder).metrics()
             for m in epochs:
-                for n, x in (m.get("ntg_weight") or {}).items():
-                    weights.setdefault(row, {}).setdefault(n, []).append(float(x))
+                for key, val in m.items():
+                    if not (isinstance(val, dict) and val and set(val) <= set(names)
+                            and all(isinstance(x, float) for x in val.values())):
+                        continue  # per-domain fractions only (counts are ints, other dicts are not per domain)
+                    for n, x in val.items():
+                        series.setdefault(key, {}).setdefault(row, {}).setdefault(n, []).append(x)
+                    sums_to_one[key] = sums_to_one.get(key, True) and abs(sum(val.values()) - 1.0) < 1e-3
             best = next((m for m in epochs if m.get("epoch") == res["best_epoch"]), {})
             for key, val in best.items():
                 if isinstance(val, dict) and val and set(val) <= set(names):
@@ -832,8 +841,9 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
         for row, keys in logged.items():
             for key, per in keys.items():
                 out.append(f"| {row} | {key} | " + " | ".join(mean_sd(per.get(n, [])) for n in names) + " |")
-    if weights:
-        out += [weights_over_training(weights, names)]
+    for key, per_row in series.items():
+        if sums_to_one[key]:  # a weighting over the domains: does it move away from uniform?
+            out += [weights_over_training(key, per_row, names)]
     return "\n".join(out)
 
 
@@ -884,12 +894,12 @@ def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
     return "\n".join(out)
 
 
-def weights_over_training(weights: dict[str, dict[str, list[float]]], names: list[str]) -> str:
-    """LC-NTG's per-domain weights over training (SyNCRec's ``ntg_weight`` of every logged epoch of
-    every seed): their range per domain and the largest distance from the uniform 1/D, so a reader
-    sees whether LC-NTG moved them at all."""
+def weights_over_training(key: str, weights: dict[str, dict[str, list[float]]], names: list[str]) -> str:
+    """A per-domain weighting a method logs every epoch (``key``: values summing to 1 over the domains,
+    e.g. SyNCRec's LC-NTG ``ntg_weight``), over every logged epoch of every seed: its range per domain
+    and the largest distance from the uniform 1/D, so a reader sees whether it moved at all."""
     uniform = 1.0 / len(names)
-    out = [f"\nntg_weight over training: lowest - highest of every epoch of every seed (uniform 1/{len(names)} "
+    out = [f"\n{key} over training: lowest - highest of every epoch of every seed (uniform 1/{len(names)} "
            f"= {uniform:.4f})\n", "| row | " + " | ".join(names) + " | farthest from uniform |",
            "|---|" + "---|" * (len(names) + 1)]
     for row, per in weights.items():

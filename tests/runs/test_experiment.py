@@ -591,3 +591,11 @@ def test_datasets_runs_only_the_datasets_named(exp_file, tmp_path):
     assert r.exit_code == 0 and "| ring2 | pop | 2 |" in r.output and "| ring | pop |" not in r.output, r.output
     r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--datasets", "ring3"])
     assert r.exit_code != 0 and "--datasets: ring3 not among the file's datasets (ring, ring2)" in r.output
+
+
+def test_a_logged_weighting_over_the_domains_is_summarised_over_training_whatever_its_name():
+    from mmrec.runs.experiment import weights_over_training
+
+    text = weights_over_training("mix", {"m": {"a": [0.5, 0.7, 0.6], "b": [0.5, 0.3, 0.4]}}, ["a", "b"])
+    assert text.startswith("\nmix over training: lowest - highest") and "uniform 1/2 = 0.5000" in text
+    assert "| m | 0.5000 - 0.7000 | 0.3000 - 0.5000 | 0.2000 (40.0% of 1/D) |" in text
