@@ -254,18 +254,21 @@ def target_popularity(run: Run) -> np.ndarray | str:
     return np.asarray(data.item_popularity)[np.asarray(data.items)[data.eval_cases("test").pos]]
 
 
-def popularity_breakdown(groups: list[Group], base: Group, metric: str, n_permutations: int = 10000
-                         ) -> dict[str, Any]:
+def popularity_breakdown(groups: list[Group], base: Group, metric: str, n_permutations: int = 10000,
+                         cases_of: dict[str, np.ndarray | None] | None = None) -> dict[str, Any]:
     """The test cases in quartiles of their target's training events (``np.quantile`` at 1/4, 1/2,
     3/4 of the cases' counts; a case goes to the highest quartile whose lower edge its count reaches,
     so ties at an edge share one quartile and a quartile may be empty); per group the metric per
     quartile (per case averaged over the group's seeds, then over the quartile's cases) and, against
     ``base``, each quartile's paired test. Groups with other test cases than ``base`` are left out.
-    ``{"note": why}`` when the dataset cannot be read."""
+    ``{"note": why}`` when the dataset cannot be read. ``cases_of``: each group's per-case metric
+    (``_group_cases``) where the caller has it already, by label."""
     pop = target_popularity(base.runs[0])
     if isinstance(pop, str):
         return {"note": pop}
-    base_cases = _group_cases(base, metric)
+    if cases_of is None:
+        cases_of = {g.label: _group_cases(g, metric) for g in groups}
+    base_cases = cases_of[base.label]
     if base_cases is None or len(base_cases) != len(pop):
         return {"note": "the baseline's test ranks do not match its dataset's test cases"}
     edges = np.quantile(pop, [0.25, 0.5, 0.75])
@@ -279,7 +282,7 @@ def popularity_breakdown(groups: list[Group], base: Group, metric: str, n_permut
     out: dict[str, Any] = {"quartiles": [{k: v for k, v in q.items() if k != "select"} for q in quartiles],
                            "groups": {}, "tests": {}}
     for g in groups:
-        cases = base_cases if g is base else _group_cases(g, metric)
+        cases = cases_of[g.label]
         if cases is None or len(cases) != len(pop):
             continue
         if g is not base and protocol_difference(g.runs[0].results, base.runs[0].results) is not None:
@@ -400,7 +403,8 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
     # paired tests
     tests: dict[str, Any] = {}
     not_comparable: dict[str, str] = {}
-    base_cases = _group_cases(base, metric)
+    cases_of = {g.label: _group_cases(g, metric) for g in groups}  # each run's test_ranks.npy read once
+    base_cases = cases_of[base.label]
     parts.append(f"<h2>Paired tests against {e(base.label)}</h2>")
     if base_cases is None:
         parts.append("<p>The baseline runs have no test_ranks.npy (trained before mmrec kept per-case ranks): "
@@ -418,7 +422,7 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
                 not_comparable[g.label] = not_comparable_note(difference)
                 parts.append(f"<tr><td>{e(g.label)}</td><td colspan=4>{e(not_comparable[g.label])}</td></tr>")
                 continue
-            cases = _group_cases(g, metric)
+            cases = cases_of[g.label]
             if cases is None or len(cases) != len(base_cases):
                 parts.append(f"<tr><td>{e(g.label)}</td><td colspan=4>not comparable (no test_ranks.npy, or "
                              "other test cases)</td></tr>")
@@ -430,7 +434,7 @@ def build_report(paths: list[str | Path], out: str | Path, metric: str = "ndcg@1
                          f"<td>[{t['ci95_low']:+.4f}, {t['ci95_high']:+.4f}]</td><td>{t['p_value']:.4f}</td></tr>")
         parts.append("</table>")
     # by the test target's popularity
-    by_pop = popularity_breakdown(groups, base, metric, n_permutations)
+    by_pop = popularity_breakdown(groups, base, metric, n_permutations, cases_of)
     parts.append("<h2>By the test target's popularity</h2>")
     if "note" in by_pop:
         parts.append(f"<p>Not shown: {e(by_pop['note'])}.</p>")
