@@ -792,15 +792,14 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
             epochs = RunFolder(folder).metrics()
             for m in epochs:
                 for key, val in m.items():
-                    if not (isinstance(val, dict) and val and set(val) <= set(names)
-                            and all(isinstance(x, float) for x in val.values())):
+                    if not (_per_domain(val, names) and all(isinstance(x, float) for x in val.values())):
                         continue  # per-domain fractions only (counts are ints, other dicts are not per domain)
                     for n, x in val.items():
                         series.setdefault(key, {}).setdefault(row, {}).setdefault(n, []).append(x)
                     sums_to_one[key] = sums_to_one.get(key, True) and abs(sum(val.values()) - 1.0) < 1e-3
             best = next((m for m in epochs if m.get("epoch") == res["best_epoch"]), {})
             for key, val in best.items():
-                if isinstance(val, dict) and val and set(val) <= set(names):
+                if _per_domain(val, names):
                     for n, x in val.items():
                         if isinstance(x, (int, float)):
                             logged.setdefault(row, {}).setdefault(key, {}).setdefault(n, []).append(x if isinstance(x, int) else float(x))
@@ -845,6 +844,11 @@ def domain_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
         if sums_to_one[key]:  # a weighting over the domains: does it move away from uniform?
             out += [weights_over_training(key, per_row, names)]
     return "\n".join(out)
+
+
+def _per_domain(val: Any, names: list[str]) -> bool:
+    """Whether a logged value is a per-domain dict (keys among the domain names)."""
+    return isinstance(val, dict) and bool(val) and set(val) <= set(names)
 
 
 def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[tuple[Path, dict[str, Any]]]]) -> str:
