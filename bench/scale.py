@@ -116,7 +116,8 @@ def one_size(n_items: int, n_events: int, steps: int, seed: int = 0, device: str
             from mmrec.runs.config import RunConfig
             from mmrec.trainers.loop import Trainer
 
-            train = {"epochs": 1, "threads": 1, "device": device, "loss": tc.loss, "sampled_negatives": sampled_negatives}
+            train = {"epochs": 1, "threads": 1, "device": device, "loss": tc.loss, "sampled_negatives": sampled_negatives,
+                     "sampled_groups": 1}  # one draw a step, as the step times above
             trainer = Trainer(from_dict(RunConfig, {"dataset": str(folder), "method": "sasrec", "train": train}),
                               Path(tmp) / "run", log=say, progress_bar=False)
             say("one training epoch of SASRec")

@@ -58,23 +58,29 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     # the next-item loss (mmrec.trainers.modules.losses.next_item_loss): "ce" softmax over every item;
     # "bce" SASRec's BCE with ``negatives`` per position; "sampled_ce" softmax over the target and
-    # ``sampled_negatives`` items drawn once per step for the whole batch ("uniform": distinct items;
-    # "popularity": with replacement, proportional to training counts ** ``sampled_power``), each
-    # logit minus log of its sampling rate (log-Q); "gbce" gSASRec's generalised BCE with
-    # ``negatives`` per position and calibration ``gbce_t`` (0: BCE, 1: the fully calibrated form)
+    # ``sampled_negatives`` items drawn for each step ("uniform": distinct items; "popularity": with
+    # replacement, proportional to training counts ** ``sampled_power``), the logits corrected by log Q
+    # (``sampled_correction``); "gbce" gSASRec's generalised BCE with ``negatives`` per position and
+    # calibration ``gbce_t`` (0: BCE, 1: the fully calibrated form)
     loss: Literal["ce", "bce", "sampled_ce", "gbce"] = "ce"
     negatives: int = 1
-    sampled_negatives: int = 256
+    # the sampled softmax's defaults are the measured best of docs/benchmarks.md ("Sampled softmax and large
+    # catalogues"): K = 1,024 uniform, negatives-only correction, 16 draws a step came within 2.2% of the
+    # full softmax on Beauty (K = 256 was 26.8% below it on ml-1m; one draw a step with TensorFlow's
+    # correction 10.1% below on Beauty). Before 2026-12-07 the defaults were 256, "all" and 1: a run saved
+    # with loss=sampled_ce records its values, so it resumes as it was
+    sampled_negatives: int = 1024
     sampled_distribution: Literal["uniform", "popularity"] = "uniform"
     sampled_power: float = 1.0
-    # the log-Q correction on "all" the sampled softmax's logits (TensorFlow's sampled_softmax_loss: a
-    # uniform draw's is then a constant) or on the "negatives" only (the loss estimates the full softmax's)
-    sampled_correction: Literal["all", "negatives"] = "all"
+    # the log-Q correction on the "negatives" only (the loss estimates the full softmax's), or on "all" the
+    # logits (TensorFlow's sampled_softmax_loss: a uniform draw's is then a constant, and the target competes
+    # with K items only)
+    sampled_correction: Literal["all", "negatives"] = "negatives"
     # the step's target rows (in batch order, so neighbouring rows are one sequence's) in this many
     # contiguous groups, each with its own ``sampled_negatives`` draw (1: one draw the whole batch shares).
-    # Same cost a step; 16 (with sampled_correction=negatives) came within 2.2% of the full softmax on
-    # Beauty where one draw came 5.6% below (docs/benchmarks.md, "Sampled softmax and large catalogues")
-    sampled_groups: int = 1
+    # Same cost a step for ID embeddings; a method whose items come from features computes the rows of every
+    # draw (at most G x K, and never more than the catalogue)
+    sampled_groups: int = 16
     gbce_t: float = 0.75
     # a user's sampled negatives avoid the items of their training part ("train"), or of the whole
     # sequence including the validation and test items ("sequence": S3-Rec's code; a leak)
@@ -172,6 +178,10 @@ class ColdConfig:
 # not the new default
 BEHAVIOUR_BEFORE: dict[tuple[str, str], Callable[[dict[str, Any]], Any]] = {
     ("train", "loss_weighting"): lambda old: "batch",
+    # the sampled softmax corrected every logit (TensorFlow's form) with one draw a step before these settings
+    # existed (a run saved then with loss=sampled_ce resumes so)
+    ("train", "sampled_correction"): lambda old: "all",
+    ("train", "sampled_groups"): lambda old: 1,
     # the attention fusions' output LayerNorm started at gain 1; the other fusions have no such gain,
     # nor has a run of one modality (nothing to fuse)
     # UniSRec pre-training had no sequence-sequence term before model.seq_seq_weight existed
@@ -240,6 +250,28 @@ def upgrade_saved_config(old: dict[str, Any], model_cls: type) -> dict[str, Any]
     return upgraded
 
 
+def _sampled(c: dict[str, Any]) -> bool:
+    return c.get("train.loss") == "sampled_ce"
+
+
+# settings a run reads only under some value of another (flattened keys -> whether the flattened config
+# reads it): where neither the saved run nor this one reads a setting, a difference in it changes nothing,
+# so a ``ce`` run saved under other sampled-softmax defaults is still the same run
+READ_ONLY_WHEN: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "train.sampled_negatives": _sampled,
+    "train.sampled_distribution": _sampled,
+    "train.sampled_power": lambda c: _sampled(c) and c.get("train.sampled_distribution") == "popularity",
+    "train.sampled_correction": _sampled,
+    "train.sampled_groups": _sampled,
+    "train.gbce_t": lambda c: c.get("train.loss") == "gbce",
+}
+
+
+def _read(key: str, config: dict[str, Any]) -> bool:
+    """Whether a run with the flattened ``config`` reads the setting ``key``."""
+    return key not in READ_ONLY_WHEN or READ_ONLY_WHEN[key](config)
+
+
 # how long a run trains: a resume may raise them (a run that hit its epoch cap continues), since the
 # epochs done so far are the same under either value; not with a cosine schedule, whose rates depend on
 # train.epochs
@@ -261,7 +293,7 @@ def _saved_differences(folder: RunFolder, resolved: dict[str, Any], model_cls: t
         return {}, True
     a, b = flatten(upgrade_saved_config(old, model_cls), "."), flatten(resolved, ".")
     diff = {k: f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not setting_in(k, RESOURCE_SETTINGS)}
+            if a.get(k) != b.get(k) and not setting_in(k, RESOURCE_SETTINGS) and (_read(k, a) or _read(k, b))}
     return diff, a.get("train.lr_schedule") != "cosine"
 
 

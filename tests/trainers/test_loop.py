@@ -278,6 +278,55 @@ def test_a_run_saved_before_loss_weighting_resumes_only_with_its_old_behaviour(d
     assert res["epochs_run"] == 2
 
 
+def _saved_with(folder, **train):
+    """Rewrite the saved config of ``folder`` with ``train`` settings (None: as if saved before it existed)."""
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    for k, v in train.items():
+        if v is None:
+            del cfg["train"][k]
+        else:
+            cfg["train"][k] = v
+    path.write_text(json.dumps(cfg))
+
+
+def test_a_setting_the_run_does_not_read_may_differ(ds, tmp_path):
+    """The sampled softmax's settings are read only with train.loss=sampled_ce (sampled_power only with
+    popularity draws, gbce_t only with gbce): a ce run saved under other values of them is reused, while
+    a sampled_ce run that differs in one is refused, naming it."""
+    res = Trainer(_run(ds, epochs=1), tmp_path / "a", log=lambda s: None).fit()
+    _saved_with(tmp_path / "a", sampled_negatives=256, sampled_correction="all", sampled_groups=1, gbce_t=0.5)
+    assert finished_results(_run(ds, epochs=1), tmp_path / "a")["test"] == json.loads(json.dumps(res["test"]))
+    with pytest.raises(ConfigError, match=r"train.loss: 'ce' there, 'sampled_ce' now"):
+        finished_results(_run(ds, epochs=1, loss="sampled_ce", sampled_negatives=8), tmp_path / "a")
+
+    Trainer(_run(ds, epochs=1, loss="sampled_ce", sampled_negatives=8, sampled_groups=2), tmp_path / "s",
+            log=lambda s: None).fit()
+    assert finished_results(_run(ds, epochs=1, loss="sampled_ce", sampled_negatives=8, sampled_groups=2,
+                                 sampled_power=0.5, gbce_t=0.1), tmp_path / "s") is not None
+    with pytest.raises(ConfigError, match=r"train.sampled_groups: 2 there, 3 now"):
+        finished_results(_run(ds, epochs=1, loss="sampled_ce", sampled_negatives=8, sampled_groups=3), tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"train.sampled_power: 1.0 there, 0.5 now"):
+        finished_results(_run(ds, epochs=1, loss="sampled_ce", sampled_negatives=8, sampled_groups=2,
+                              sampled_distribution="popularity", sampled_power=0.5), tmp_path / "s")
+
+
+def test_a_sampled_run_saved_before_its_settings_existed_keeps_one_draw_and_the_full_correction(ds, tmp_path):
+    """train.sampled_correction and train.sampled_groups came after the sampled softmax with defaults
+    other than its behaviour then (every logit corrected, one draw a step): a sampled_ce run saved
+    without them resumes only as it was, and the error names the new defaults otherwise."""
+    Trainer(_run(ds, epochs=1, loss="sampled_ce", sampled_negatives=8, sampled_correction="all", sampled_groups=1),
+            tmp_path / "a", log=lambda s: None).fit()
+    _saved_with(tmp_path / "a", sampled_correction=None, sampled_groups=None, epochs=2)
+    with pytest.raises(ConfigError, match=r"train.sampled_correction: 'all' there, 'negatives' now; "
+                                          r"train.sampled_groups: 1 there, 16 now"):
+        Trainer(_run(ds, epochs=2, loss="sampled_ce", sampled_negatives=8), tmp_path / "a",
+                log=lambda s: None).fit(resume=True)
+    res = Trainer(_run(ds, epochs=2, loss="sampled_ce", sampled_negatives=8, sampled_correction="all",
+                       sampled_groups=1), tmp_path / "a", log=lambda s: None).fit(resume=True)
+    assert res["epochs_run"] == 2
+
+
 def test_early_stopping_uses_patience(ds, tmp_path):
     res = Trainer(_run(ds, epochs=50, lr=1e-6, patience=2), tmp_path / "a", log=lambda s: None).fit()
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()

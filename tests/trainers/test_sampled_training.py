@@ -16,7 +16,7 @@ from mmrec.config import from_dict
 from mmrec.data.prepare import PrepareConfig, prepare
 from mmrec.data.prepared import PreparedDataset
 from mmrec.errors import ConfigError, Preempted
-from mmrec.runs.config import RunConfig
+from mmrec.runs.config import RunConfig, TrainConfig
 from mmrec.trainers.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,10 +59,12 @@ def test_sasrec_learns_the_successor_rule_with_each_loss(ds, tmp_path, name):
     p = res["protocol"]
     assert p["loss"] == LOSSES[name]["loss"]
     if p["loss"] == "sampled_ce":
-        groups = LOSSES[name].get("sampled_groups", 1)
-        assert p["sampled_softmax"] == {"negatives_per_step": 8, "distribution": LOSSES[name].get("sampled_distribution", "uniform"),
-                                        "power": LOSSES[name].get("sampled_power", 1.0),
-                                        "correction": f"log-Q on {LOSSES[name].get('sampled_correction', 'all')}",
+        default = TrainConfig()  # what a setting the row leaves out takes
+        groups = LOSSES[name].get("sampled_groups", default.sampled_groups)
+        assert p["sampled_softmax"] == {"negatives_per_step": 8,
+                                        "distribution": LOSSES[name].get("sampled_distribution", default.sampled_distribution),
+                                        "power": LOSSES[name].get("sampled_power", default.sampled_power),
+                                        "correction": f"log-Q on {LOSSES[name].get('sampled_correction', default.sampled_correction)}",
                                         **({"groups": groups} if groups > 1 else {})}
     else:
         assert p["train_negatives"] == 1 and p["gbce_t"] == 0.5
