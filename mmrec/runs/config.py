@@ -267,7 +267,7 @@ READ_ONLY_WHEN: dict[str, Callable[[dict[str, Any]], bool]] = {
 }
 
 
-def _read(key: str, config: dict[str, Any]) -> bool:
+def reads_setting(key: str, config: dict[str, Any]) -> bool:
     """Whether a run with the flattened ``config`` reads the setting ``key``."""
     return key not in READ_ONLY_WHEN or READ_ONLY_WHEN[key](config)
 
@@ -293,7 +293,7 @@ def _saved_differences(folder: RunFolder, resolved: dict[str, Any], model_cls: t
         return {}, True
     a, b = flatten(upgrade_saved_config(old, model_cls), "."), flatten(resolved, ".")
     diff = {k: f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not setting_in(k, RESOURCE_SETTINGS) and (_read(k, a) or _read(k, b))}
+            if a.get(k) != b.get(k) and not setting_in(k, RESOURCE_SETTINGS) and (reads_setting(k, a) or reads_setting(k, b))}
     return diff, a.get("train.lr_schedule") != "cosine"
 
 

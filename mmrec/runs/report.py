@@ -43,6 +43,7 @@ from mmrec.runs.config import (
     RESOURCE_SETTINGS,
     flatten,
     get_method,
+    reads_setting,
     setting_in,
     upgrade_saved_config,
 )
@@ -66,7 +67,8 @@ class Run:
         except ConfigError:  # a method this version does not know: its settings as saved
             pass
         flat = flatten(cfg, ".")
-        key = {k: v for k, v in sorted(flat.items()) if not setting_in(k, _NOT_SETTINGS)}
+        key = {k: v for k, v in sorted(flat.items())
+               if not setting_in(k, _NOT_SETTINGS) and reads_setting(k, flat)}  # (sampled_* under ce: not read)
         source = (self.results.get("re_evaluated") or {}).get("source_evaluation")
         if source:  # re-evaluated (mmrec evaluate --out): its epoch was kept under another protocol
             key["selected under"] = rank_protocol(source)

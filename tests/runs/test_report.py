@@ -105,22 +105,25 @@ def test_seeds_and_epoch_caps_do_not_split_a_row_but_settings_do(tmp_path):
 
 
 def test_a_run_saved_before_a_setting_existed_is_a_seed_of_the_same_row(tmp_path):
-    """A config.json written before ``train.sampled_negatives`` (and its siblings) existed is read
-    with their defaults, as a resume reads it: the two seeds are one row; a real difference still
-    splits (the same setting at another value)."""
+    """A config.json written before ``train.sampled_correction`` and ``train.sampled_groups`` existed is
+    read with the behaviour it had then (every logit corrected, one draw), as a resume reads it: it is a
+    seed of the row that set those values; a real difference still splits (K), and a setting the run
+    does not read (sampled_* under ce) does not."""
     from mmrec.runs.report import Run, group_runs
 
     def run(name, seed, drop=(), **train):
         cfg = {"dataset": "data/x", "method": "sasrec",
-               "train": {"seed": seed, "sampled_negatives": 256, "gbce_t": 0.75, **train}}
+               "train": {"seed": seed, "loss": "sampled_ce", "sampled_negatives": 256, "sampled_correction": "all",
+                         "sampled_groups": 1, **train}}
         for k in drop:
             del cfg["train"][k]
         return Run(tmp_path / name, {}, cfg, [])
 
-    old = run("kdsr-s0", 0, drop=("sampled_negatives", "gbce_t"))
-    groups = group_runs([old, run("kdsr-s1", 1), run("kdsr-s2", 2, sampled_negatives=64)])
-    assert [(g.label, len(g.runs)) for g in groups] == [("kdsr", 2), ("kdsr (2)", 1)]
-    assert [r.path.name for r in groups[0].runs] == ["kdsr-s0", "kdsr-s1"]
+    old = run("s-s0", 0, drop=("sampled_correction", "sampled_groups"))
+    groups = group_runs([old, run("s-s1", 1), run("s-s2", 2, sampled_negatives=64), run("s-s3", 3, sampled_groups=16),
+                         run("ce-s0", 0, loss="ce"), run("ce-s1", 1, loss="ce", sampled_negatives=64, sampled_groups=16)])
+    assert [(g.label, len(g.runs)) for g in groups] == [("s", 2), ("s (2)", 1), ("s (3)", 1), ("ce", 2)]
+    assert [r.path.name for r in groups[0].runs] == ["s-s0", "s-s1"]
 
 
 def test_protocol_difference_names_only_what_changes_a_rank():
