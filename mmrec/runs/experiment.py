@@ -855,9 +855,11 @@ def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
     """The pre-training budget: rows alike but for the epoch of the run they start from (``init_from:
     RUN@N``, or ``RUN``: its best epoch), per dataset, one line per pre-training epoch with the
     pre-training run's loss and validation metric at that epoch beside the row's test metric (for the
-    first seed every such row has, and mean ± sd over the seeds each has), so a reader sees whether
-    the target still gains from more pre-training. Empty when no rows differ that way."""
-    from mmrec.runs.report import mean_sd
+    first seed every such row has, and mean ± sd over the seeds each has), and each row against the row
+    from the latest epoch, paired over the test cases (each row's per-case metric averaged over its
+    seeds, as ``mmrec report``), so a reader sees whether the target still gains from more pre-training.
+    Empty when no rows differ that way."""
+    from mmrec.runs.report import mean_sd, paired_test, seeds_cases
     from mmrec.trainers.transfer import split_init_from
 
     k = exp.report.metric
@@ -881,11 +883,21 @@ def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
                  for _, _, runs in members]
         common = sorted(set.intersection(*(set(x) for x in seeds)) - {None})
         s0 = common[0] if common else None
+        order = sorted(zip(members, seeds), key=lambda t: (t[0][1] if t[0][1] is not None else best or 0))
+        cases = [seeds_cases([f for f, _ in runs], k) for (_, _, runs), _ in order]
+        last_at = order[-1][0][1] if order[-1][0][1] is not None else best
         lines = [f"\npre-training budget: {ds}, {method} rows from {Path(src).name} at different epochs\n",
                  f"| row | pre-training epoch | pre-training loss | pre-training valid {k} | {k}"
-                 + (f" seed {s0}" if s0 is not None else "") + f" | {k} mean ± sd (seeds) |", "|---|---|---|---|---|---|"]
-        order = sorted(zip(members, seeds), key=lambda t: (t[0][1] if t[0][1] is not None else best or 0))
-        for (row, epoch, _), per_seed in order:
+                 + (f" seed {s0}" if s0 is not None else "") + f" | {k} mean ± sd (seeds) | against epoch {last_at} "
+                 "(paired) |", "|---|---|---|---|---|---|---|"]
+        for i, ((row, epoch, _), per_seed) in enumerate(order):
+            if i == len(order) - 1:
+                against = "—"
+            elif cases[i] is None or cases[-1] is None or len(cases[i]) != len(cases[-1]):
+                against = "- (a run without test_ranks.npy)"
+            else:
+                t = paired_test(cases[-1], cases[i])
+                against = f"{t['mean_diff']:+.4f}, p = {t['p_value']:.4f}"
             at = epoch if epoch is not None else best
             m = by_epoch.get(at, {})
             loss = f"{m['loss']:.4f}" if "loss" in m else "-"
@@ -893,7 +905,8 @@ def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
             label = f"{at}" + ("" if epoch is not None else " (best)")
             one = f"{per_seed[s0]:.4f}" if s0 is not None else "-"
             out_seeds = ", ".join(str(x) for x in sorted(x for x in per_seed if x is not None))
-            lines.append(f"| {row} | {label} | {loss} | {valid} | {one} | {mean_sd(list(per_seed.values()))} ({out_seeds}) |")
+            lines.append(f"| {row} | {label} | {loss} | {valid} | {one} | {mean_sd(list(per_seed.values()))} ({out_seeds}) "
+                         f"| {against} |")
         out += lines
     return "\n".join(out)
 

@@ -231,9 +231,15 @@ def not_comparable_note(difference: str) -> str:
 def _group_cases(g: Group, metric: str) -> np.ndarray | None:
     """Per-case metric averaged over the group's seeds (None when a run has no test_ranks.npy or the
     runs disagree on the number of cases)."""
+    return seeds_cases([r.path for r in g.runs], metric)
+
+
+def seeds_cases(folders: list[Path], metric: str) -> np.ndarray | None:
+    """Per-case ``metric`` of the runs in ``folders`` (one row's seeds) averaged over them (None when a
+    run has no test_ranks.npy or the runs disagree on the number of cases)."""
     arrs = []
-    for r in g.runs:
-        ranks = RunFolder(r.path).test_ranks()
+    for folder in folders:
+        ranks = RunFolder(folder).test_ranks()
         if ranks is None:
             return None
         arrs.append(case_metric(ranks, metric))

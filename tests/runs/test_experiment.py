@@ -523,8 +523,10 @@ def test_the_pretraining_budget_table_sets_rows_from_each_kept_epoch_side_by_sid
     """Rows alike but for the pre-training epoch they start from (``RUN@N``, ``RUN`` = its best epoch):
     one table line per epoch with the pre-training run's loss and validation NDCG@10 there and the
     rows' test NDCG@10 (seed 0, and mean over the seeds each has), ordered by epoch; a row with other
-    settings (scratch) is not in it."""
-    from mmrec.runs.report import mean_sd
+    settings (scratch) is not in it; each row against the latest epoch's, paired over the test cases."""
+    import numpy as np
+
+    from mmrec.runs.report import mean_sd, paired_test
 
     monkeypatch.chdir(tmp_path)
     _ant_ring(tmp_path, successor_raw, epochs=3, keep_every=1)
@@ -550,9 +552,23 @@ def test_the_pretraining_budget_table_sets_rows_from_each_kept_epoch_side_by_sid
         m = pre[at - 1]
         seeds = [0, 1] if row == "relearn" else [0]
         label = f"{at} (best)" if row == "relearn" else str(at)
-        assert (f"| {row} | {label} | {m['loss']:.4f} | {m['valid']['ndcg@10']:.4f} | {test(row, 0):.4f} | "
-                f"{mean_sd([test(row, s) for s in seeds])} ({', '.join(map(str, seeds))}) |") in lines, out["budget"]
+        assert any(x.startswith(f"| {row} | {label} | {m['loss']:.4f} | {m['valid']['ndcg@10']:.4f} | {test(row, 0):.4f} | "
+                                f"{mean_sd([test(row, s) for s in seeds])} ({', '.join(map(str, seeds))}) |")
+                   for x in lines), out["budget"]
     assert "pre-training budget: ring, ant rows from pre at different epochs" in out["budget"]
+
+    # each row against the latest epoch's, paired over the test cases (NDCG@10 by hand from the saved ranks)
+    def cases(row):
+        seeds = [0, 1] if row == "relearn" else [0]
+        ranks = [np.load(tmp_path / "runs" / "ring" / f"{row}-s{s}" / "test_ranks.npy") for s in seeds]
+        return np.mean([(r < 10) / np.log2(r + 2) for r in ranks], axis=0)
+
+    last = lines[-1].split(" | ")[0].removeprefix("| ")
+    assert lines[-1].endswith("| — |") and f"against epoch {ats[-1]} (paired)" in out["budget"]
+    for line in lines[:-1]:
+        row = line.split(" | ")[0].removeprefix("| ")
+        diff = float(np.mean(cases(row) - cases(last)))
+        assert line.endswith(f"| {diff:+.4f}, p = {paired_test(cases(last), cases(row))['p_value']:.4f} |"), line
     assert "scratch" not in out["budget"]
 
 
