@@ -146,6 +146,17 @@ def _comma_list(text: Optional[str]) -> list[str]:
     return [x.strip() for x in (text or "").split(",") if x.strip()]
 
 
+def _seed_list(text: Optional[str]) -> list[int] | None:
+    """``--seeds 0,1`` as integers (None when not given); a clear error for anything else."""
+    items = _comma_list(text)
+    if not items:
+        return None
+    try:
+        return [int(x) for x in items]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give whole numbers separated by commas, e.g. 0,1", param_hint="--seeds") from None
+
+
 def _named_parts(parts: list[str], what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for p in parts:
@@ -283,6 +294,8 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
                                                       "(e.g. the main rows before the ablations)."),
                    datasets: Optional[str] = typer.Option(None, "--datasets", help="Only these datasets of the file, "
                                                           "comma-separated (e.g. a target whose pre-training has finished)."),
+                   seeds: Optional[str] = typer.Option(None, "--seeds", help="Only these seeds of each row, comma-separated "
+                                                       "(e.g. 0: every row's first seed before the others)."),
                    worker: Optional[str] = typer.Option(None, "--worker", hidden=True, help="i/N: one of --jobs' workers."),
                    threads: Optional[int] = typer.Option(None, "--threads", hidden=True, help="train.threads where the file sets none.")) -> None:
     """Train every (dataset, row, seed) of the file that has not finished (an interrupted run resumes;
@@ -297,8 +310,10 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
         raise typer.Exit(Preempted.EXIT_CODE)
 
     only, only_ds = _comma_list(rows) or None, _comma_list(datasets) or None
+    only_seeds = _seed_list(seeds)
     if jobs > 1 and worker is None:
-        res = run_jobs(file, jobs, log=lambda m: typer.echo(m), report=not no_report, rows=only, datasets=only_ds)
+        res = run_jobs(file, jobs, log=lambda m: typer.echo(m), report=not no_report, rows=only, datasets=only_ds,
+                       seeds=only_seeds)
         if res.get("stopped"):
             again(f"{res['stopped']}: the workers stopped after their checkpoints")
     else:
@@ -312,7 +327,8 @@ def experiment_run(file: Path = typer.Argument(..., help="The experiment file (Y
             w = (int(i), int(n))
         try:
             res = run_experiment(file, report=not no_report, log=lambda m: typer.echo(m), threads=threads,
-                                 worker=w, wait=w is not None, summary=w is None, rows=only, datasets=only_ds)
+                                 worker=w, wait=w is not None, summary=w is None, rows=only, datasets=only_ds,
+                                 seeds=only_seeds)
         except Preempted as p:  # a scheduler's stop: the run checkpointed; the same command continues
             again(f"{p.signal_name}: {p.run_dir} " + ("finished; no other run started" if p.finished
                                                        else "stopped after its checkpoint"))

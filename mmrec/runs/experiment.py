@@ -388,8 +388,10 @@ class Trial:
 class _Runner:
     """One pass over an experiment: trains (unless ``only_finished``) or reuses every run."""
 
-    def __init__(self, exp: Experiment, root: Path, *, only_finished: bool, log: Callable[[str], None]):
+    def __init__(self, exp: Experiment, root: Path, *, only_finished: bool, log: Callable[[str], None],
+                 seeds: list[int] | None = None):
         self.exp, self.root, self.only_finished, self.log = exp, root, only_finished, log
+        self.seeds = seeds  # only these of each plain row's seeds (None: all)
         self.pending = self.trained = 0
         self.unfinished: list[tuple[str, Path, RunConfig]] = []  # (label, folder, run) of each pending plain run
         self._said: set[str] = set()
@@ -450,6 +452,8 @@ class _Runner:
     def plain_row(self, ds: str, row: str) -> list[tuple[Path, dict[str, Any]]]:
         done = []
         for seed in row_seeds(self.exp, row):
+            if self.seeds is not None and seed not in self.seeds:
+                continue
             folder = run_folder(self.exp, self.root, ds, row, seed)
             run = row_config(self.exp, self.root, ds, row, seed)
             res = self.train(ds, run, folder, f"{ds}/{row} seed {seed}")
@@ -578,7 +582,8 @@ class _Runner:
 def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callable[[str], None] = print,
                    report: bool = True, threads: int | None = None, worker: tuple[int, int] | None = None,
                    wait: bool = False, summary: bool = True, poll_s: float = 5.0,
-                   rows: list[str] | None = None, datasets: list[str] | None = None) -> dict[str, Any]:
+                   rows: list[str] | None = None, datasets: list[str] | None = None,
+                   seeds: list[int] | None = None) -> dict[str, Any]:
     """Train what has not finished (unless ``only_finished``), then the table and the report.
 
     ``threads``: ``train.threads`` for runs whose file does not set it. ``worker`` (i, n): worker i
@@ -589,15 +594,16 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     every ``poll_s`` seconds (a search's seeds start once its trials end) until all have finished.
     ``summary``: print the table and write the report (a worker leaves them to its parent).
     ``rows``: only these rows of the file (e.g. the main rows before the ablations); ``datasets``: only
-    these datasets (e.g. one target whose pre-training has finished)."""
+    these datasets (e.g. one target whose pre-training has finished); ``seeds``: only these seeds of each
+    row (e.g. seed 0 of two rows to compare before their other seeds; the table then has those seeds)."""
     exp, root = load_experiment(path)
     if threads:
         exp.settings = {"train.threads": threads, **exp.settings}
-    check_selection(exp, rows, datasets)
+    check_selection(exp, rows, datasets, seeds)
     units = [(ds, row) for ds in exp.datasets for row in exp.rows
              if ds in row_datasets(exp, row) and (rows is None or row in rows)
              and (datasets is None or ds in datasets)]
-    runner = _Runner(exp, root, only_finished=only_finished, log=log)
+    runner = _Runner(exp, root, only_finished=only_finished, log=log, seeds=seeds)
     while True:
         runner.pending = runner.trained = 0
         runner.unfinished = []
@@ -935,18 +941,34 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def check_selection(exp: Experiment, rows: list[str] | None, datasets: list[str] | None = None) -> None:
-    """``ConfigError`` naming any ``--rows`` or ``--datasets`` entry that is not in the file."""
+def check_selection(exp: Experiment, rows: list[str] | None, datasets: list[str] | None = None,
+                    seeds: list[int] | None = None) -> None:
+    """``ConfigError`` naming any ``--rows``, ``--datasets`` or ``--seeds`` entry that is not in the file
+    (a seed no selected row has), or ``--seeds`` with a searched row selected (its trials take the first
+    seed, its other seeds the best trial's settings: select them with ``--rows``)."""
     unknown = [r for r in rows or [] if r not in exp.rows]
     if unknown:
         raise ConfigError(f"--rows: {', '.join(unknown)} not among the file's rows ({', '.join(exp.rows)})")
     unknown = [d for d in datasets or [] if d not in exp.datasets]
     if unknown:
         raise ConfigError(f"--datasets: {', '.join(unknown)} not among the file's datasets ({', '.join(exp.datasets)})")
+    if seeds is None:
+        return
+    chosen = [r for r in exp.rows if rows is None or r in rows]
+    searched = [r for r in chosen if is_searched(exp, r)]
+    if searched:
+        raise ConfigError(f"--seeds: searched rows ({', '.join(searched)}) run their trials and then every seed; "
+                          "leave them out with --rows, or leave out --seeds")
+    have = sorted({s for r in chosen for s in row_seeds(exp, r)})
+    unknown = [str(s) for s in seeds if s not in have]
+    if unknown:
+        raise ConfigError(f"--seeds: {', '.join(unknown)} not among the seeds of the rows chosen "
+                          f"({', '.join(map(str, have))})")
 
 
 def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print, report: bool = True,
-             rows: list[str] | None = None, datasets: list[str] | None = None) -> dict[str, Any]:
+             rows: list[str] | None = None, datasets: list[str] | None = None,
+             seeds: list[int] | None = None) -> dict[str, Any]:
     """``mmrec experiment run FILE --jobs N``: N worker processes run the file (sharing its runs through
     the run-folder locks), each with ``train.threads`` = the available cores / N unless the file sets
     it; SIGTERM / SIGINT are forwarded to them (each stops after a checkpoint); then the table and
@@ -961,7 +983,7 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
     from mmrec.resources import available_cores
 
     exp, root = load_experiment(path)
-    check_selection(exp, rows, datasets)
+    check_selection(exp, rows, datasets, seeds)
     threads = None
     if "train.threads" not in exp.settings:
         cores, source = available_cores()
@@ -981,6 +1003,8 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
             cmd += ["--rows", ",".join(rows)]
         if datasets:
             cmd += ["--datasets", ",".join(datasets)]
+        if seeds is not None:
+            cmd += ["--seeds", ",".join(map(str, seeds))]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                       start_new_session=True))  # a terminal's Ctrl-C reaches the parent only
     lock = threading.Lock()
@@ -1017,7 +1041,7 @@ def run_jobs(path: str | Path, jobs: int, *, log: Callable[[str], None] = print,
     if failed:
         raise MMRecError("; ".join(f"worker {i} ended with exit code {c}" for i, c in failed)
                          + " (its messages are above, after [i])")
-    out = run_experiment(path, only_finished=True, report=report, log=log, rows=rows, datasets=datasets)
+    out = run_experiment(path, only_finished=True, report=report, log=log, rows=rows, datasets=datasets, seeds=seeds)
     if stopped or any(c == 75 for c in codes):
         out["stopped"] = stopped[0] if stopped else "a stop request"
     return out

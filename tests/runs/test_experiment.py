@@ -609,6 +609,32 @@ def test_datasets_runs_only_the_datasets_named(exp_file, tmp_path):
     assert r.exit_code != 0 and "--datasets: ring3 not among the file's datasets (ring, ring2)" in r.output
 
 
+def test_seeds_runs_only_the_seeds_named(exp_file, tmp_path):
+    """``--seeds 0``: every chosen row's seed 0 only (all rows' first seed before their others), through
+    --jobs' workers too; the table counts that seed; a seed no chosen row has, a non-number, and a
+    searched row chosen are errors that say what to do."""
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--seeds", "0", "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "runs" / "ring").iterdir()) == ["pop-s0", "sasrec-s0"]
+    assert "| ring | pop | 1 |" in r.output and "| ring | sasrec | 1 |" in r.output
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--seeds", "1", "--rows", "sasrec", "--jobs", "2",
+                                 "--no-report"])
+    assert r.exit_code == 0, r.output
+    trained = sorted(line[4:].split(":")[0] for line in r.output.splitlines() if "s, best epoch" in line)
+    assert trained == ["ring/sasrec seed 1"], r.output
+    assert sorted(p.name for p in (tmp_path / "runs" / "ring").iterdir()) == ["pop-s0", "sasrec-s0", "sasrec-s1"]
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--seeds", "0,2"])
+    assert r.exit_code != 0 and "--seeds: 2 not among the seeds of the rows chosen (0, 1)" in r.output
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--seeds", "first"])
+    assert r.exit_code != 0 and "give whole numbers separated by commas" in r.output
+    exp_file.write_text(exp_file.read_text().replace("  pop: {method: pop}", "  pop: {method: pop, search: false}")
+                        + "search: {grid: {train.lr: [0.001]}}\n")  # (a row is searched unless it says not)
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--seeds", "0"])
+    assert r.exit_code != 0 and "--seeds: searched rows (sasrec) run their trials and then every seed" in r.output, r.output
+    r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--seeds", "1", "--rows", "pop", "--no-report"])
+    assert r.exit_code == 0 and "| ring | pop | 1 |" in r.output, r.output
+
+
 def test_a_logged_weighting_over_the_domains_is_summarised_over_training_whatever_its_name():
     from mmrec.runs.experiment import weights_over_training
 
