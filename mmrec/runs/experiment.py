@@ -627,7 +627,7 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     if not summary:
         return out
     results = {k: [res for _, res in v] for k, v in got.items()}
-    table = format_table(exp, results)
+    table = format_table(exp, results, {key: [f for f, _ in v] for key, v in got.items()})
     log(table)
     out["table"] = table
     for (ds, row), info in searches.items():
@@ -718,20 +718,24 @@ def _gap(vals: list[float], base: list[float]) -> tuple[str, str]:
     return f"{gap:+.4f} ({100 * gap / mb:+.1f}%)" if mb else f"{gap:+.4f}", beyond
 
 
-def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
+def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, Any]]],
+                 folders: dict[tuple[str, str], list[Path]] | None = None) -> str:
     """Markdown: per dataset and row, seeds, test metric mean ± sd, HR, (warm and cold under the
     cold-start protocol), best epochs (converged when well before the cap), seconds per epoch; with
     a baseline, the gap to it and whether it is beyond the two seed spreads together ("below" is
-    negative transfer when the baseline is training from scratch). A method's evaluation variants
-    (e.g. ODMT's sub-networks alone) are rows of their own, from the same runs."""
-    from mmrec.runs.report import mean_sd, protocol_difference
+    negative transfer when the baseline is training from scratch), and with the runs' ``folders`` the
+    p of the paired test over the test cases (each row's per-case metric averaged over its seeds, as
+    ``mmrec report``). A method's evaluation variants (e.g. ODMT's sub-networks alone) are rows of
+    their own, from the same runs."""
+    from mmrec.runs.report import mean_sd, paired_test, protocol_difference, seeds_cases
 
     k = exp.report.metric
     hr = k.replace("ndcg", "hr")
     cold = any("test_cold" in r for rs in results.values() for r in rs)
     base = exp.report.baseline
     head = ["dataset", "row", "seeds", k, hr] + ([f"{k} warm", f"{k} cold"] if cold else []) + \
-        ["best epoch / epochs run", "s/epoch"] + ([f"gap vs {base}", "beyond spread"] if base else [])
+        ["best epoch / epochs run", "s/epoch"] + ([f"gap vs {base}", "beyond spread"] if base else []) + \
+        (["paired p"] if base and folders is not None else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (ds, row), rs in results.items():
         eps = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in rs)
@@ -743,6 +747,11 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
         base_runs = results.get((ds, base), [])
         base_vals = [r["test"].get(k, float("nan")) for r in base_runs]
         other_protocol = protocol_difference(rs[0], base_runs[0]) if base_runs else None
+        paired = "—"
+        if base and folders is not None and row != base and base_runs and not other_protocol:
+            a, b = seeds_cases(folders.get((ds, base), []), k), seeds_cases(folders.get((ds, row), []), k)
+            paired = ("- (a run without test_ranks.npy)" if a is None or b is None or len(a) != len(b)
+                      else f"{paired_test(a, b)['p_value']:.4f}")
         for label, tests, warms, colds in parts:
             vals = [t.get(k, float("nan")) for t in tests]
             cells = [ds, label, str(len(rs)), mean_sd(vals), mean_sd([t.get(hr, float("nan")) for t in tests])]
@@ -758,6 +767,8 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
                     cells += [f"other protocol ({other_protocol})", "—"]
                 else:
                     cells += list(_gap(vals, base_vals))
+                if folders is not None:
+                    cells.append(paired if label == row else "—")  # (a variant's ranks are not kept)
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -511,8 +511,8 @@ report: {baseline: scratch}
               for i in (0, 1)] for row in ("relearn", "scratch"))
     gap, spread = statistics.fmean(r) - statistics.fmean(sc), statistics.stdev(r) + statistics.stdev(sc)
     verdict = "below" if gap < -spread else ("above" if gap > spread else "no")
-    assert rows["relearn"].endswith(f"| {gap:+.4f} ({100 * gap / statistics.fmean(sc):+.1f}%) | {verdict} |")
-    assert rows["scratch"].endswith("| — | — |")
+    assert f"| {gap:+.4f} ({100 * gap / statistics.fmean(sc):+.1f}%) | {verdict} | " in rows["relearn"]
+    assert rows["scratch"].endswith("| — | — | — |")
     again = []
     run_experiment(f, log=again.append, report=False)
     assert not any(s.startswith("ring/") for s in again)
@@ -607,6 +607,28 @@ def test_datasets_runs_only_the_datasets_named(exp_file, tmp_path):
     assert r.exit_code == 0 and "| ring2 | pop | 2 |" in r.output and "| ring | pop |" not in r.output, r.output
     r = CliRunner().invoke(app, ["experiment", "run", str(exp_file), "--datasets", "ring3"])
     assert r.exit_code != 0 and "--datasets: ring3 not among the file's datasets (ring, ring2)" in r.output
+
+
+def test_the_table_has_each_rows_paired_test_against_the_baseline(exp_file, tmp_path):
+    """The experiment's table ends each row with the p of the paired test against the baseline over the
+    test cases (each row's per-case NDCG@10 averaged over its seeds, by hand from test_ranks.npy here);
+    the baseline's own cell is a dash."""
+    import numpy as np
+
+    from mmrec.runs.report import paired_test
+
+    out = run_experiment(exp_file, log=lambda s: None, report=False)
+    lines = out["table"].splitlines()
+    assert lines[0].endswith("| gap vs pop | beyond spread | paired p |")
+
+    def cases(row):
+        ranks = [np.load(tmp_path / "runs" / "ring" / f"{row}-s{s}" / "test_ranks.npy") for s in (0, 1)]
+        return np.mean([(r < 10) / np.log2(r + 2) for r in ranks], axis=0)
+
+    row = next(x for x in lines if x.startswith("| ring | sasrec |"))
+    p = paired_test(cases("pop"), cases("sasrec"))["p_value"]
+    assert row.endswith(f"| {p:.4f} |") and 0 < p <= 1, row
+    assert next(x for x in lines if x.startswith("| ring | pop |")).endswith("| — | — | — |")
 
 
 def test_seeds_runs_only_the_seeds_named(exp_file, tmp_path):
