@@ -154,7 +154,8 @@ def _seed_list(text: Optional[str]) -> list[int] | None:
     try:
         return [int(x) for x in items]
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: give whole numbers separated by commas, e.g. 0,1", param_hint="--seeds") from None
+        raise typer.BadParameter(f"{text!r}: give whole numbers separated by commas, e.g. 0,1",
+                                 param_hint="--seeds") from None
 
 
 def _named_parts(parts: list[str], what: str) -> dict[str, str]:

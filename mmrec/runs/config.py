@@ -293,7 +293,8 @@ def _saved_differences(folder: RunFolder, resolved: dict[str, Any], model_cls: t
         return {}, True
     a, b = flatten(upgrade_saved_config(old, model_cls), "."), flatten(resolved, ".")
     diff = {k: f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not setting_in(k, RESOURCE_SETTINGS) and (reads_setting(k, a) or reads_setting(k, b))}
+            if a.get(k) != b.get(k) and not setting_in(k, RESOURCE_SETTINGS)
+            and (reads_setting(k, a) or reads_setting(k, b))}
     return diff, a.get("train.lr_schedule") != "cosine"
 
 
