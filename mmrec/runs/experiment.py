@@ -710,11 +710,15 @@ def search_line(ds: str, row: str, info: dict[str, Any]) -> str:
 
 
 def _gap(vals: list[float], base: list[float]) -> tuple[str, str]:
-    """The gap of the means (and in % of the baseline's) and whether it is beyond both seed spreads."""
+    """The gap of the means (and in % of the baseline's) and whether it is beyond both seed spreads
+    (``n/a (one seed)`` when a side has one seed: it has no spread)."""
     m, mb = statistics.fmean(vals), statistics.fmean(base)
-    spread = sum(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (vals, base))
     gap = m - mb
-    beyond = "below" if gap < 0 and -gap > spread else ("above" if gap > 0 and gap > spread else "no")
+    if min(len(vals), len(base)) < 2:
+        beyond = "n/a (one seed)"
+    else:
+        spread = statistics.stdev(vals) + statistics.stdev(base)
+        beyond = "below" if gap < 0 and -gap > spread else ("above" if gap > 0 and gap > spread else "no")
     return f"{gap:+.4f} ({100 * gap / mb:+.1f}%)" if mb else f"{gap:+.4f}", beyond
 
 

@@ -312,6 +312,8 @@ def test_the_table_has_warm_and_cold_variant_rows_and_the_gap_to_the_baseline():
                         "gap vs scratch | beyond spread |")
     assert lines[2].endswith("| -0.1000 (-48.8%) | below |") and lines[3].endswith("| -0.0050 (-2.4%) | no |")
     assert lines[4].endswith("| +0.1000 (+48.8%) | above |") and lines[5].endswith("| — | — |")
+    one = format_table(exp, {("d", "a"): runs([0.30]), ("d", "scratch"): runs([0.20, 0.21])}).splitlines()
+    assert one[2].endswith("| +0.0950 (+46.3%) | n/a (one seed) |")  # one seed has no spread to be beyond
     masked = {"protocol": {"evaluation": {"mode": "full", "history_mask": "whole", "ties": "pessimistic"}}}
     plain = {"protocol": {"evaluation": {"mode": "full", "history_mask": "none", "ties": "pessimistic"}}}
     table = format_table(exp, {("d", "a"): runs([0.10, 0.11], **plain), ("d", "scratch"): runs([0.20, 0.21], **masked)})
