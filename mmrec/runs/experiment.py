@@ -709,6 +709,9 @@ def search_line(ds: str, row: str, info: dict[str, Any]) -> str:
     return head + f"); best trial {info['best']} ({params}), valid {info['metric']} {info['valid']:.4f}"
 
 
+NO_RANKS = "- (a run without test_ranks.npy)"  # a paired cell that cannot be computed
+
+
 def _gap(vals: list[float], base: list[float]) -> tuple[str, str]:
     """The gap of the means (and in % of the baseline's) and whether it is beyond both seed spreads
     (``n/a (one seed)`` when a side has one seed: it has no spread)."""
@@ -741,6 +744,13 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
         ["best epoch / epochs run", "s/epoch"] + ([f"gap vs {base}", "beyond spread"] if base else []) + \
         (["paired p"] if base and folders is not None else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cases: dict[tuple[str, str], Any] = {}  # (dataset, row) -> per-case metric: the baseline's read once
+
+    def cases_of(key: tuple[str, str]) -> Any:
+        if key not in cases:
+            cases[key] = seeds_cases((folders or {}).get(key, []), k)
+        return cases[key]
+
     for (ds, row), rs in results.items():
         eps = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in rs)
         spe = statistics.fmean(r["timing"]["seconds_per_epoch_mean"] or 0.0 for r in rs)
@@ -753,8 +763,8 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
         other_protocol = protocol_difference(rs[0], base_runs[0]) if base_runs else None
         paired = "—"
         if base and folders is not None and row != base and base_runs and not other_protocol:
-            a, b = seeds_cases(folders.get((ds, base), []), k), seeds_cases(folders.get((ds, row), []), k)
-            paired = ("- (a run without test_ranks.npy)" if a is None or b is None or len(a) != len(b)
+            a, b = cases_of((ds, base)), cases_of((ds, row))
+            paired = (NO_RANKS if a is None or b is None or len(a) != len(b)
                       else f"{paired_test(a, b)['p_value']:.4f}")
         for label, tests, warms, colds in parts:
             vals = [t.get(k, float("nan")) for t in tests]
@@ -915,7 +925,7 @@ def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
             if i == len(order) - 1:
                 against = "—"
             elif cases[i] is None or cases[-1] is None or len(cases[i]) != len(cases[-1]):
-                against = "- (a run without test_ranks.npy)"
+                against = NO_RANKS
             else:
                 t = paired_test(cases[-1], cases[i])
                 against = f"{t['mean_diff']:+.4f}, p = {t['p_value']:.4f}"
