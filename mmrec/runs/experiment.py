@@ -627,7 +627,8 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     if not summary:
         return out
     results = {k: [res for _, res in v] for k, v in got.items()}
-    table = format_table(exp, results, {key: [f for f, _ in v] for key, v in got.items()})
+    memo: dict[tuple[str, ...], Any] = {}  # each row's per-case metric, read once for the table and the budget table
+    table = format_table(exp, results, {key: [f for f, _ in v] for key, v in got.items()}, memo)
     log(table)
     out["table"] = table
     for (ds, row), info in searches.items():
@@ -635,7 +636,7 @@ def run_experiment(path: str | Path, *, only_finished: bool = False, log: Callab
     if exp.report.domains is not None and any(k[0] == exp.report.domains for k in got):
         out["domains"] = domain_tables(exp, root, got)
         log(out["domains"])
-    budget = budget_tables(exp, root, got)
+    budget = budget_tables(exp, root, got, memo)
     if budget:
         out["budget"] = budget
         log(budget)
@@ -725,8 +726,22 @@ def _gap(vals: list[float], base: list[float]) -> tuple[str, str]:
     return f"{gap:+.4f} ({100 * gap / mb:+.1f}%)" if mb else f"{gap:+.4f}", beyond
 
 
+def row_cases(folders: list[Path], metric: str, memo: dict[tuple[str, ...], Any] | None) -> Any:
+    """``seeds_cases`` of one row's run folders, kept in ``memo`` (keyed by the folders and the metric) so
+    that the tables of one command read each run's test_ranks.npy once."""
+    from mmrec.runs.report import seeds_cases
+
+    if memo is None:
+        return seeds_cases(folders, metric)
+    key = (metric, *map(str, folders))
+    if key not in memo:
+        memo[key] = seeds_cases(folders, metric)
+    return memo[key]
+
+
 def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, Any]]],
-                 folders: dict[tuple[str, str], list[Path]] | None = None) -> str:
+                 folders: dict[tuple[str, str], list[Path]] | None = None,
+                 memo: dict[tuple[str, ...], Any] | None = None) -> str:
     """Markdown: per dataset and row, seeds, test metric mean ± sd, HR, (warm and cold under the
     cold-start protocol), best epochs (converged when well before the cap), seconds per epoch; with
     a baseline, the gap to it and whether it is beyond the two seed spreads together ("below" is
@@ -734,7 +749,7 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
     p of the paired test over the test cases (each row's per-case metric averaged over its seeds, as
     ``mmrec report``). A method's evaluation variants (e.g. ODMT's sub-networks alone) are rows of
     their own, from the same runs."""
-    from mmrec.runs.report import mean_sd, paired_test, protocol_difference, seeds_cases
+    from mmrec.runs.report import mean_sd, paired_test, protocol_difference
 
     k = exp.report.metric
     hr = k.replace("ndcg", "hr")
@@ -744,12 +759,10 @@ def format_table(exp: Experiment, results: dict[tuple[str, str], list[dict[str, 
         ["best epoch / epochs run", "s/epoch"] + ([f"gap vs {base}", "beyond spread"] if base else []) + \
         (["paired p"] if base and folders is not None else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cases: dict[tuple[str, str], Any] = {}  # (dataset, row) -> per-case metric: the baseline's read once
+    memo = {} if memo is None else memo  # the baseline's per-case metric read once, not once per row
 
     def cases_of(key: tuple[str, str]) -> Any:
-        if key not in cases:
-            cases[key] = seeds_cases((folders or {}).get(key, []), k)
-        return cases[key]
+        return row_cases((folders or {}).get(key, []), k, memo)
 
     for (ds, row), rs in results.items():
         eps = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in rs)
@@ -882,15 +895,16 @@ def _per_domain(val: Any, names: list[str]) -> bool:
     return isinstance(val, dict) and bool(val) and set(val) <= set(names)
 
 
-def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[tuple[Path, dict[str, Any]]]]) -> str:
+def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[tuple[Path, dict[str, Any]]]],
+                  memo: dict[tuple[str, ...], Any] | None = None) -> str:
     """The pre-training budget: rows alike but for the epoch of the run they start from (``init_from:
     RUN@N``, or ``RUN``: its best epoch), per dataset, one line per pre-training epoch with the
     pre-training run's loss and validation metric at that epoch beside the row's test metric (for the
     first seed every such row has, and mean ± sd over the seeds each has), and each row against the row
     from the latest epoch, paired over the test cases (each row's per-case metric averaged over its
     seeds, as ``mmrec report``), so a reader sees whether the target still gains from more pre-training.
-    Empty when no rows differ that way."""
-    from mmrec.runs.report import mean_sd, paired_test, seeds_cases
+    Empty when no rows differ that way. ``memo``: as ``format_table``'s (shared, each run's ranks read once)."""
+    from mmrec.runs.report import mean_sd, paired_test
     from mmrec.trainers.transfer import split_init_from
 
     k = exp.report.metric
@@ -915,7 +929,7 @@ def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
         common = sorted(set.intersection(*(set(x) for x in seeds)) - {None})
         s0 = common[0] if common else None
         order = sorted(zip(members, seeds), key=lambda t: (t[0][1] if t[0][1] is not None else best or 0))
-        cases = [seeds_cases([f for f, _ in runs], k) for (_, _, runs), _ in order]
+        cases = [row_cases([f for f, _ in runs], k, memo) for (_, _, runs), _ in order]
         last_at = order[-1][0][1] if order[-1][0][1] is not None else best
         lines = [f"\npre-training budget: {ds}, {method} rows from {Path(src).name} at different epochs\n",
                  f"| row | pre-training epoch | pre-training loss | pre-training valid {k} | {k}"

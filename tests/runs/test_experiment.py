@@ -573,6 +573,17 @@ def test_the_pretraining_budget_table_sets_rows_from_each_kept_epoch_side_by_sid
         assert line.endswith(f"| {diff:+.4f}, p = {paired_test(cases(last), cases(row))['p_value']:.4f} |"), line
     assert "scratch" not in out["budget"]
 
+    # the table's paired column and the budget table read each run's ranks once between them
+    from mmrec.runs.folder import RunFolder
+
+    reads: list[str] = []
+    real = RunFolder.test_ranks
+    monkeypatch.setattr(RunFolder, "test_ranks", lambda self: reads.append(Path(self.path).name) or real(self))
+    f.write_text(f.read_text() + "report: {baseline: relearn, metric: ndcg@10}\n")  # the table's paired column too
+    again = run_experiment(f, only_finished=True, log=lambda s: None, report=False)
+    assert again["budget"] == out["budget"] and "| paired p |" in again["table"]
+    assert sorted(reads) == sorted(set(reads)) and "relearn-s1" in reads, reads
+
 
 def test_rows_runs_only_the_rows_named(exp_file, tmp_path):
     """``--rows pop``: the pop runs only (the main rows before the ablations); the table has that row;
