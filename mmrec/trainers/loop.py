@@ -393,6 +393,11 @@ class Trainer:
                 state["done"] = False
                 self.log(f"patience raised to {tc.patience}: {state['bad_epochs']} evaluations without "
                          f"improvement so far, training goes on")
+            elif (not state["done"] and not state.get("partial") and tc.select_on != "last"
+                  and state["bad_epochs"] >= tc.patience):  # continued to a raised cap under a lower patience
+                state["done"] = True
+                self.log(f"patience {tc.patience}: already {state['bad_epochs']} evaluations without improvement "
+                         f"since epoch {state['best_epoch']}, so no epoch is trained")
             inside = (f", inside epoch {state['partial']['epoch']} at batch {state['partial']['next_batch']}"
                       if state.get("partial") else "")
             self.log(f"resuming after epoch {state['epoch']}{inside} (best {tc.valid_metric} "

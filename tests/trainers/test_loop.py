@@ -150,6 +150,23 @@ def test_a_run_stopped_by_patience_is_resumed_to_a_raised_patience(ds, tmp_path)
     assert lines(tmp_path / "a") == lines(tmp_path / "b")
 
 
+def test_a_run_continued_to_a_raised_cap_under_a_lower_patience_stops_without_training(ds, tmp_path):
+    """A run that ran to its cap of 4 epochs with no gain after its best (a learning rate too small to
+    improve), continued to a cap of 8 with a patience its evaluations without improvement already
+    reach: it ends as it is, no epoch trained (it spent one for nothing before: seen on ANT's H&M runs
+    continued from the code's 100 epochs with patience 20)."""
+    first = Trainer(_run(ds, epochs=4, lr=1e-6, patience=10), tmp_path / "a", log=lambda s: None).fit()
+    best = first["best_epoch"]
+    assert first["epochs_run"] == 4 and best < 4  # evaluations without improvement since: 4 - best
+    said = []
+    res = Trainer(_run(ds, epochs=8, lr=1e-6, patience=4 - best), tmp_path / "a", log=said.append).fit(resume=True)
+    assert any(f"patience {4 - best}: already {4 - best} evaluations without improvement since epoch {best}, "
+               "so no epoch is trained" in s for s in said), said
+    assert res["epochs_run"] == 4 and res["best_epoch"] == best and res["test"] == first["test"]
+    assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert finished_results(_run(ds, epochs=8, lr=1e-6, patience=4 - best), tmp_path / "a")["epochs_run"] == 4
+
+
 def test_a_finished_run_stopped_while_it_trains_on_to_a_new_cap_is_unfinished_not_reported(ds, tmp_path):
     """Resumed to a higher cap, the folder's old results.json is moved aside at once: a stop before the
     new end leaves a folder that is resumed again (seen: `experiment show` printed the old figures as
