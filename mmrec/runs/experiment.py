@@ -726,13 +726,11 @@ def _gap(vals: list[float], base: list[float]) -> tuple[str, str]:
     return f"{gap:+.4f} ({100 * gap / mb:+.1f}%)" if mb else f"{gap:+.4f}", beyond
 
 
-def row_cases(folders: list[Path], metric: str, memo: dict[tuple[str, ...], Any] | None) -> Any:
+def row_cases(folders: list[Path], metric: str, memo: dict[tuple[str, ...], Any]) -> Any:
     """``seeds_cases`` of one row's run folders, kept in ``memo`` (keyed by the folders and the metric) so
     that the tables of one command read each run's test_ranks.npy once."""
     from mmrec.runs.report import seeds_cases
 
-    if memo is None:
-        return seeds_cases(folders, metric)
     key = (metric, *map(str, folders))
     if key not in memo:
         memo[key] = seeds_cases(folders, metric)
@@ -908,6 +906,7 @@ def budget_tables(exp: Experiment, root: Path, got: dict[tuple[str, str], list[t
     from mmrec.trainers.transfer import split_init_from
 
     k = exp.report.metric
+    memo = {} if memo is None else memo
     groups: dict[tuple[str, ...], list[tuple[str, int | None, list[tuple[Path, dict[str, Any]]]]]] = {}
     for (ds, row), runs in got.items():
         spec, init = exp.rows[row], row_init_from(exp, root, ds, row)

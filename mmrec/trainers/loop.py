@@ -389,15 +389,15 @@ class Trainer:
         else:
             if self.accel.is_main_process:  # a kill after an epoch's line but before its checkpoint
                 self.folder.truncate_metrics(state["epoch"])
-            if state["done"] and state["bad_epochs"] < tc.patience:  # stopped by a patience since raised
-                state["done"] = False
-                self.log(f"patience raised to {tc.patience}: {state['bad_epochs']} evaluations without "
-                         f"improvement so far, training goes on")
-            elif (not state["done"] and not state.get("partial") and tc.select_on != "last"
-                  and state["bad_epochs"] >= tc.patience):  # continued to a raised cap under a lower patience
-                state["done"] = True
+            # ``done`` is the patience rule at save time; this run's patience may differ (raised: train on;
+            # lowered, continued to a raised cap: already spent); select_on=last never counts bad epochs
+            stop = state["bad_epochs"] >= tc.patience and not state.get("partial")
+            if stop != state["done"]:
+                state["done"] = stop
                 self.log(f"patience {tc.patience}: already {state['bad_epochs']} evaluations without improvement "
-                         f"since epoch {state['best_epoch']}, so no epoch is trained")
+                         f"since epoch {state['best_epoch']}, so no epoch is trained" if stop else
+                         f"patience raised to {tc.patience}: {state['bad_epochs']} evaluations without "
+                         f"improvement so far, training goes on")
             inside = (f", inside epoch {state['partial']['epoch']} at batch {state['partial']['next_batch']}"
                       if state.get("partial") else "")
             self.log(f"resuming after epoch {state['epoch']}{inside} (best {tc.valid_metric} "
