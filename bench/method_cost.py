@@ -44,6 +44,7 @@ and its ratios are to *this* tree's SASRec. A method may carry settings of its o
     git archive HEAD~1 | tar -x -C /tmp/before
     python bench/method_cost.py --methods sasrec ant --tree before=/tmp/before
     python bench/method_cost.py --quick                    # tiny shapes, a few steps (< 1 min; tested)
+    python bench/method_cost.py --readout --shapes ml-1m   # evaluation's read-out: query against all states
 
 Prints a Markdown table per shape and writes JSON (``--out``).
 """
@@ -614,6 +615,51 @@ def moe_loop_against_batched(shape: Shape, rounds: int, warmup: int, threads: in
     return out
 
 
+def readout_against_states(shape: Shape, methods: list[str], users: int, rounds: int, warmup: int,
+                           threads: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Evaluation's read-out alone, per method: ``query`` (where the method has it, the encoders' last
+    block run at each row's last position only) against the states of every position read at the last
+    (``gather_last(sequence_states)``, what ``query`` computed before it had that path), on ``users``
+    windows of the shape's length (random item ids), in eval mode without autograd, one process,
+    alternating rounds: median seconds per 1,000 users and the largest difference between the two."""
+    import tempfile
+
+    import torch
+
+    from mmrec.trainers.modules.sequence import gather_last
+
+    torch.set_num_threads(threads)
+    out: dict[str, Any] = {"users": users, "length": shape.length, "threads": threads, "methods": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = build_dataset(shape, Path(tmp) / "data", seed)
+        feats = random_features(shape, seed)
+        g = torch.Generator().manual_seed(seed)
+        items = torch.randint(1, shape.items + 1, (users, shape.length), generator=g)
+        lengths = torch.full((users,), shape.length)
+        for spec in methods:
+            try:
+                model = build_case(spec, data, feats, shape.length, shape.batch, seed).model.eval()
+                ways = {"states": lambda m=model: gather_last(m.sequence_states(items, lengths), lengths),
+                        "query": lambda m=model: m.query(items, lengths)}
+                times: dict[str, list[float]] = {k: [] for k in ways}
+                got: dict[str, torch.Tensor] = {}
+                with torch.no_grad():
+                    for r in range(warmup + rounds):
+                        for name, fn in ways.items():
+                            t = time.perf_counter()
+                            got[name] = fn()
+                            if r >= warmup:
+                                times[name].append((time.perf_counter() - t) / users * 1000)
+            except Exception as e:  # noqa: BLE001 - reported in the method's row
+                out["methods"][spec] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            med = {k: statistics.median(v) for k, v in times.items()}
+            out["methods"][spec] = {"seconds_per_1000": med, "all_seconds_per_1000": times,
+                                    "speedup": med["states"] / med["query"],
+                                    "max_abs_diff": float((got["states"] - got["query"]).abs().max())}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -641,6 +687,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--moe", action="store_true",
                     help="only: ANT's experts over each ml-1m feature table, one after the other against the "
                          "batched product, --rounds after --warmup")
+    ap.add_argument("--readout", action="store_true",
+                    help="only: each method's evaluation read-out (query) against every position's states read "
+                         "at the last, on --eval-users windows of the first --shapes shape, --rounds after --warmup")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -671,6 +720,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return res
 
     from mmrec.trainers.methods import METHODS
+
+    if args.readout:
+        label = args.shapes[0]
+        shape = (QUICK_SHAPES if args.quick else SHAPES)[label]
+        names = args.methods or [m for m in METHODS if m != "pop"]
+        res = readout_against_states(shape, names, 20 if args.quick else args.eval_users,
+                                     2 if args.quick else args.rounds, 1 if args.quick else args.warmup,
+                                     (args.threads or [1])[0], args.seed)
+        print(f"{label}: the evaluation read-out of {res['users']:,} windows of {res['length']} items, "
+              f"{res['threads']} thread(s), median of {2 if args.quick else args.rounds} alternating rounds; "
+              "seconds per 1,000 users\n")
+        print("| method | every position's states, read at the last | query | speed-up | max abs difference |")
+        print("|---|---|---|---|---|")
+        for name, r in res["methods"].items():
+            if "error" in r:
+                print(f"| {name} | - | - | - | {r['error'][:80]} |")
+                continue
+            sec = r["seconds_per_1000"]
+            print(f"| {name} | {sec['states']:.3f} | {sec['query']:.3f} | {r['speedup']:.2f}x | "
+                  f"{r['max_abs_diff']:.1e} |")
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return res
 
     methods = args.methods or list(METHODS)
     if "sasrec" not in methods:

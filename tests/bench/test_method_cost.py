@@ -93,3 +93,14 @@ def test_moe_quick_times_both_ways():
     for r in res["tables"].values():
         assert r["seconds"]["loop"] > 0 and r["seconds"]["batched"] > 0
         assert r["loop_over_batched"] == pytest.approx(r["seconds"]["loop"] / r["seconds"]["batched"])
+
+
+def test_readout_quick_times_both_ways_and_they_agree():
+    """Every method's ``query`` against its states read at the last position: both timed, the same values."""
+    res = _module().main(["--quick", "--readout", "--methods", "sasrec", "odmt", "syncrec", "gru4rec"])
+    assert set(res["methods"]) == {"sasrec", "odmt", "syncrec", "gru4rec"}
+    for name, r in res["methods"].items():
+        assert "error" not in r, (name, r)
+        assert r["seconds_per_1000"]["states"] > 0 and r["seconds_per_1000"]["query"] > 0
+        assert r["speedup"] == pytest.approx(r["seconds_per_1000"]["states"] / r["seconds_per_1000"]["query"])
+        assert r["max_abs_diff"] < 1e-4, name

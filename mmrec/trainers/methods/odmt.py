@@ -124,6 +124,7 @@ from mmrec.trainers.modules.sequence import (
     TransformerBlock,
     TransformerConfig,
     TransformerEncoder,
+    encode,
 )
 
 LN_EPS = 1e-6  # ODMT's LayerNorm epsilon (IMT and user encoders)
@@ -420,8 +421,9 @@ class ODMT(SequentialRecommender):
             self._eval_table = None
 
     def subnet_states(self, items: torch.Tensor, lengths: torch.Tensor,
-                      subnets: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """``{m: h^m [B, L, d]}`` for the sub-networks ``subnets`` (default: all)."""
+                      subnets: list[str] | None = None, last: bool = False) -> dict[str, torch.Tensor]:
+        """``{m: h^m [B, L, d]}`` for the sub-networks ``subnets`` (default: all); with ``last``, each
+        row's last real position only, ``[B, d]`` (each encoder's last block run there alone)."""
         subnets = subnets if subnets is not None else self.subnets
         if self.training:
             uniq, tables = self._batch_tables(items)
@@ -430,15 +432,23 @@ class ODMT(SequentialRecommender):
             full = self.scoring_table().split(self.cfg.hidden, dim=-1)
             tables = dict(zip(self.subnets, full))
             local = items
-        return {m: self.encoders[m](tables[m][local], lengths) for m in subnets}
+        return {m: encode(self.encoders[m], tables[m][local], lengths, last) for m in subnets}
+
+    def _weighted_states(self, items: torch.Tensor, lengths: torch.Tensor, last: bool) -> torch.Tensor:
+        w = self.inference_weights()
+        used = [m for m in self.subnets if w[m] != 0]
+        h = self.subnet_states(items, lengths, used, last)
+        ref = h[used[0]]
+        return torch.cat([h[m] * w[m] if m in h else torch.zeros_like(ref) for m in self.subnets], dim=-1)
 
     def sequence_states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``[w_m h^m]_m`` concatenated, ``[B, L, M d]`` (``w`` from ``model.inference``)."""
-        w = self.inference_weights()
-        used = [m for m in self.subnets if w[m] != 0]
-        h = self.subnet_states(items, lengths, used)
-        ref = h[used[0]]
-        return torch.cat([h[m] * w[m] if m in h else torch.zeros_like(ref) for m in self.subnets], dim=-1)
+        return self._weighted_states(items, lengths, last=False)
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``sequence_states`` at each row's last real position, ``[B, M d]``, without running the
+        encoders' last blocks at the other positions."""
+        return self._weighted_states(items, lengths, last=True)
 
     def item_embeddings(self) -> torch.Tensor:
         """``[e^m]_m`` concatenated, ``[n_items + 1, M d]``."""

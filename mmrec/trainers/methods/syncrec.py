@@ -161,7 +161,8 @@ from torch import nn
 from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.losses import next_item_loss, same_target_mask
-from mmrec.trainers.modules.sequence import FeedForward, TransformerBlock, TransformerConfig, TransformerEncoder
+from mmrec.trainers.modules.sequence import (FeedForward, TransformerBlock, TransformerConfig, TransformerEncoder,
+                                            gather_last)
 
 NO_DOMAIN = "(none)"
 OTHER_DOMAINS = "(other)"
@@ -392,6 +393,13 @@ class Expert(nn.Module):
             x = block(x, mask, True)
         return x
 
+    def last(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``forward`` (causal, right padding) at each row's last real position only ``[B, d]``: the
+        last block's queries and feed-forward at that position alone."""
+        for block in self.blocks[:-1]:
+            x = block(x, None, True)
+        return self.blocks[-1].last(x, lengths) if len(self.blocks) else gather_last(x, lengths)
+
 
 class PartitionedGate(nn.Module):
     """One task's gate: softmax over the single experts and over the cross experts, scaled by the
@@ -561,6 +569,18 @@ class SyNCRec(SequentialRecommender):
         """The CDSR task's states ``[B, L, d]`` (used for scoring)."""
         e, flat = self.window_embeddings(items, lengths)
         return self.cross_states(e, flat, self.expert_outputs(None, e)[1])
+
+    def query(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The CDSR state at each row's last real position ``[B, d]`` (what scores the next item): the
+        values of ``sequence_states`` there, with each expert's last block (its queries, output
+        projection and feed-forward) run at that position only. With gate noise at evaluation
+        (``gate_noise_eval``) the gate draws its noise over the whole window as ``sequence_states`` does."""
+        if self.training or (self.cfg.gate_noise and self.cfg.gate_noise_eval):
+            return gather_last(self.sequence_states(items, lengths), lengths)
+        e, flat = self.window_embeddings(items, lengths)
+        outs = [self.expert(k).last(e, lengths) for k in range(self.cfg.experts)]
+        g = self.gate(gather_last(e, lengths) if flat is None else flat, None)
+        return self.mixture(None, outs, None, g)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item.weight

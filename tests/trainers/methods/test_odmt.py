@@ -396,6 +396,27 @@ def test_inference_modes_combine_the_subnetwork_scores():
         _model(features=_features(modalities=("text",)), inference="image")
 
 
+@pytest.mark.parametrize("over", [{}, {"attn_bias": False, "layers": 3}])
+def test_query_runs_each_encoders_last_block_at_the_last_position_only(over):
+    """Evaluation's read-out: the ensemble of ``sequence_states`` at each row's last real position,
+    the sub-networks' last blocks computed there alone (the blocks before them over whole windows)."""
+    from mmrec.trainers.modules.sequence import TransformerBlock, gather_last
+
+    m = _model(seed=5, **over).eval()
+    items, lengths = torch.tensor([[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 7, 8]]), torch.tensor([3, 1, 4])
+    with torch.no_grad():
+        expect = gather_last(m.sequence_states(items, lengths), lengths)
+        seen = []
+        hooks = [blk.register_forward_hook(lambda mod, args, out: seen.append(tuple(out.shape)))
+                 for blk in m.encoders.modules() if isinstance(blk, TransformerBlock)]
+        got = m.query(items, lengths)
+        for h in hooks:
+            h.remove()
+    assert got.shape == (3, 3 * 8)
+    assert torch.allclose(got, expect, atol=1e-5)
+    assert seen == [(3, 4, 8)] * (len(m.subnets) * (m.cfg.layers - 1))
+
+
 def test_text_only_and_image_only_with_token_or_pooled_features_train_a_step():
     for modalities in (("text",), ("image",), ("text", "image")):
         for tokens in (True, False):

@@ -592,6 +592,49 @@ def test_sequence_gate_reads_the_whole_left_padded_window():
         assert torch.allclose(h[0, :4], h2[0, :4], atol=1e-6)
 
 
+@pytest.mark.parametrize("over", [
+    {},  # gates on the position's embedding; two-block experts (the default): the first block at every
+    # position, the last at the last one
+    {"layers": 1},
+    {"gate_input": "sequence", "single_input": "inplace", "position": "reverse"},  # the code's gate on the window
+    {"shared_experts": True, "layers": 2},
+])
+def test_query_runs_the_last_block_at_the_last_position_only_with_the_states_values(over):
+    """``query`` (evaluation's read-out) equals ``sequence_states`` at each row's last real position,
+    without computing the experts' last block at the other positions (rows of every length, one of 1)."""
+    from mmrec.trainers.modules.sequence import TransformerBlock, gather_last
+
+    m = _model(**over).eval()
+    items = torch.tensor([[1, 2, 3, 4, 5], [2, 4, 1, 6, 0], [6, 0, 0, 0, 0]])
+    lengths = torch.tensor([5, 4, 1])
+    with torch.no_grad():
+        expect = gather_last(m.sequence_states(items, lengths), lengths)
+        seen = []
+        hooks = [blk.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+                 for blk in m.modules() if isinstance(blk, TransformerBlock)]
+        got = m.query(items, lengths)
+        for h in hooks:
+            h.remove()
+    assert got.shape == (3, 16)
+    assert torch.allclose(got, expect, atol=1e-5)
+    layers = m.cfg.layers
+    # through forward: only the blocks before each expert's last (whole windows); the last runs via .last
+    assert seen == [torch.Size([3, 5, 16])] * (4 * (layers - 1))
+
+
+def test_query_with_gate_noise_at_evaluation_reads_the_whole_window_as_before():
+    from mmrec.trainers.modules.sequence import gather_last
+
+    m = _model(gate_noise_eval=True).eval()
+    b = _batch()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        a = m.query(b["items"], b["lengths"])
+        torch.manual_seed(3)
+        expect = gather_last(m.sequence_states(b["items"], b["lengths"]), b["lengths"])
+    assert torch.equal(a, expect)
+
+
 def test_gate_noise_at_evaluation_only_with_gate_noise_eval():
     batch = _batch()
     for flag, same in ((False, True), (True, False)):
