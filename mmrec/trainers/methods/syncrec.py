@@ -162,7 +162,7 @@ from mmrec.errors import ConfigError
 from mmrec.trainers.base import SequentialRecommender, init_weights
 from mmrec.trainers.modules.losses import next_item_loss, same_target_mask
 from mmrec.trainers.modules.sequence import (FeedForward, TransformerBlock, TransformerConfig, TransformerEncoder,
-                                            gather_last)
+                                            blocks_last, gather_last)
 
 NO_DOMAIN = "(none)"
 OTHER_DOMAINS = "(other)"
@@ -396,9 +396,7 @@ class Expert(nn.Module):
     def last(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``forward`` (causal, right padding) at each row's last real position only ``[B, d]``: the
         last block's queries and feed-forward at that position alone."""
-        for block in self.blocks[:-1]:
-            x = block(x, None, True)
-        return self.blocks[-1].last(x, lengths) if len(self.blocks) else gather_last(x, lengths)
+        return blocks_last(self.blocks, x, lengths)
 
 
 class PartitionedGate(nn.Module):
