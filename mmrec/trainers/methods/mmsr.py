@@ -40,6 +40,9 @@ fused items start near unit norm like the other fusions' (docs/results.md has bo
 - ``attn_bias`` (True): biases on the SASRec backbone's query/key/value/output maps; the code's have
   none (False: they are zero buffers, never trained).
 - ``backbone_eps`` (1e-12): the SASRec backbone's LayerNorm epsilon; the code's is 1e-6.
+- ``adaptor_dropout`` (None: ``feature_dropout``): the dropout on the stored features before each
+  adaptor; the code's projections read the encoders' states with no dropout (0), its only dropout on
+  the item side being the fusion block's (``feature_dropout``).
 - ``act`` now reaches the backbone (it was ignored: the backbone always used GELU); the code's FFN is ReLU.
 """
 
@@ -81,6 +84,7 @@ class MMSRConfig(TransformerConfig, FeatureConfig):
     fusion_type_embedding: bool = True  # add a modality embedding to the fusion's tokens (the code: False)
     attn_bias: bool = True  # sasrec backbone: biases on Q/K/V/output (the code: False)
     backbone_eps: float = 1e-12  # sasrec backbone: LayerNorm epsilon (the code: 1e-6)
+    adaptor_dropout: float | None = None  # dropout on the features before the adaptors; None: feature_dropout (the code: 0)
 
 
 class MMSR(SequentialRecommender):
@@ -98,6 +102,7 @@ class MMSR(SequentialRecommender):
             raise ConfigError(f"model.fusion_heads must divide model.hidden ({cfg.hidden}), got {cfg.fusion_heads}")
         self.items = FeatureItemEncoder(self.features, modalities, cfg.hidden, adaptor=cfg.adaptor, fusion=cfg.fusion,
                                         fusion_gain=cfg.fusion_gain, dropout=cfg.feature_dropout,
+                                        input_dropout=cfg.adaptor_dropout,
                                         modality_norm=cfg.modality_norm, tokens=cfg.feature_tokens,
                                         fusion_heads=cfg.fusion_heads, fusion_act=cfg.fusion_act,
                                         fusion_type_embedding=cfg.fusion_type_embedding)

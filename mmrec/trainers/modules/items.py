@@ -13,13 +13,16 @@ parametric whitening experts with a Gaussian-routed gate) or ``mlp``. ``table()`
 ``[n_items + 1, d]`` for every item (row 0, padding, is zero); ``lookup(ids)`` gives the rows of
 some ids without computing the others.
 
-Two options, off by default (MMSR's presets turn them on):
+Three options, off by default (MMSR's presets turn them on):
 
 - ``modality_norm``: each stored feature goes through a LayerNorm without learned gain or bias before
   its adaptor, ``v_m(i) = adaptor_m(LN(x_m(i)))`` (per token for token features). MMSR's encoders
   (RoBERTa, ViT-MAE) end in a LayerNorm, so the code's projections read normalised tokens; stored
   features need not be (EfficientNet-Lite0's pooled vectors are about 6x the norm of MiniLM's, which
   then dominate the fusion). A gain and bias there would be redundant before a linear adaptor.
+- ``input_dropout``: the dropout on the stored features before each adaptor; None (default): ``dropout``,
+  which also sets the fusion's dropouts. MMSR's code has none there (its projections read the
+  encoders' states directly): 0 with the fusion's dropout kept.
 - ``tokens``: features stored as token sequences ``[n_items + 1, T, D]`` (``--pooling tokens``; pooled
   ``[n_items + 1, D]`` tables count as one token) are adapted token by token and fused by
   ``merged_attention`` over all tokens of all modalities (``AttentionFusion.fuse_tokens``), MMSR's
@@ -98,7 +101,7 @@ class FeatureItemEncoder(nn.Module):
                  adaptor: str = "linear", fusion: str = "sum", dropout: float = 0.0, n_experts: int = 8,
                  layer_norm: bool = False, fusion_gain: float | None = None, modality_norm: bool = False,
                  tokens: bool = False, fusion_heads: int = 1, fusion_act: str = "relu",
-                 fusion_type_embedding: bool = True, item_chunk: int = 4096):
+                 fusion_type_embedding: bool = True, item_chunk: int = 4096, input_dropout: float | None = None):
         super().__init__()
         if not modalities:
             raise ConfigError("no feature modalities to build items from")
@@ -131,7 +134,8 @@ class FeatureItemEncoder(nn.Module):
             self.register_buffer(f"present_{s}", present, persistent=False)
             if modality_norm:
                 self.modality_norms[s] = nn.LayerNorm(table.shape[-1], elementwise_affine=False)
-            self.adaptors[s] = make_adaptor(adaptor, f.dim, d, dropout=dropout, n_experts=n_experts)
+            self.adaptors[s] = make_adaptor(adaptor, f.dim, d, dropout=dropout if input_dropout is None else input_dropout,
+                                            n_experts=n_experts)
             self.missing[s] = nn.Parameter(torch.randn(d) * 0.02)
         self.norm = nn.LayerNorm(d) if layer_norm else nn.Identity()
         if fusion_gain is not None and not fusion_gain > 0:

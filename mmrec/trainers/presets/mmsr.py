@@ -25,7 +25,9 @@ _CODE = {
                                             "raw features concatenated)"),
     "model.fusion_gain": S(1.0, f"{C} model/modeling.py:531-533 (init_bert_weights: LayerNorm weight 1)"),
     "model.feature_dropout": S(0.1, f"{C} model/modeling.py (bert-base hidden/attention dropout 0.1 in the fusion "
-                                    "block); mmrec also drops the adaptor's input, the code does not"),
+                                    "block)"),
+    "model.adaptor_dropout": S(0.0, f"{C} model/text_encoders.py:29-30, model/img_encoders.py:23-24 (text_pooler / "
+                                    "cv_proj read the encoders' last_hidden_state directly: no dropout before them)"),
     # the sequence side
     "model.backbone": S("sasrec", f"{C} setup_mm.py:60 (benchmark_list = ['sasrec'])"),
     "model.hidden": S(768, f"{C} setup_mm.py:54 (embedding_dim_list = [768])"),

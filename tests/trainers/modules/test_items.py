@@ -143,3 +143,42 @@ def test_token_rows_are_fused_in_chunks_of_items():
     chunked = items._combine(ids)
     items.item_chunk = 100
     assert chunked.shape == (2, 4, 4) and torch.allclose(chunked, items._combine(ids), atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_input_dropout_zero_keeps_the_adaptor_input_while_the_fusion_drops(tokens):
+    """``input_dropout=0`` (MMSR's code: its projections read the encoders' states directly): in training
+    the adapted features are the linear map of the stored ones, draw after draw, while the fusion block
+    keeps its dropout; the default (None) drops the adaptor's input with ``dropout``."""
+    torch.manual_seed(0)
+    f = _feats(6, {"text": 5, "image": 4})
+    fusion = "merged_attention" if tokens else "sum"
+    kept = FeatureItemEncoder(f, ["text", "image"], 8, fusion=fusion, dropout=0.5, input_dropout=0.0, tokens=tokens).train()
+    default = FeatureItemEncoder(f, ["text", "image"], 8, fusion=fusion, dropout=0.5, tokens=tokens).train()
+    x = kept.feat_text
+    lin = kept.adaptors["text"][1]
+    for _ in range(3):
+        assert torch.allclose(kept._adapt("text", x), lin(x), atol=1e-6)
+    assert kept.adaptors["text"][0].p == 0.0 and default.adaptors["text"][0].p == 0.5
+    assert not torch.allclose(default._adapt("text", x), default.adaptors["text"][1](x), atol=1e-6)
+    if tokens:  # the fusion still drops: two passes over the same items differ
+        a, b = kept.table(), kept.table()
+        assert not torch.allclose(a, b)
+    kept.eval()
+    with torch.no_grad():
+        assert torch.allclose(kept.table(), kept.table())
+
+
+def test_mmsr_presets_keep_the_adaptor_input_as_the_code_and_old_runs_keep_theirs():
+    from mmrec.config import from_dict
+    from mmrec.runs.config import preset_settings
+    from mmrec.trainers.methods.mmsr import MMSR, MMSRConfig
+
+    for preset in ("paper", "code"):
+        assert preset_settings("mmsr", preset)["model"]["adaptor_dropout"] == 0.0
+    f = _feats(6, {"text": 5, "image": 4})
+    m = MMSR(from_dict(MMSRConfig, {"hidden": 8, "inner": 16, "adaptor_dropout": 0.0}), 6, 4, features=f)
+    assert [m.items.adaptors[s][0].p for s in ("text", "image")] == [0.0, 0.0]
+    assert m.items.fusion is not None
+    old = MMSR(from_dict(MMSRConfig, {"hidden": 8, "inner": 16}), 6, 4, features=f)  # a config saved without the key
+    assert [old.items.adaptors[s][0].p for s in ("text", "image")] == [0.1, 0.1]
