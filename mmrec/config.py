@@ -130,6 +130,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], prefix + name)
+        if "dropout" in name and isinstance(kwargs[name], float) and not 0.0 <= kwargs[name] < 1.0:
+            raise ConfigError(f"{prefix + name} is a dropout probability: it must be at least 0 and below 1, "
+                              f"got {kwargs[name]!r}")
     missing = [
         prefix + n
         for n, f in fields.items()

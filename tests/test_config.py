@@ -81,3 +81,16 @@ def test_settings_overrides_read_back_as_the_same_values():
                     "model": {"act": "gelu", "flag": False, "none": None, "map": {"a": 2e-08}},
                     "eval": {"ks": [5, 1e-05]}}
     assert isinstance(back["train"]["lr"], float)
+
+
+@pytest.mark.parametrize("key, value", [("model.feature_dropout", 1.5), ("model.adaptor_dropout", -0.1),
+                                        ("model.dropout", 1.0)])
+def test_a_dropout_outside_0_to_1_is_refused_naming_the_setting(key, value):
+    from mmrec.trainers.methods.mmsr import MMSRConfig
+
+    name = key.split(".", 1)[1]
+    with pytest.raises(ConfigError, match=rf"{key} is a dropout probability: it must be at least 0 and below 1, got {value}"):
+        from_dict(MMSRConfig, {name: value}, prefix="model.")
+    ok = from_dict(MMSRConfig, {name: 0.0}, prefix="model.")
+    assert getattr(ok, name) == 0.0
+    assert from_dict(MMSRConfig, {"adaptor_dropout": None}, prefix="model.").adaptor_dropout is None
