@@ -537,6 +537,24 @@ def table(label: str, res: dict[str, Any]) -> str:
     return "\n".join(head + lines)
 
 
+def alternate(ways: dict[str, Any], rounds: int, warmup: int, before: Any = None
+              ) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Each of ``ways`` (name -> function) called in turn, ``warmup + rounds`` rounds, so that a slow moment of
+    a shared machine falls on every way alike (``before``, if given, runs untimed before each call): the
+    seconds of each way's last ``rounds`` calls, and each way's last return value."""
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    last: dict[str, Any] = {}
+    for r in range(warmup + rounds):
+        for name, fn in ways.items():
+            if before is not None:
+                before()
+            t = time.perf_counter()
+            last[name] = fn()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return times, last
+
+
 def expert_batching_bound(batch: int, length: int, rounds: int, warmup: int, threads: int = 1) -> dict[str, Any]:
     """What computing SyNCRec's experts as one batched product could save at most: a forward and
     backward of its K experts (``syncrec`` harmonised: K Transformer stacks) one after the other on a
@@ -560,13 +578,7 @@ def expert_batching_bound(batch: int, length: int, rounds: int, warmup: int, thr
     def stacked() -> None:
         experts[0](x.repeat(cfg.experts, 1, 1)).sum().backward()
 
-    times: dict[str, list[float]] = {"loop": [], "stacked": []}
-    for r in range(warmup + rounds):
-        for name, fn in (("loop", loop), ("stacked", stacked)):
-            t = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[name].append(time.perf_counter() - t)
+    times, _ = alternate({"loop": loop, "stacked": stacked}, rounds, warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"experts": cfg.experts, "hidden": cfg.hidden, "layers": cfg.layers, "batch": batch, "length": length,
             "threads": threads, "seconds": med, "all_seconds": times, "loop_over_stacked": med["loop"] / med["stacked"]}
@@ -601,14 +613,8 @@ def moe_loop_against_batched(shape: Shape, rounds: int, warmup: int, threads: in
         def batched(moe: MoEAdaptor = moe, x: torch.Tensor = x) -> None:
             moe(x).pow(2).sum().backward()
 
-        times: dict[str, list[float]] = {"loop": [], "batched": []}
-        for r in range(warmup + rounds):
-            for name, fn in (("loop", loop), ("batched", batched)):
-                moe.zero_grad(set_to_none=True)
-                t = time.perf_counter()
-                fn()
-                if r >= warmup:
-                    times[name].append(time.perf_counter() - t)
+        times, _ = alternate({"loop": loop, "batched": batched}, rounds, warmup,
+                             before=lambda moe=moe: moe.zero_grad(set_to_none=True))
         med = {k: statistics.median(v) for k, v in times.items()}
         out["tables"][modality] = {"rows": shape.items + 1, "dim": dim, "seconds": med, "all_seconds": times,
                                    "loop_over_batched": med["loop"] / med["batched"]}
@@ -641,15 +647,9 @@ def readout_against_states(shape: Shape, methods: list[str], users: int, rounds:
                 model = build_case(spec, data, feats, shape.length, shape.batch, seed).model.eval()
                 ways = {"states": lambda m=model: gather_last(m.sequence_states(items, lengths), lengths),
                         "query": lambda m=model: m.query(items, lengths)}
-                times: dict[str, list[float]] = {k: [] for k in ways}
-                got: dict[str, torch.Tensor] = {}
                 with torch.no_grad():
-                    for r in range(warmup + rounds):
-                        for name, fn in ways.items():
-                            t = time.perf_counter()
-                            got[name] = fn()
-                            if r >= warmup:
-                                times[name].append((time.perf_counter() - t) / users * 1000)
+                    seconds, got = alternate(ways, rounds, warmup)
+                times = {k: [t / users * 1000 for t in v] for k, v in seconds.items()}
             except Exception as e:  # noqa: BLE001 - reported in the method's row
                 out["methods"][spec] = {"error": f"{type(e).__name__}: {e}"}
                 continue
