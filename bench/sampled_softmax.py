@@ -20,6 +20,13 @@ and one of about a million (1,046,868: what ``1100000:12000000:0.3`` keeps):
 (``--ce-reps``: fewer timed steps of the full softmax, whose step costs minutes of one core at
 these sizes; the others still alternate with it.)
 
+``--pair-negatives K ...`` adds ``train.loss=gbce`` with K negatives per position, once by each of
+``pair_logits``'s routes (``gather``: the [N, K, d] rows; ``table``: every item scored, then gathered),
+forced for the step; the automatic route takes ``table`` up to ``TABLE_ROUTE_ROWS_PER_COLUMN`` x (K + 1)
+rows. The constant's measurement (ml-1m's catalogue and hidden 128, as gSASRec trains it)::
+
+    python bench/sampled_softmax.py --items 1683 3417 12102 40000 --ks 1024 --pair-negatives 16 256 --hidden 128 --batch 128 --reps 3
+
 Prints one Markdown table: seconds per step of each variant and the full softmax's time over each
 sampled variant's (how many times cheaper), and writes JSON (``--out``). The whole epoch at a
 million items is ``bench/scale.py --loss sampled_ce --epoch`` (docs/benchmarks.md, "Scale").
@@ -37,6 +44,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+import mmrec.trainers.modules.losses as losses
 from mmrec.config import from_dict
 from mmrec.trainers.batching import SharedNegatives
 from mmrec.trainers.methods import METHODS
@@ -51,24 +59,33 @@ def windows(n_items: int, batch: int, max_len: int, rng: np.random.Generator) ->
 
 
 def one_size(n_items: int, ks: list[int], reps: int, batch: int, max_len: int, seed: int = 0,
-             ce_reps: int | None = None, groups: tuple[int, ...] = (1,)) -> dict:
+             ce_reps: int | None = None, groups: tuple[int, ...] = (1,), pair_ks: tuple[int, ...] = (),
+             hidden: int | None = None) -> dict:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     cls = METHODS["sasrec"]
-    model = cls(from_dict(cls.Config, {}), n_items, max_len).train()
+    model = cls(from_dict(cls.Config, {} if hidden is None else {"hidden": hidden}), n_items, max_len).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     data = windows(n_items, batch, max_len, rng)
     small = {k: v[:8] for k, v in data.items()}
     variants = {"ce": None, "bce": None,
                 **{f"sampled_ce K={k}" + (f" G={g}" if g > 1 else ""): (SharedNegatives(n_items, k), g)
-                   for k in ks for g in groups}}
-    log_q = {name: None if s is None else torch.as_tensor(s[0].log_q) for name, s in variants.items()}
+                   for k in ks for g in groups},
+                **{f"gbce k={k} {route}": (k, route) for k in pair_ks for route in ("gather", "table")}}
+    log_q = {name: torch.as_tensor(s[0].log_q) for name, s in variants.items() if isinstance(s, tuple)
+             and isinstance(s[0], SharedNegatives)}
 
     def step(name: str, b: dict[str, torch.Tensor]) -> tuple[float, float]:
         t, c = time.perf_counter(), time.process_time()
         shared = variants[name]
         b = dict(b)
-        if shared is not None:  # G draws (train.sampled_groups), each for a G-th of the rows
+        route_rows = losses.TABLE_ROUTE_ROWS_PER_COLUMN
+        if name.startswith("gbce"):  # K negatives a position, the route forced for this step
+            k, route = shared
+            b["negatives"] = torch.as_tensor(rng.integers(1, n_items + 1, size=(*b["items"].shape, k)))
+            losses.TABLE_ROUTE_ROWS_PER_COLUMN = 0 if route == "gather" else 1 << 40
+            tc = SimpleNamespace(loss="gbce", gbce_t=0.75)
+        elif shared is not None:  # G draws (train.sampled_groups), each for a G-th of the rows
             draws = [shared[0].draw(rng) for _ in range(shared[1])]
             b["sampled_items"] = torch.as_tensor(draws[0] if shared[1] == 1 else np.stack(draws))
             b["sampled_log_q"] = log_q[name]
@@ -78,9 +95,12 @@ def one_size(n_items: int, ks: list[int], reps: int, batch: int, max_len: int, s
             tc = SimpleNamespace(loss="bce")
         else:
             tc = SimpleNamespace(loss="ce")
-        loss = model.loss(b, tc)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss = model.loss(b, tc)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            losses.TABLE_ROUTE_ROWS_PER_COLUMN = route_rows
         opt.step()
         return time.process_time() - c, time.perf_counter() - t
 
@@ -115,13 +135,16 @@ def main() -> None:
     ap.add_argument("--ce-reps", type=int, help="timed steps of the full softmax (default: --reps)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--max-len", type=int, default=50)
+    ap.add_argument("--pair-negatives", nargs="+", type=int, default=[],
+                    help="also gbce with K negatives a position, by each pair_logits route")
+    ap.add_argument("--hidden", type=int, help="SASRec's hidden size (default: its preset's)")
     ap.add_argument("--out", default="sampled_softmax.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for n in args.items:
         rows.append(one_size(n, args.ks, args.reps, args.batch, args.max_len, ce_reps=args.ce_reps,
-                             groups=tuple(args.groups)))
+                             groups=tuple(args.groups), pair_ks=tuple(args.pair_negatives), hidden=args.hidden))
         print(json.dumps(rows[-1]), flush=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     names = list(rows[0]["s_per_step"])

@@ -28,8 +28,11 @@ def test_sampled_softmax_bench_times_every_variant_and_its_ratio_to_the_softmax(
     spec = importlib.util.spec_from_file_location("sampled_softmax_bench", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    out = mod.one_size(60, [8], reps=2, batch=4, max_len=6, groups=(1, 3))
-    assert set(out["s_per_step"]) == {"ce", "bce", "sampled_ce K=8", "sampled_ce K=8 G=3"}
+    before = mod.losses.TABLE_ROUTE_ROWS_PER_COLUMN
+    out = mod.one_size(60, [8], reps=2, batch=4, max_len=6, groups=(1, 3), pair_ks=(5,), hidden=16)
+    assert set(out["s_per_step"]) == {"ce", "bce", "sampled_ce K=8", "sampled_ce K=8 G=3", "gbce k=5 gather",
+                                      "gbce k=5 table"}
+    assert mod.losses.TABLE_ROUTE_ROWS_PER_COLUMN == before  # the forced route is undone after every step
     assert all(len(v) == 2 for v in out["cpu_s"].values()) and out["positions"] == 24
     for name, ratio in out["ce_over"].items():
         assert ratio == pytest.approx(out["s_per_step"]["ce"] / out["s_per_step"][name], rel=0.06, abs=0.06)

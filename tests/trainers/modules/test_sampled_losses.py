@@ -186,6 +186,48 @@ def test_gbce_at_t0_is_bce():
     assert gbce(h, pos, neg, emb, 0.75).item() < paper_bce.item()
 
 
+@pytest.mark.parametrize("loss", ["bce", "gbce"])
+def test_pair_logits_routes_agree_in_losses_and_gradients(loss, monkeypatch):
+    """The table route (score every item, gather) and the gather route give one loss and one gradient,
+    also when the table route works in several row blocks (a block of 40 logits here: 4 rows of 10)."""
+    import mmrec.trainers.modules.losses as L
+
+    g = torch.Generator().manual_seed(3)
+    emb0 = torch.randn(10, 4, generator=g)
+    h0 = torch.randn(9, 4, generator=g)
+    pos = torch.randint(1, 10, (9,), generator=g)
+    neg = torch.randint(1, 10, (9, 3), generator=g)
+    fn = (lambda h, e: bce_sampled(h, pos, neg, e)) if loss == "bce" else (lambda h, e: gbce(h, pos, neg, e, 0.75))
+    out = {}
+    monkeypatch.setattr(L, "TABLE_ROUTE_CHUNK", 40)
+    for route in ("gather", "table"):
+        monkeypatch.setattr(L, "TABLE_ROUTE_ROWS_PER_COLUMN", 0 if route == "gather" else 10)
+        h, e = h0.clone().requires_grad_(True), emb0.clone().requires_grad_(True)
+        value = fn(h, e)
+        value.backward()
+        out[route] = (value.detach(), h.grad, e.grad)
+    for a, b in zip(out["gather"], out["table"]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    ids = torch.cat([pos[:, None], neg], 1)
+    by_hand = torch.stack([torch.stack([h0[n] @ emb0[i] for i in row]) for n, row in enumerate(ids)])
+    assert torch.allclose(L.pair_logits(h0, ids, emb0, "table"), by_hand, atol=1e-6)
+    with pytest.raises(ValueError, match="route 'rows' is not one of auto, gather, table"):
+        L.pair_logits(h0, ids, emb0, "rows")
+
+
+def test_pair_logits_auto_route_by_table_rows_per_column(monkeypatch):
+    """auto: the table route up to TABLE_ROUTE_ROWS_PER_COLUMN x c rows, the gather route above it, and
+    always for an ItemRows table (computed by rows)."""
+    import mmrec.trainers.base as B
+    import mmrec.trainers.modules.losses as L
+
+    monkeypatch.setattr(L, "TABLE_ROUTE_ROWS_PER_COLUMN", 2)
+    table = torch.randn(8, 4)
+    assert L.pair_route(table, 4) == "table" and L.pair_route(table, 3) == "gather"
+    assert L.pair_route(torch.randn(9, 4), 4) == "gather"
+    assert L.pair_route(B.ItemRows(lambda u: table[u], 8), 4) == "gather"
+
+
 def _tc(loss, **kw):
     return SimpleNamespace(loss=loss, gbce_t=kw.get("t", 0.75))
 
