@@ -24,7 +24,8 @@ Two checks, from a checkout the user passes with ``--official DIR`` (never copie
     ``mmrec`` trains mmrec's SASRec with the same loss, negatives, sizes, batch and epochs; ``table``
     prints both per-epoch validation NDCG@10 curves and the test figures.
 
-Differences that stay (named in the table): the official validation part is 512 users (mmrec: every
+Both rank every item but the user's history (the official ``filter_rated``, mmrec's
+``eval.history_mask=whole``). Differences that stay (named in the table): the official validation part is 512 users (mmrec: every
 user's second-last item); its 512 validation users train on one item less; its negatives are uniform
 over every item (mmrec's avoid the user's training items, ``train.negatives_avoid``); the models are
 each code's own SASRec (the official: pre-LN blocks, ReLU, one shared projection per head, an output
@@ -35,8 +36,9 @@ Usage::
 
     python bench/side_by_side_gsasrec.py loss --official CHECKOUT
     python bench/side_by_side_gsasrec.py prepare --official CHECKOUT --ml1m ../shared/data/ml-1m --work W --python VENV/bin/python
-    python bench/side_by_side_gsasrec.py official --work W --epochs 40 --python VENV/bin/python   # ir_measures, torchinfo
-    python bench/side_by_side_gsasrec.py mmrec --work W --epochs 40 [--set model.output_embeddings=separate]
+    python bench/side_by_side_gsasrec.py official --work W --epochs 40 --max-len 50 --python VENV/bin/python  # ir_measures, torchinfo
+    python bench/side_by_side_gsasrec.py mmrec --work W --epochs 40 --max-len 50
+    python bench/side_by_side_gsasrec.py mmrec --work W --epochs 40 --max-len 50 --tag=-separate --set model.output_embeddings=separate
     python bench/side_by_side_gsasrec.py table --work W
 """
 
@@ -61,6 +63,7 @@ from side_by_side import Row, diff, print_table  # noqa: E402
 
 from mmrec.trainers.modules.losses import gbce  # noqa: E402
 
+OFFICIAL_STEPS_PER_EPOCH = 48  # 6,040 users in batches of 128: the official epoch is one pass (min(100, 48))
 LOSS_START = "logits = torch.einsum"
 LOSS_END = "loss = loss_per_element.sum() / mask.sum()"
 # config_ml1m.py's settings (the official run reads that file; mmrec's run the same numbers)
@@ -198,7 +201,7 @@ def mmrec_command(work: Path, epochs: int, threads: int, extra: list[str], ml1m:
             "train.max_len": ml1m["sequence_length"], "train.batch_size": ml1m["train_batch_size"],
             "train.loss": "gbce", "train.negatives": ml1m["negs_per_pos"], "train.gbce_t": ml1m["gbce_t"],
             "train.lr": 0.001, "train.epochs": epochs, "train.patience": epochs, "train.threads": threads,
-            "train.windows": "last"}
+            "train.windows": "last", "eval.history_mask": "whole"}
     cmd = ["mmrec", "train", "-d", str(work / "mmrec-data"), "-m", "sasrec"]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
@@ -246,7 +249,9 @@ def cmd_table(args: argparse.Namespace) -> int:
             print(f"{e + 1:5d} " + " ".join(f"{c[e]:28.4f}" if e < len(c) else " " * 28 for c in curves.values()))
     test = work / "official" / "test.log"
     if test.exists():
-        print("official test:", " ".join(re.findall(r"(?:nDCG@10|R@10|R@1): [0-9.]+", test.read_text())[-3:]))
+        kept = [m for p in (work / "official" / "models").glob("*.pt") for m in re.findall(r"step:(\d+)", p.name)]
+        where = f" (the kept checkpoint: step {kept[-1]}, epoch {int(kept[-1]) // OFFICIAL_STEPS_PER_EPOCH})" if kept else ""
+        print("official test:", " ".join(re.findall(r"(?:nDCG@10|R@10|R@1): [0-9.]+", test.read_text())[-3:]) + where)
     for run in sorted(work.glob("mmrec-run*")):
         res = run / "results.json"
         if res.exists():
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--work", required=True)
     a.add_argument("--epochs", type=int, default=40)
     a.add_argument("--threads", type=int, default=1)
-    a.add_argument("--tag", default="", help="run folder suffix (mmrec-run<TAG>), e.g. -separate")
+    a.add_argument("--tag", default="", help="run folder suffix (mmrec-run<TAG>), e.g. --tag=-separate")
     a.add_argument("--set", action="append", help="an extra mmrec setting key=value (repeatable)")
     a.add_argument("--max-len", type=int, help="sequence length in place of config_ml1m.py's 200")
     a = sub.add_parser("table")
