@@ -240,7 +240,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     work = Path(args.work)
     curves = {"official (512 valid users)": official_curve(work / "official" / "train.log")}
     for run in sorted(work.glob("mmrec-run*")):
-        curves[f"mmrec {run.name[len('mmrec-run'):] or ''}".strip()] = mmrec_curve(run)
+        curves[f"mmrec {run.name[len('mmrec-run'):].lstrip('-') or 'gbce'}"] = mmrec_curve(run)
     n = max((len(c) for c in curves.values()), default=0)
     print("valid NDCG@10 by epoch")
     print("epoch " + " ".join(f"{k:>28}" for k in curves))
