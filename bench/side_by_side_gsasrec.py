@@ -45,7 +45,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -61,6 +60,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from side_by_side import Row, diff, print_table  # noqa: E402
 
+from mmrec.runs.folder import RunFolder  # noqa: E402
 from mmrec.trainers.modules.losses import gbce  # noqa: E402
 
 OFFICIAL_STEPS_PER_EPOCH = 48  # 6,040 users in batches of 128: the official epoch is one pass (min(100, 48))
@@ -225,15 +225,7 @@ def official_curve(log: Path) -> list[float]:
 
 
 def mmrec_curve(run: Path) -> list[float]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if "valid" in rec and "ndcg@10" in rec["valid"]:
-            out.append(rec["valid"]["ndcg@10"])
-    return out
+    return [m["valid"]["ndcg@10"] for m in RunFolder(run).metrics() if "ndcg@10" in m.get("valid", {})]
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -253,9 +245,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         where = f" (the kept checkpoint: step {kept[-1]}, epoch {int(kept[-1]) // OFFICIAL_STEPS_PER_EPOCH})" if kept else ""
         print("official test:", " ".join(re.findall(r"(?:nDCG@10|R@10|R@1): [0-9.]+", test.read_text())[-3:]) + where)
     for run in sorted(work.glob("mmrec-run*")):
-        res = run / "results.json"
-        if res.exists():
-            r = json.loads(res.read_text())
+        r = RunFolder(run).results()
+        if r is not None:
             print(f"{run.name} test: ndcg@10 {r['test']['ndcg@10']:.4f} hr@10 {r['test']['hr@10']:.4f} "
                   f"(best epoch {r['best_epoch']} of {r['epochs_run']})")
     return 0

@@ -82,9 +82,7 @@ def bce_sampled(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, item_emb:
     ``h``: [N, d]; ``pos``: [N]; ``neg``: [N] or [N, K] sampled negative ids. ``reduction="none"``:
     the loss of each row ``[N]`` (float32).
     """
-    if neg.dim() == 1:
-        neg = neg[:, None]
-    logits = pair_logits(h, torch.cat([pos[:, None], neg], 1), item_emb)
+    logits = target_and_negative_logits(h, pos, neg, item_emb)
     rows = F.softplus(-logits[:, 0]) + F.softplus(logits[:, 1:]).mean(-1)
     return rows.mean() if reduction == "mean" else rows.float()
 
@@ -124,6 +122,12 @@ def pair_logits(h: torch.Tensor, ids: torch.Tensor, item_emb: Any, route: str = 
         raise ValueError(f"pair_logits: route {route!r} is not one of auto, gather, table")
     rows = max(1, TABLE_ROUTE_CHUNK // item_emb.shape[0])
     return torch.cat([(h_b @ item_emb.T).gather(1, i_b) for h_b, i_b in zip(h.split(rows), ids.split(rows))])
+
+
+def target_and_negative_logits(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, item_emb: Any) -> torch.Tensor:
+    """``[N, 1 + k]``: each row's target logit, then its k negatives' (``neg`` [N] or [N, k] ids), by
+    ``pair_logits``' automatic route (what ``bce_sampled`` and ``gbce`` score)."""
+    return pair_logits(h, torch.cat([pos[:, None], neg[:, None] if neg.dim() == 1 else neg], 1), item_emb)
 
 
 def ce_cosine(h: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor, temperature: float = 0.07,
@@ -388,11 +392,9 @@ def gbce(h: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, item_emb: torch.
     1: at k = 1 that is twice this). ``h``: [N, d]; ``pos``: [N]; ``neg``: [N] or [N, k] ids;
     ``n_items``: the catalogue size (default ``item_emb``'s rows - 1). ``reduction="none"``: each row's loss.
     """
-    if neg.dim() == 1:
-        neg = neg[:, None]
-    k = neg.shape[1]
+    logits = target_and_negative_logits(h, pos, neg, item_emb).float()
+    k = logits.shape[1] - 1
     beta = gbce_beta(k, item_emb.shape[0] - 1 if n_items is None else n_items, t)
-    logits = pair_logits(h, torch.cat([pos[:, None], neg], 1), item_emb).float()
     rows = (beta * F.softplus(-logits[:, 0]) + F.softplus(logits[:, 1:]).sum(-1)) / (k + 1)
     return rows.mean() if reduction == "mean" else rows
 
